@@ -1,0 +1,96 @@
+//! Name tables: one per kind of declaration, with duplicate detection and "did you mean".
+
+use std::collections::HashMap;
+
+use crate::diagnostic::{Diagnostic, DiagnosticKind, Diagnostics, NameKind};
+use crate::source::Span;
+
+/// The declared names of one kind, in declaration order.
+pub(super) struct Names {
+    kind: NameKind,
+    index: HashMap<String, usize>,
+    pub(super) spans: Vec<Span>,
+    pub(super) names: Vec<String>,
+    /// Whether anything refers to the name (for the unused lints).
+    pub(super) used: Vec<bool>,
+}
+
+impl Names {
+    pub(super) fn new(kind: NameKind) -> Names {
+        Names { kind, index: HashMap::new(), spans: Vec::new(), names: Vec::new(), used: Vec::new() }
+    }
+
+    /// Declares a name. A duplicate is reported and gets no index of its own.
+    pub(super) fn declare(&mut self, name: &str, span: Span, diags: &mut Diagnostics) -> Option<usize> {
+        if let Some(&first) = self.index.get(name) {
+            diags.push(
+                Diagnostic::new(DiagnosticKind::DuplicateName { kind: self.kind, name: name.into() }, span)
+                    .with_label(self.spans[first], "first declared here"),
+            );
+            return None;
+        }
+        let id = self.names.len();
+        self.index.insert(name.to_string(), id);
+        self.names.push(name.to_string());
+        self.spans.push(span);
+        self.used.push(false);
+        Some(id)
+    }
+
+    /// Looks a reference up, marking the name used, or reports it with a suggestion.
+    pub(super) fn resolve(&mut self, name: &str, span: Span, diags: &mut Diagnostics) -> Option<usize> {
+        match self.index.get(name) {
+            Some(&id) => {
+                self.used[id] = true;
+                Some(id)
+            }
+            None => {
+                let suggestion = suggest(name, self.names.iter().map(String::as_str));
+                diags.error(DiagnosticKind::UnknownName { kind: self.kind, name: name.into(), suggestion }, span);
+                None
+            }
+        }
+    }
+
+    pub(super) fn get(&self, name: &str) -> Option<usize> {
+        self.index.get(name).copied()
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.names.len()
+    }
+}
+
+/// The candidate closest to `name`, if it is close enough to be a likely typo.
+pub(crate) fn suggest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    let lower = name.to_lowercase();
+    let mut best: Option<(usize, &str)> = None;
+    for candidate in candidates {
+        let distance = if candidate.to_lowercase() == lower {
+            0
+        } else {
+            strsim::damerau_levenshtein(&lower, &candidate.to_lowercase())
+        };
+        if best.is_none_or(|(d, _)| distance < d) {
+            best = Some((distance, candidate));
+        }
+    }
+    // One edit per three characters, at least one: `gh_secert` → `gh_secret`, but not `a` → `b`.
+    let limit = (name.chars().count() / 3).max(1);
+    best.filter(|&(d, c)| d <= limit && c != name).map(|(_, c)| c.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::suggest;
+
+    #[test]
+    fn suggests_close_names_only() {
+        let names = ["gh", "gh_next", "gitlab_token"];
+        assert_eq!(suggest("gh_nxet", names), Some("gh_next".into()));
+        assert_eq!(suggest("GH", names), Some("gh".into()));
+        assert_eq!(suggest("gitlab-token", names), Some("gitlab_token".into()));
+        assert_eq!(suggest("slack", names), None);
+        assert_eq!(suggest("gh", names), None, "an exact match needs no suggestion");
+    }
+}

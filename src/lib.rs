@@ -1,0 +1,28 @@
+//! hookgate: a declarative webhook gateway.
+//!
+//! ```text
+//! rules file ──load──▶ SourceText ──syntax::parse──▶ Ast ──compile──▶ RuleSet (+ warnings | Diagnostics)
+//! ```
+//!
+//! A rules file is read by [`load`] (the IO edge: files, includes, content hash), parsed by `syntax`
+//! (the only module that knows pest), and compiled by [`compile`] into an immutable [`ruleset::RuleSet`]:
+//! every name resolved, every regex and JSONPath compiled, every secret loaded through the
+//! [`compile::Secrets`] trait. `gateway check` and the server load through the same path, so a file
+//! that checks clean is a file that loads.
+//!
+//! Invariants (see `docs/architecture.md`):
+//! - Only `syntax` knows about pest.
+//! - `syntax`, `compile`, `ruleset` and `providers` do no IO.
+//! - A `RuleSet` is immutable, owned and `Send + Sync`; it holds no spans.
+//! - Every rules-file problem is a [`diagnostic::Diagnostic`] with a span and a stable code.
+
+pub mod source;
+pub mod diagnostic;
+mod syntax;
+pub mod providers;
+pub mod ruleset;
+pub mod rule_test;
+pub mod compile;
+pub mod load;
+pub mod secrets;
+pub mod cli;

@@ -1,0 +1,188 @@
+//! Compiled match expressions. Regexes and JSONPaths are compiled once, in `compile`; evaluating a
+//! `Matcher` cannot fail. `Display` prints the canonical form of the expression, with the
+//! parentheses that precedence requires and no others.
+
+use std::fmt::{self, Display};
+use std::sync::Arc;
+
+use jsonpath_rust::parser::model::JpQuery;
+use serde_json::Value;
+
+/// A JSONPath parsed at load.
+#[derive(Debug)]
+pub struct JsonPath {
+    pub(crate) text: String,
+    #[allow(dead_code)] // Queried by evaluation, which arrives with the `eval` module.
+    pub(crate) query: JpQuery,
+}
+
+impl JsonPath {
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+}
+
+/// Something a predicate reads: a literal or a part of the request.
+#[derive(Debug, Clone)]
+pub enum Operand {
+    Literal(Arc<Value>),
+    Path(Arc<JsonPath>),
+    Payload,
+    Event,
+    Source,
+    Delivery,
+    /// Header name, lowercased (header lookup is case-insensitive).
+    Header(String),
+    Query(String),
+}
+
+impl Operand {
+    pub fn is_literal(&self) -> bool {
+        matches!(self, Operand::Literal(_))
+    }
+}
+
+impl Display for Operand {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Operand::Literal(v) => write!(f, "{v}"),
+            Operand::Path(p) => f.write_str(&p.text),
+            Operand::Payload => f.write_str("payload"),
+            Operand::Event => f.write_str("event"),
+            Operand::Source => f.write_str("source"),
+            Operand::Delivery => f.write_str("delivery"),
+            Operand::Header(h) => write!(f, "header({h:?})"),
+            Operand::Query(q) => write!(f, "query({q:?})"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quantifier {
+    Any,
+    All,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompareOp {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+impl CompareOp {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CompareOp::Eq => "==",
+            CompareOp::Ne => "!=",
+            CompareOp::Lt => "<",
+            CompareOp::Le => "<=",
+            CompareOp::Gt => ">",
+            CompareOp::Ge => ">=",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum PredicateOp {
+    Contains(Operand),
+    StartsWith(Operand),
+    EndsWith(Operand),
+    Matches { regex: Arc<regex::Regex>, flags: String },
+    Compare(CompareOp, Operand),
+    In(Operand),
+    Exists,
+}
+
+/// One test of one operand.
+#[derive(Debug, Clone)]
+pub struct Predicate {
+    /// `None` when not written: a multi-valued subject then means `any`.
+    pub quantifier: Option<Quantifier>,
+    pub subject: Operand,
+    pub op: PredicateOp,
+}
+
+#[derive(Debug, Clone)]
+pub enum Matcher {
+    And(Vec<Matcher>),
+    Or(Vec<Matcher>),
+    Not(Box<Matcher>),
+    Predicate(Predicate),
+}
+
+impl Display for Predicate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.quantifier {
+            Some(Quantifier::Any) => f.write_str("any ")?,
+            Some(Quantifier::All) => f.write_str("all ")?,
+            None => {}
+        }
+        write!(f, "{}", self.subject)?;
+        match &self.op {
+            PredicateOp::Contains(o) => write!(f, " contains {o}"),
+            PredicateOp::StartsWith(o) => write!(f, " starts with {o}"),
+            PredicateOp::EndsWith(o) => write!(f, " ends with {o}"),
+            PredicateOp::Matches { regex, flags } => {
+                write!(f, " matches /{}/{flags}", regex_source(regex.as_str(), flags).replace('/', "\\/"))
+            }
+            PredicateOp::Compare(op, o) => write!(f, " {} {o}", op.as_str()),
+            PredicateOp::In(o) => write!(f, " in {o}"),
+            PredicateOp::Exists => f.write_str(" exists"),
+        }
+    }
+}
+
+/// The pattern as the user wrote it: flags are compiled in as a `(?flags)` prefix, which we strip.
+fn regex_source<'a>(compiled: &'a str, flags: &str) -> &'a str {
+    if flags.is_empty() {
+        compiled
+    } else {
+        compiled.strip_prefix(&format!("(?{flags})")).unwrap_or(compiled)
+    }
+}
+
+impl Matcher {
+    /// Binding strength, for printing: `or` < `and` < `not` < predicate.
+    fn precedence(&self) -> u8 {
+        match self {
+            Matcher::Or(_) => 0,
+            Matcher::And(_) => 1,
+            Matcher::Not(_) => 2,
+            Matcher::Predicate(_) => 3,
+        }
+    }
+
+    fn fmt_child(&self, f: &mut fmt::Formatter<'_>, parent: u8) -> fmt::Result {
+        if self.precedence() <= parent && !matches!(self, Matcher::Not(_)) {
+            write!(f, "({self})")
+        } else {
+            write!(f, "{self}")
+        }
+    }
+}
+
+impl Display for Matcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Matcher::And(items) | Matcher::Or(items) => {
+                let sep = if matches!(self, Matcher::And(_)) { " and " } else { " or " };
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(sep)?;
+                    }
+                    item.fmt_child(f, self.precedence())?;
+                }
+                Ok(())
+            }
+            Matcher::Not(inner) => {
+                f.write_str("not ")?;
+                inner.fmt_child(f, 1)
+            }
+            Matcher::Predicate(p) => write!(f, "{p}"),
+        }
+    }
+}

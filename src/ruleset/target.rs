@@ -1,0 +1,132 @@
+//! A target: somewhere actions deliver to, and how (method, URL, headers, timeout, retries, rate).
+
+use std::fmt::{self, Display};
+use std::time::Duration;
+
+use crate::ruleset::{ShowDuration, StrTemplate};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Post,
+    Put,
+    Patch,
+    Delete,
+}
+
+impl Method {
+    pub fn from_name(name: &str) -> Option<Method> {
+        Some(match name {
+            "get" => Method::Get,
+            "post" => Method::Post,
+            "put" => Method::Put,
+            "patch" => Method::Patch,
+            "delete" => Method::Delete,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Patch => "PATCH",
+            Method::Delete => "DELETE",
+        }
+    }
+}
+
+/// At most `count` per `per`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub count: u32,
+    pub per: Duration,
+}
+
+impl Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "rate {} per {}", self.count, ShowDuration(self.per))
+    }
+}
+
+/// How many times a failed delivery is tried again, and how long to wait between tries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retry {
+    pub attempts: u32,
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+/// How `forward` signs what it re-sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignatureStyle {
+    /// `X-Hub-Signature-256: sha256=<hex>` (GitHub, and what most receivers accept).
+    GitHub,
+    /// `X-Gitea-Signature: <hex>`.
+    Gitea,
+    /// `X-Hub-Signature: sha256=<hex>` (Bitbucket Cloud and Server).
+    Bitbucket,
+    /// `<header>: sha256=<hex>`, default header `X-Signature` (Flux `generic-hmac`).
+    GenericHmac { header: String },
+    /// `webhook-id`, `webhook-timestamp`, `webhook-signature: v1,<base64>`.
+    StandardWebhooks,
+}
+
+pub(crate) const SIGNATURE_STYLES: &[&str] = &["github", "gitea", "bitbucket", "generic_hmac", "standard_webhooks"];
+
+#[derive(Debug)]
+pub struct Target {
+    pub(crate) name: String,
+    pub(crate) method: Method,
+    pub(crate) url: StrTemplate,
+    pub(crate) headers: Vec<(String, StrTemplate)>,
+    pub(crate) timeout: Duration,
+    pub(crate) retry: Retry,
+    pub(crate) rate: Option<Rate>,
+    pub(crate) concurrency: u32,
+    pub(crate) signature: SignatureStyle,
+}
+
+/// Defaults for what a target does not say; documented in `docs/rules-language.md`.
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_RETRY: Retry =
+    Retry { attempts: 8, min_backoff: Duration::from_secs(1), max_backoff: Duration::from_secs(300) };
+pub(crate) const DEFAULT_CONCURRENCY: u32 = 4;
+
+impl Target {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "target {}", self.name)?;
+        writeln!(f, "  {} {}", self.method.as_str(), self.url)?;
+        for (name, value) in &self.headers {
+            writeln!(f, "  header {name:?} = {value}")?;
+        }
+        writeln!(f, "  timeout {}", ShowDuration(self.timeout))?;
+        let r = self.retry;
+        writeln!(
+            f,
+            "  retry {} backoff {}..{}",
+            r.attempts,
+            ShowDuration(r.min_backoff),
+            ShowDuration(r.max_backoff)
+        )?;
+        if let Some(rate) = &self.rate {
+            writeln!(f, "  {rate}")?;
+        }
+        writeln!(f, "  concurrency {}", self.concurrency)?;
+        let signature = match &self.signature {
+            SignatureStyle::GitHub => "github".to_string(),
+            SignatureStyle::Gitea => "gitea".to_string(),
+            SignatureStyle::Bitbucket => "bitbucket".to_string(),
+            SignatureStyle::GenericHmac { header } => format!("generic_hmac header {header:?}"),
+            SignatureStyle::StandardWebhooks => "standard_webhooks".to_string(),
+        };
+        writeln!(f, "  signature {signature}")
+    }
+}
