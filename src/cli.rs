@@ -33,7 +33,11 @@ impl From<Exit> for ExitCode {
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "gateway", version, about = "hookgate: a declarative webhook gateway")]
+#[command(
+    name = "gateway",
+    version,
+    about = "hookgate: a declarative webhook gateway"
+)]
 struct Args {
     #[command(subcommand)]
     command: Command,
@@ -77,20 +81,30 @@ pub fn main() -> ExitCode {
         Ok(args) => args,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { Exit::Usage.into() } else { Exit::Ok.into() };
+            return if e.use_stderr() {
+                Exit::Usage.into()
+            } else {
+                Exit::Ok.into()
+            };
         }
     };
     match args.command {
-        Command::Check { files, format, deny_warnings, resolve_secrets } => {
-            check(&files, format, deny_warnings, resolve_secrets).into()
-        }
+        Command::Check {
+            files,
+            format,
+            deny_warnings,
+            resolve_secrets,
+        } => check(&files, format, deny_warnings, resolve_secrets).into(),
         Command::Urls { file, base } => urls(&file, &base).into(),
     }
 }
 
 fn check(files: &[PathBuf], format: Format, deny_warnings: bool, resolve_secrets: bool) -> Exit {
-    let secrets: Box<dyn Secrets> =
-        if resolve_secrets { Box::new(EnvSecrets { lenient: false }) } else { Box::new(PlaceholderSecrets) };
+    let secrets: Box<dyn Secrets> = if resolve_secrets {
+        Box::new(EnvSecrets { lenient: false })
+    } else {
+        Box::new(PlaceholderSecrets)
+    };
     let mut loads = Vec::new();
     if files.is_empty() {
         let mut bytes = Vec::new();
@@ -143,7 +157,11 @@ fn check(files: &[PathBuf], format: Format, deny_warnings: bool, resolve_secrets
         }
     }
     if format == Format::Human {
-        eprintln!("{errors} {}, {warnings} {}", plural(errors, "error"), plural(warnings, "warning"));
+        eprintln!(
+            "{errors} {}, {warnings} {}",
+            plural(errors, "error"),
+            plural(warnings, "warning")
+        );
     }
     if errors > 0 {
         Exit::Errors
@@ -167,10 +185,14 @@ pub fn render(diags: &Diagnostics, files: &SourceMap, color: bool) -> String {
 }
 
 fn plural(n: usize, word: &str) -> String {
-    if n == 1 { word.to_string() } else { format!("{word}s") }
+    if n == 1 {
+        word.to_string()
+    } else {
+        format!("{word}s")
+    }
 }
 
-fn urls(file: &PathBuf, base: &str) -> Exit {
+fn urls(file: &std::path::Path, base: &str) -> Exit {
     // URL-token sources need their real secret to derive the path; others need no secret at all.
     let loaded = match load::load_file(file, &EnvSecrets { lenient: true }) {
         Ok(loaded) => loaded,
@@ -182,7 +204,10 @@ fn urls(file: &PathBuf, base: &str) -> Exit {
     let compiled = match &loaded.result {
         Ok(c) => c,
         Err(diags) => {
-            eprint!("{}", render(diags, &loaded.files, std::io::stderr().is_terminal()));
+            eprint!(
+                "{}",
+                render(diags, &loaded.files, std::io::stderr().is_terminal())
+            );
             return Exit::Errors;
         }
     };
@@ -190,7 +215,9 @@ fn urls(file: &PathBuf, base: &str) -> Exit {
     let mut exit = Exit::Ok;
     for source in compiled.rules.sources() {
         match source.paths() {
-            SourcePaths::Fixed(path) => println!("{}\t{}\t{base}{path}", source.name(), source.kind()),
+            SourcePaths::Fixed(path) => {
+                println!("{}\t{}\t{base}{path}", source.name(), source.kind())
+            }
             SourcePaths::Token(paths) => {
                 for path in paths {
                     println!("{}\t{}\t{base}{path}", source.name(), source.kind());

@@ -25,13 +25,13 @@ use crate::diagnostic::{Diagnostic, DiagnosticKind, Diagnostics, NameKind};
 use crate::providers::ProviderKind;
 use crate::rule_test::RuleTest;
 use crate::ruleset::{
-    Action, HmacAlgorithm, HmacOptions, Method, Rate, Retry, Rule, RuleSet, SecretValue, SignatureStyle, Source,
-    SourcePaths, Target, TokenLocation,
+    Action, HmacAlgorithm, HmacOptions, Method, Rate, Retry, Rule, RuleSet, SecretValue,
+    SignatureStyle, Source, SourcePaths, Target, TokenLocation,
 };
 use crate::source::{FileId, SourceMap, Span};
 use crate::syntax::{
-    Ast, Item, RuleDecl, SecretDecl, SecretFrom, SourceDecl, SourceItemKind, Str, TargetDecl, TargetItemKind, TestDecl,
-    Word,
+    Ast, Item, RuleDecl, SecretDecl, SecretFrom, SourceDecl, SourceItemKind, Str, TargetDecl,
+    TargetItemKind, TestDecl, Word,
 };
 use resolve::Names;
 
@@ -70,7 +70,11 @@ pub struct Compiled {
 pub(crate) const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
 
 /// Compiles the parsed files of one rules set.
-pub(crate) fn compile(files: &SourceMap, asts: &[(FileId, Ast)], secrets: &dyn Secrets) -> Result<Compiled, Diagnostics> {
+pub(crate) fn compile(
+    files: &SourceMap,
+    asts: &[(FileId, Ast)],
+    secrets: &dyn Secrets,
+) -> Result<Compiled, Diagnostics> {
     let mut cx = Cx::new(files, secrets);
     let mut secret_decls = Vec::new();
     let mut source_decls = Vec::new();
@@ -92,16 +96,26 @@ pub(crate) fn compile(files: &SourceMap, asts: &[(FileId, Ast)], secrets: &dyn S
     }
 
     // Declare every name first, so references may come before declarations.
-    let secret_ids: Vec<Option<usize>> =
-        secret_decls.iter().map(|d| cx.secrets.declare(&d.name.text, d.name.span, &mut cx.diags)).collect();
-    let source_ids: Vec<Option<usize>> =
-        source_decls.iter().map(|d| cx.sources.declare(&d.name.text, d.name.span, &mut cx.diags)).collect();
-    let target_ids: Vec<Option<usize>> =
-        target_decls.iter().map(|d| cx.targets.declare(&d.name.text, d.name.span, &mut cx.diags)).collect();
+    let secret_ids: Vec<Option<usize>> = secret_decls
+        .iter()
+        .map(|d| cx.secrets.declare(&d.name.text, d.name.span, &mut cx.diags))
+        .collect();
+    let source_ids: Vec<Option<usize>> = source_decls
+        .iter()
+        .map(|d| cx.sources.declare(&d.name.text, d.name.span, &mut cx.diags))
+        .collect();
+    let target_ids: Vec<Option<usize>> = target_decls
+        .iter()
+        .map(|d| cx.targets.declare(&d.name.text, d.name.span, &mut cx.diags))
+        .collect();
     for rule in &rule_decls {
         let name = cx.plain(&rule.name, "rule names");
         if name.is_empty() {
-            cx.invalid_value(rule.name.span, "rule name is empty", "name the rule after what it does");
+            cx.invalid_value(
+                rule.name.span,
+                "rule name is empty",
+                "name the rule after what it does",
+            );
         }
         cx.rules.declare(&name, rule.name.span, &mut cx.diags);
     }
@@ -133,9 +147,15 @@ pub(crate) fn compile(files: &SourceMap, asts: &[(FileId, Ast)], secrets: &dyn S
             rules.push(rule);
         }
     }
-    let tests: Vec<RuleTest> = test_decls.iter().filter_map(|(file, decl)| cx.test(*file, decl, &sources)).collect();
+    let tests: Vec<RuleTest> = test_decls
+        .iter()
+        .filter_map(|(file, decl)| cx.test(*file, decl, &sources))
+        .collect();
 
-    cx.lint_unused();
+    // An error such as `from acm` makes `acme` look unused; those warnings would only be noise.
+    if !cx.diags.has_errors() {
+        cx.lint_unused();
+    }
     let by_path = cx.index_paths(&sources, &source_decls);
 
     let mut diags = cx.diags;
@@ -151,7 +171,16 @@ pub(crate) fn compile(files: &SourceMap, asts: &[(FileId, Ast)], secrets: &dyn S
             None => sources.iter_mut().for_each(|s| s.rules.push(i)),
         }
     }
-    Ok(Compiled { rules: RuleSet { sources, targets, rules, by_path }, tests, warnings: diags })
+    Ok(Compiled {
+        rules: RuleSet {
+            sources,
+            targets,
+            rules,
+            by_path,
+        },
+        tests,
+        warnings: diags,
+    })
 }
 
 /// Compilation state: the name tables, the diagnostics, and caches of compiled regexes and paths.
@@ -163,6 +192,7 @@ pub(crate) struct Cx<'a> {
     sources: Names,
     targets: Names,
     rules: Names,
+    tests: Names,
     secret_values: Vec<Option<SecretValue>>,
     regexes: HashMap<(String, String), Arc<regex::Regex>>,
     paths: HashMap<String, Arc<crate::ruleset::JsonPath>>,
@@ -178,6 +208,7 @@ impl<'a> Cx<'a> {
             sources: Names::new(NameKind::Source),
             targets: Names::new(NameKind::Target),
             rules: Names::new(NameKind::Rule),
+            tests: Names::new(NameKind::Test),
             secret_values: Vec::new(),
             regexes: HashMap::new(),
             paths: HashMap::new(),
@@ -189,14 +220,23 @@ impl<'a> Cx<'a> {
     }
 
     fn invalid_value(&mut self, span: Span, message: &str, help: &str) {
-        self.error(DiagnosticKind::InvalidValue { message: message.into(), help: Some(help.into()) }, span);
+        self.error(
+            DiagnosticKind::InvalidValue {
+                message: message.into(),
+                help: Some(help.into()),
+            },
+            span,
+        );
     }
 
     /// A string that must not interpolate anything; reports each `${...}`.
     fn plain(&mut self, s: &Str, context: &'static str) -> String {
         for interp in s.interps() {
             let help = "write `\\${` for a literal `${`";
-            self.diags.error(DiagnosticKind::InterpolationNotAllowed { context, help }, interp.span);
+            self.diags.error(
+                DiagnosticKind::InterpolationNotAllowed { context, help },
+                interp.span,
+            );
         }
         s.text()
     }
@@ -204,7 +244,12 @@ impl<'a> Cx<'a> {
     fn duration(&mut self, word: &Word) -> Option<Duration> {
         let parsed = parse_duration(&word.text);
         if parsed.is_none() {
-            self.error(DiagnosticKind::InvalidDuration { text: word.text.clone() }, word.span);
+            self.error(
+                DiagnosticKind::InvalidDuration {
+                    text: word.text.clone(),
+                },
+                word.span,
+            );
         }
         parsed
     }
@@ -213,7 +258,11 @@ impl<'a> Cx<'a> {
     fn positive_duration(&mut self, word: &Word, what: &str) -> Option<Duration> {
         let d = self.duration(word)?;
         if d.is_zero() {
-            self.invalid_value(word.span, &format!("{what} must be longer than zero"), "use at least `1ms`");
+            self.invalid_value(
+                word.span,
+                &format!("{what} must be longer than zero"),
+                "use at least `1ms`",
+            );
             return None;
         }
         Some(d)
@@ -237,7 +286,10 @@ impl<'a> Cx<'a> {
     fn rate(&mut self, count: &Word, per: &Word) -> Option<Rate> {
         let count = self.int(count, 1, 1_000_000, "rate");
         let per = self.positive_duration(per, "a rate's period");
-        Some(Rate { count: count?, per: per? })
+        Some(Rate {
+            count: count?,
+            per: per?,
+        })
     }
 
     fn secret(&mut self, decl: &SecretDecl) -> Option<SecretValue> {
@@ -245,7 +297,10 @@ impl<'a> Cx<'a> {
         match &decl.from {
             SecretFrom::Env(s) => {
                 let var = self.plain(s, "secret references");
-                let valid = var.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                let valid = var
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
                     && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
                 if !valid {
                     self.error(
@@ -281,7 +336,13 @@ impl<'a> Cx<'a> {
         match self.loader.load(&decl.name.text, from) {
             Ok(value) => Some(value),
             Err(reason) => {
-                self.error(DiagnosticKind::SecretUnavailable { name: decl.name.text.clone(), reason }, span);
+                self.error(
+                    DiagnosticKind::SecretUnavailable {
+                        name: decl.name.text.clone(),
+                        reason,
+                    },
+                    span,
+                );
                 None
             }
         }
@@ -289,7 +350,9 @@ impl<'a> Cx<'a> {
 
     /// Resolves a secret name used somewhere, marking it used.
     fn secret_ref(&mut self, word: &Word) -> Option<SecretValue> {
-        let id = self.secrets.resolve(&word.text, word.span, &mut self.diags)?;
+        let id = self
+            .secrets
+            .resolve(&word.text, word.span, &mut self.diags)?;
         self.secret_values[id].clone()
     }
 
@@ -308,8 +371,11 @@ impl<'a> Cx<'a> {
             if !matches!(item.kind, TargetItemKind::Header { .. }) {
                 if let Some(first) = seen.get(keyword) {
                     self.diags.push(
-                        Diagnostic::new(DiagnosticKind::DuplicateOption { option: keyword }, item.span)
-                            .with_label(*first, "first given here"),
+                        Diagnostic::new(
+                            DiagnosticKind::DuplicateOption { option: keyword },
+                            item.span,
+                        )
+                        .with_label(*first, "first given here"),
                     );
                     continue;
                 }
@@ -343,14 +409,19 @@ impl<'a> Cx<'a> {
                 TargetItemKind::Retry { count, backoff } => {
                     let attempts = self.int(count, 0, 1000, "retry count");
                     let (min, max) = match backoff {
-                        Some((min, max)) => {
-                            (self.positive_duration(min, "backoff"), self.positive_duration(max, "backoff"))
-                        }
+                        Some((min, max)) => (
+                            self.positive_duration(min, "backoff"),
+                            self.positive_duration(max, "backoff"),
+                        ),
                         None => (Some(retry.min_backoff), Some(retry.max_backoff)),
                     };
                     match (attempts, min, max) {
                         (Some(attempts), Some(min), Some(max)) if min <= max => {
-                            retry = Retry { attempts, min_backoff: min, max_backoff: max };
+                            retry = Retry {
+                                attempts,
+                                min_backoff: min,
+                                max_backoff: max,
+                            };
                         }
                         (Some(_), Some(_), Some(_)) => {
                             self.invalid_value(
@@ -372,16 +443,20 @@ impl<'a> Cx<'a> {
                     None => ok = false,
                 },
                 TargetItemKind::Signature { style, header } => {
-                    let header_text = header.as_ref().map(|h| (self.plain(h, "header names"), h.span));
+                    let header_text = header
+                        .as_ref()
+                        .map(|h| (self.plain(h, "header names"), h.span));
                     signature = match (style.text.as_str(), header_text) {
                         ("github", None) => SignatureStyle::GitHub,
                         ("gitea", None) => SignatureStyle::Gitea,
                         ("bitbucket", None) => SignatureStyle::Bitbucket,
                         ("standard_webhooks", None) => SignatureStyle::StandardWebhooks,
-                        ("generic_hmac", h) => {
-                            SignatureStyle::GenericHmac { header: h.map_or_else(|| "X-Signature".into(), |h| h.0) }
-                        }
-                        (known, Some((_, span))) if crate::ruleset::SIGNATURE_STYLES.contains(&known) => {
+                        ("generic_hmac", h) => SignatureStyle::GenericHmac {
+                            header: h.map_or_else(|| "X-Signature".into(), |h| h.0),
+                        },
+                        (known, Some((_, span)))
+                            if crate::ruleset::SIGNATURE_STYLES.contains(&known) =>
+                        {
                             self.error(
                                 DiagnosticKind::OptionNotAllowed {
                                     option: "header",
@@ -410,7 +485,12 @@ impl<'a> Cx<'a> {
             }
         }
         let Some((method, url)) = request else {
-            self.error(DiagnosticKind::MissingUrl { target: decl.name.text.clone() }, decl.name.span);
+            self.error(
+                DiagnosticKind::MissingUrl {
+                    target: decl.name.text.clone(),
+                },
+                decl.name.span,
+            );
             return None;
         };
         ok.then(|| Target {
@@ -439,14 +519,19 @@ impl<'a> Cx<'a> {
             .collect();
         let shown = written.text();
         let reason = match url::Url::parse(&sample) {
-            Ok(u) if !matches!(u.scheme(), "http" | "https") => Some(format!("scheme `{}` is not http or https", u.scheme())),
+            Ok(u) if !matches!(u.scheme(), "http" | "https") => {
+                Some(format!("scheme `{}` is not http or https", u.scheme()))
+            }
             Ok(u) if u.host_str().is_none_or(str::is_empty) => Some("it has no host".to_string()),
             Ok(_) => None,
             Err(e) => Some(e.to_string()),
         };
         match reason {
             Some(reason) => {
-                self.error(DiagnosticKind::InvalidUrl { url: shown, reason }, written.span);
+                self.error(
+                    DiagnosticKind::InvalidUrl { url: shown, reason },
+                    written.span,
+                );
                 false
             }
             None => true,
@@ -458,7 +543,13 @@ impl<'a> Cx<'a> {
             Some(kind) => kind,
             None => {
                 let suggestion = suggest(&decl.kind.text, crate::providers::KINDS.iter().copied());
-                self.error(DiagnosticKind::UnknownProvider { name: decl.kind.text.clone(), suggestion }, decl.kind.span);
+                self.error(
+                    DiagnosticKind::UnknownProvider {
+                        name: decl.kind.text.clone(),
+                        suggestion,
+                    },
+                    decl.kind.span,
+                );
                 return None;
             }
         };
@@ -482,8 +573,11 @@ impl<'a> Cx<'a> {
             if !matches!(item.kind, SourceItemKind::Secrets(_)) {
                 if let Some(first) = seen.get(keyword) {
                     self.diags.push(
-                        Diagnostic::new(DiagnosticKind::DuplicateOption { option: keyword }, item.span)
-                            .with_label(*first, "first given here"),
+                        Diagnostic::new(
+                            DiagnosticKind::DuplicateOption { option: keyword },
+                            item.span,
+                        )
+                        .with_label(*first, "first given here"),
                     );
                     ok = false;
                     continue;
@@ -492,7 +586,11 @@ impl<'a> Cx<'a> {
             }
             if let Some(allowed_for) = option_applies(keyword, kind) {
                 self.error(
-                    DiagnosticKind::OptionNotAllowed { option: keyword, provider: kind.to_string(), allowed_for },
+                    DiagnosticKind::OptionNotAllowed {
+                        option: keyword,
+                        provider: kind.to_string(),
+                        allowed_for,
+                    },
                     item.span,
                 );
                 ok = false;
@@ -528,12 +626,21 @@ impl<'a> Cx<'a> {
                 }
                 SourceItemKind::MaxBody(word) => match parse_size(&word.text) {
                     Some(0) => {
-                        self.invalid_value(word.span, "max_body must be above zero", "e.g. `max_body 1MiB`");
+                        self.invalid_value(
+                            word.span,
+                            "max_body must be above zero",
+                            "e.g. `max_body 1MiB`",
+                        );
                         ok = false;
                     }
                     Some(n) => max_body = Some(n),
                     None => {
-                        self.error(DiagnosticKind::InvalidSize { text: word.text.clone() }, word.span);
+                        self.error(
+                            DiagnosticKind::InvalidSize {
+                                text: word.text.clone(),
+                            },
+                            word.span,
+                        );
                         ok = false;
                     }
                 },
@@ -585,12 +692,18 @@ impl<'a> Cx<'a> {
                     }
                 },
                 SourceItemKind::Prefix(s) => prefix = Some((self.plain(s, "prefixes"), s.span)),
-                SourceItemKind::TokenHeader(s) => token = Some(TokenLocation::Header(self.plain(s, "header names"))),
-                SourceItemKind::TokenQuery(s) => token = Some(TokenLocation::Query(self.plain(s, "query names"))),
-                SourceItemKind::Tolerance(word) => match self.positive_duration(word, "tolerance") {
-                    Some(d) => tolerance = d,
-                    None => ok = false,
-                },
+                SourceItemKind::TokenHeader(s) => {
+                    token = Some(TokenLocation::Header(self.plain(s, "header names")))
+                }
+                SourceItemKind::TokenQuery(s) => {
+                    token = Some(TokenLocation::Query(self.plain(s, "query names")))
+                }
+                SourceItemKind::Tolerance(word) => {
+                    match self.positive_duration(word, "tolerance") {
+                        Some(d) => tolerance = d,
+                        None => ok = false,
+                    }
+                }
                 SourceItemKind::Rate { count, per } => match self.rate(count, per) {
                     Some(r) => rate = Some(r),
                     None => ok = false,
@@ -601,14 +714,19 @@ impl<'a> Cx<'a> {
         if let Some(span) = insecure {
             if !secrets.is_empty() {
                 self.error(
-                    DiagnosticKind::InsecureNotAllowed { reason: "an `insecure` source cannot also have secrets" },
+                    DiagnosticKind::InsecureNotAllowed {
+                        reason: "an `insecure` source cannot also have secrets",
+                    },
                     span,
                 );
                 ok = false;
             }
         } else if secrets.is_empty() && ok {
             self.error(
-                DiagnosticKind::MissingSecret { source: decl.name.text.clone(), provider: kind.to_string() },
+                DiagnosticKind::MissingSecret {
+                    source: decl.name.text.clone(),
+                    provider: kind.to_string(),
+                },
                 decl.name.span,
             );
             ok = false;
@@ -630,7 +748,8 @@ impl<'a> Cx<'a> {
             };
             HmacOptions { header: hmac_header.unwrap_or_else(|| "X-Signature".into()), algorithm, base64, prefix }
         });
-        let url_token = kind.url_token() || (kind == ProviderKind::Generic && token.is_none() && insecure.is_none());
+        let url_token = kind.url_token()
+            || (kind == ProviderKind::Generic && token.is_none() && insecure.is_none());
         if kind == ProviderKind::Generic && token.is_none() && insecure.is_none() {
             token = Some(TokenLocation::Url);
         }
@@ -649,7 +768,12 @@ impl<'a> Cx<'a> {
             if secrets.iter().any(SecretValue::is_placeholder) {
                 SourcePaths::TokenUnknown
             } else {
-                SourcePaths::Token(secrets.iter().map(|s| token_path(&decl.name.text, s)).collect())
+                SourcePaths::Token(
+                    secrets
+                        .iter()
+                        .map(|s| token_path(&decl.name.text, s))
+                        .collect(),
+                )
             }
         } else {
             SourcePaths::Fixed(path.unwrap_or_else(|| format!("/hook/{}", decl.name.text)))
@@ -688,8 +812,11 @@ impl<'a> Cx<'a> {
             if let Some(clause) = clause {
                 if let Some(first) = seen.get(clause) {
                     self.diags.push(
-                        Diagnostic::new(DiagnosticKind::DuplicateOption { option: clause }, item.span)
-                            .with_label(*first, "first given here"),
+                        Diagnostic::new(
+                            DiagnosticKind::DuplicateOption { option: clause },
+                            item.span,
+                        )
+                        .with_label(*first, "first given here"),
                     );
                     ok = false;
                     continue;
@@ -713,31 +840,46 @@ impl<'a> Cx<'a> {
                     from = Some(Some(ids));
                 }
                 RuleItemKind::On(list) => {
-                    on = Some(list.iter().map(|s| (self.plain(s, "event names"), s.span)).collect::<Vec<_>>());
+                    on = Some(
+                        list.iter()
+                            .map(|s| (self.plain(s, "event names"), s.span))
+                            .collect::<Vec<_>>(),
+                    );
                 }
                 RuleItemKind::When(e) => match self.matcher(e) {
                     Some(m) => when = Some(m),
                     None => ok = false,
                 },
                 RuleItemKind::Notify { target, body } => {
-                    let t = self.targets.resolve(&target.text, target.span, &mut self.diags);
+                    let t = self
+                        .targets
+                        .resolve(&target.text, target.span, &mut self.diags);
                     let body = body.as_ref().map(|b| self.template(b));
                     match (t, body) {
                         (Some(target), None) => actions.push(Action::Notify { target, body: None }),
-                        (Some(target), Some(Some(body))) => actions.push(Action::Notify { target, body: Some(body) }),
+                        (Some(target), Some(Some(body))) => actions.push(Action::Notify {
+                            target,
+                            body: Some(body),
+                        }),
                         _ => ok = false,
                     }
                 }
                 RuleItemKind::Check { target, key } => {
-                    let t = self.targets.resolve(&target.text, target.span, &mut self.diags);
-                    let key = key.as_ref().map(|k| self.str_template(k, expr::StrContext::Body));
+                    let t = self
+                        .targets
+                        .resolve(&target.text, target.span, &mut self.diags);
+                    let key = key
+                        .as_ref()
+                        .map(|k| self.str_template(k, expr::StrContext::Body));
                     match t {
                         Some(target) => actions.push(Action::Check { target, key }),
                         None => ok = false,
                     }
                 }
                 RuleItemKind::Forward { target, sign_with } => {
-                    let t = self.targets.resolve(&target.text, target.span, &mut self.diags);
+                    let t = self
+                        .targets
+                        .resolve(&target.text, target.span, &mut self.diags);
                     let sign_with = match sign_with {
                         Some(word) => match self.secret_ref(word) {
                             Some(v) => Some(v),
@@ -763,7 +905,10 @@ impl<'a> Cx<'a> {
             self.check_rule_events(on, ids, sources);
         }
         if actions.is_empty() && ok {
-            self.diags.push(Diagnostic::new(DiagnosticKind::NoActions { rule: name.clone() }, decl.name.span));
+            self.diags.push(Diagnostic::new(
+                DiagnosticKind::NoActions { rule: name.clone() },
+                decl.name.span,
+            ));
         }
         ok.then(|| Rule {
             name,
@@ -793,7 +938,10 @@ impl<'a> Cx<'a> {
                     let first = path_span(decls, &sources[other].name);
                     self.diags.push(
                         Diagnostic::new(
-                            DiagnosticKind::PathConflict { path: path.clone(), other: sources[other].name.clone() },
+                            DiagnosticKind::PathConflict {
+                                path: path.clone(),
+                                other: sources[other].name.clone(),
+                            },
                             span,
                         )
                         .with_label(first, "first used here"),
@@ -822,9 +970,14 @@ fn path_span(decls: &[&SourceDecl], name: &str) -> Span {
 fn option_applies(keyword: &str, kind: ProviderKind) -> Option<&'static str> {
     let (applies, allowed_for) = match keyword {
         "insecure" => (kind == ProviderKind::Generic, "`generic` sources"),
-        "header" | "algorithm" | "encoding" | "prefix" => (kind == ProviderKind::GenericHmac, "`generic_hmac` sources"),
+        "header" | "algorithm" | "encoding" | "prefix" => {
+            (kind == ProviderKind::GenericHmac, "`generic_hmac` sources")
+        }
         "token" => (kind == ProviderKind::Generic, "`generic` sources"),
-        "tolerance" => (kind.timestamped(), "`slack`, `standard_webhooks` and `gitlab` sources"),
+        "tolerance" => (
+            kind.timestamped(),
+            "`slack`, `standard_webhooks` and `gitlab` sources",
+        ),
         _ => (true, ""),
     };
     (!applies).then_some(allowed_for)
@@ -846,7 +999,10 @@ fn path_problem(path: &str) -> Option<&'static str> {
 }
 
 fn is_header_name(name: &str) -> bool {
-    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// The URL path of a URL-token source: `/hook/<hex sha256(secret ++ name)>`, as Flux derives its
@@ -878,6 +1034,9 @@ mod unit_tests {
         let a = token_path("images", &s);
         assert_eq!(a.len(), "/hook/".len() + 64);
         assert_ne!(a, token_path("other", &s));
-        assert_ne!(a, token_path("images", &SecretValue::new("dh", b"token2".to_vec())));
+        assert_ne!(
+            a,
+            token_path("images", &SecretValue::new("dh", b"token2".to_vec()))
+        );
     }
 }

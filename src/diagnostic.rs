@@ -45,44 +45,140 @@ impl Display for NameKind {
 /// What went wrong. Each variant has one stable code (see `docs/diagnostics.md`).
 #[derive(Debug, Clone, PartialEq)]
 pub enum DiagnosticKind {
-    Syntax { expected: String, found: String },
+    Syntax {
+        expected: String,
+        found: String,
+    },
     NotUtf8,
-    TooDeep { limit: usize },
-    IncludeFailed { path: String, reason: String },
-    IncludeEmpty { pattern: String },
-    IncludeCycle { path: String },
-    DuplicateName { kind: NameKind, name: String },
-    UnknownName { kind: NameKind, name: String, suggestion: Option<String> },
-    UnknownProvider { name: String, suggestion: Option<String> },
-    UnknownEvent { event: String, provider: String, suggestion: Option<String> },
-    EventNeverSent { event: String, provider: String, sent_by: String, suggestion: Option<String> },
-    EventFiltered { event: String, source: String },
-    Unused { kind: NameKind, name: String },
-    PathConflict { path: String, other: String },
-    InvalidPath { path: String, reason: &'static str },
-    MissingSecret { source: String, provider: String },
-    InsecureNotAllowed { reason: &'static str },
-    OptionNotAllowed { option: &'static str, provider: String, allowed_for: &'static str },
-    InvalidOption { option: &'static str, value: String, expected: String },
-    DuplicateOption { option: &'static str },
+    TooDeep {
+        limit: usize,
+    },
+    IncludeFailed {
+        path: String,
+        reason: String,
+    },
+    IncludeEmpty {
+        pattern: String,
+    },
+    IncludeCycle {
+        path: String,
+    },
+    DuplicateName {
+        kind: NameKind,
+        name: String,
+    },
+    UnknownName {
+        kind: NameKind,
+        name: String,
+        suggestion: Option<String>,
+    },
+    UnknownProvider {
+        name: String,
+        suggestion: Option<String>,
+    },
+    UnknownEvent {
+        event: String,
+        provider: String,
+        suggestion: Option<String>,
+    },
+    EventNeverSent {
+        event: String,
+        provider: String,
+        sent_by: String,
+        suggestion: Option<String>,
+    },
+    EventFiltered {
+        event: String,
+        source: String,
+    },
+    Unused {
+        kind: NameKind,
+        name: String,
+    },
+    PathConflict {
+        path: String,
+        other: String,
+    },
+    InvalidPath {
+        path: String,
+        reason: &'static str,
+    },
+    MissingSecret {
+        source: String,
+        provider: String,
+    },
+    InsecureNotAllowed {
+        reason: &'static str,
+    },
+    OptionNotAllowed {
+        option: &'static str,
+        provider: String,
+        allowed_for: &'static str,
+    },
+    InvalidOption {
+        option: &'static str,
+        value: String,
+        expected: String,
+    },
+    DuplicateOption {
+        option: &'static str,
+    },
     MissingFrom,
-    NoActions { rule: String },
-    MissingUrl { target: String },
-    InvalidUrl { url: String, reason: String },
-    InvalidRegex { error: String },
-    InvalidRegexFlag { flag: char },
-    InvalidJsonPath { path: String, error: String, help: Option<String> },
-    InterpolationNotAllowed { context: &'static str, help: &'static str },
+    NoActions {
+        rule: String,
+    },
+    MissingUrl {
+        target: String,
+    },
+    InvalidUrl {
+        url: String,
+        reason: String,
+    },
+    InvalidRegex {
+        error: String,
+    },
+    InvalidRegexFlag {
+        flag: char,
+    },
+    InvalidJsonPath {
+        path: String,
+        error: String,
+        help: Option<String>,
+    },
+    InterpolationNotAllowed {
+        context: &'static str,
+        help: &'static str,
+    },
     SecretNotAllowed,
-    InvalidOperand { message: String, help: Option<String> },
+    InvalidOperand {
+        message: String,
+        help: Option<String>,
+    },
     ConstantComparison,
-    InvalidDuration { text: String },
-    InvalidSize { text: String },
-    InvalidValue { message: String, help: Option<String> },
-    DuplicateKey { key: String },
-    IncompleteTest { missing: &'static str },
-    InvalidSecretRef { message: String, help: &'static str },
-    SecretUnavailable { name: String, reason: String },
+    InvalidDuration {
+        text: String,
+    },
+    InvalidSize {
+        text: String,
+    },
+    InvalidValue {
+        message: String,
+        help: Option<String>,
+    },
+    DuplicateKey {
+        key: String,
+    },
+    IncompleteTest {
+        missing: &'static str,
+    },
+    InvalidSecretRef {
+        message: String,
+        help: &'static str,
+    },
+    SecretUnavailable {
+        name: String,
+        reason: String,
+    },
 }
 
 impl DiagnosticKind {
@@ -232,20 +328,35 @@ impl Display for DiagnosticKind {
             Syntax { expected, found } => write!(f, "expected {expected}, found {found}"),
             NotUtf8 => write!(f, "file is not valid UTF-8"),
             TooDeep { limit } => write!(f, "nesting is deeper than {limit} levels"),
-            IncludeFailed { path, reason } => write!(f, "cannot read included file `{path}`: {reason}"),
+            IncludeFailed { path, reason } => {
+                write!(f, "cannot read included file `{path}`: {reason}")
+            }
             IncludeEmpty { pattern } => write!(f, "`{pattern}` matches no files"),
             IncludeCycle { path } => write!(f, "`{path}` is included again, forming a cycle"),
             DuplicateName { kind, name } => write!(f, "{kind} `{name}` is declared twice"),
             UnknownName { kind, name, .. } => write!(f, "unknown {kind} `{name}`"),
             UnknownProvider { name, .. } => write!(f, "unknown source kind `{name}`"),
-            UnknownEvent { event, provider, .. } => {
+            UnknownEvent {
+                event, provider, ..
+            } => {
                 write!(f, "`{event}` is not an event {provider} sends")
             }
-            EventNeverSent { event, provider, sent_by, .. } => {
-                write!(f, "`{event}` is a {sent_by} event; {provider} never sends it")
+            EventNeverSent {
+                event,
+                provider,
+                sent_by,
+                ..
+            } => {
+                write!(
+                    f,
+                    "`{event}` is a {sent_by} event; {provider} never sends it"
+                )
             }
             EventFiltered { event, source } => {
-                write!(f, "source `{source}` does not accept `{event}`, so this never fires for it")
+                write!(
+                    f,
+                    "source `{source}` does not accept `{event}`, so this never fires for it"
+                )
             }
             Unused { kind, name } => write!(f, "{kind} `{name}` is never used"),
             PathConflict { path, other } => {
@@ -256,10 +367,21 @@ impl Display for DiagnosticKind {
                 write!(f, "{provider} source `{source}` has no secret")
             }
             InsecureNotAllowed { reason } => write!(f, "{reason}"),
-            OptionNotAllowed { option, provider, allowed_for } => {
-                write!(f, "`{option}` does not apply to {provider} sources (only to {allowed_for})")
+            OptionNotAllowed {
+                option,
+                provider,
+                allowed_for,
+            } => {
+                write!(
+                    f,
+                    "`{option}` does not apply to {provider} sources (only to {allowed_for})"
+                )
             }
-            InvalidOption { option, value, expected } => {
+            InvalidOption {
+                option,
+                value,
+                expected,
+            } => {
                 write!(f, "invalid {option} `{value}`: expected {expected}")
             }
             DuplicateOption { option } => write!(f, "`{option}` is given twice"),
@@ -270,7 +392,9 @@ impl Display for DiagnosticKind {
             InvalidRegex { error } => write!(f, "invalid regular expression: {error}"),
             InvalidRegexFlag { flag } => write!(f, "unknown regular expression flag `{flag}`"),
             InvalidJsonPath { path, error, .. } => write!(f, "invalid JSONPath `{path}`: {error}"),
-            InterpolationNotAllowed { context, .. } => write!(f, "`${{...}}` is not allowed in {context}"),
+            InterpolationNotAllowed { context, .. } => {
+                write!(f, "`${{...}}` is not allowed in {context}")
+            }
             SecretNotAllowed => write!(f, "a secret cannot be interpolated here"),
             InvalidOperand { message, .. } => write!(f, "{message}"),
             ConstantComparison => write!(f, "this compares two constants"),
@@ -280,7 +404,9 @@ impl Display for DiagnosticKind {
             DuplicateKey { key } => write!(f, "key `{key}` appears twice in this object"),
             IncompleteTest { missing } => write!(f, "test has no `{missing}`"),
             InvalidSecretRef { message, .. } => write!(f, "{message}"),
-            SecretUnavailable { name, reason } => write!(f, "secret `{name}` is not available: {reason}"),
+            SecretUnavailable { name, reason } => {
+                write!(f, "secret `{name}` is not available: {reason}")
+            }
         }
     }
 }
@@ -302,11 +428,18 @@ pub struct Diagnostic {
 
 impl Diagnostic {
     pub fn new(kind: DiagnosticKind, span: Span) -> Diagnostic {
-        Diagnostic { kind, span, labels: Vec::new() }
+        Diagnostic {
+            kind,
+            span,
+            labels: Vec::new(),
+        }
     }
 
     pub(crate) fn with_label(mut self, span: Span, text: impl Into<String>) -> Diagnostic {
-        self.labels.push(Label { span, text: text.into() });
+        self.labels.push(Label {
+            span,
+            text: text.into(),
+        });
         self
     }
 
@@ -351,12 +484,16 @@ impl Diagnostics {
     }
 
     pub fn count(&self, severity: Severity) -> usize {
-        self.list.iter().filter(|d| d.severity() == severity).count()
+        self.list
+            .iter()
+            .filter(|d| d.severity() == severity)
+            .count()
     }
 
     /// Sorts by file and position, so output follows the text however the passes ran.
     pub(crate) fn sort(&mut self) {
-        self.list.sort_by_key(|d| (d.span.file, d.span.start, d.span.end));
+        self.list
+            .sort_by_key(|d| (d.span.file, d.span.start, d.span.end));
     }
 }
 
@@ -395,9 +532,18 @@ impl Diagnostic {
     /// Renders like miette's graphical handler; `color` off gives the text the golden tests compare.
     pub fn render(&self, sources: &SourceMap, color: bool, width: usize) -> String {
         let file = sources.get(self.span.file);
-        let report = Report { diagnostic: self, source: NamedSource::new(&file.name, file.text.clone()) };
-        let theme = if color { GraphicalTheme::unicode() } else { GraphicalTheme::unicode_nocolor() };
-        let handler = GraphicalReportHandler::new_themed(theme).with_width(width).with_links(false);
+        let report = Report {
+            diagnostic: self,
+            source: NamedSource::new(&file.name, file.text.clone()),
+        };
+        let theme = if color {
+            GraphicalTheme::unicode()
+        } else {
+            GraphicalTheme::unicode_nocolor()
+        };
+        let handler = GraphicalReportHandler::new_themed(theme)
+            .with_width(width)
+            .with_links(false);
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = handler.render_report(&mut out, &report);
@@ -438,7 +584,10 @@ impl miette::Diagnostic for Report<'_> {
     }
 
     fn help<'b>(&'b self) -> Option<Box<dyn Display + 'b>> {
-        self.diagnostic.kind.help().map(|h| Box::new(h) as Box<dyn Display>)
+        self.diagnostic
+            .kind
+            .help()
+            .map(|h| Box::new(h) as Box<dyn Display>)
     }
 
     fn source_code(&self) -> Option<&dyn miette::SourceCode> {
@@ -447,8 +596,12 @@ impl miette::Diagnostic for Report<'_> {
 
     fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
         let d = self.diagnostic;
-        let to_span = |s: Span| SourceSpan::new((s.start as usize).into(), (s.end - s.start) as usize);
-        let mut labels = vec![LabeledSpan::new_primary_with_span(d.kind.label(), to_span(d.span))];
+        let to_span =
+            |s: Span| SourceSpan::new((s.start as usize).into(), (s.end - s.start) as usize);
+        let mut labels = vec![LabeledSpan::new_primary_with_span(
+            d.kind.label(),
+            to_span(d.span),
+        )];
         // Secondary labels in other files cannot be drawn on this file's snippet; they are rare
         // (a duplicate declared in an included file) and the message still names the item.
         labels.extend(

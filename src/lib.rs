@@ -16,13 +16,13 @@
 //! - A `RuleSet` is immutable, owned and `Send + Sync`; it holds no spans.
 //! - Every rules-file problem is a [`diagnostic::Diagnostic`] with a span and a stable code.
 
-pub mod source;
-pub mod diagnostic;
-mod syntax;
-pub mod providers;
-pub mod ruleset;
-pub mod rule_test;
-pub mod compile;
-pub mod load;
-pub mod secrets;
 pub mod cli;
+pub mod compile;
+pub mod diagnostic;
+pub mod load;
+pub mod providers;
+pub mod rule_test;
+pub mod ruleset;
+pub mod secrets;
+pub mod source;
+mod syntax;

@@ -28,7 +28,7 @@ pub struct Loaded {
 
 /// The root file could not be read at all (as opposed to an include, which is a diagnostic).
 #[derive(Debug, thiserror::Error)]
-#[error("cannot read `{path}`: {source}")]
+#[error("cannot read `{path}`: {}", io_reason(source))]
 pub struct LoadError {
     pub path: String,
     #[source]
@@ -37,16 +37,37 @@ pub struct LoadError {
 
 /// Loads and compiles the rules set rooted at `path`.
 pub fn load_file(path: &Path, secrets: &dyn Secrets) -> Result<Loaded, LoadError> {
-    let bytes = read_limited(path).map_err(|source| LoadError { path: path.display().to_string(), source })?;
-    Ok(load_text(&path.display().to_string(), Some(path.to_path_buf()), &bytes, secrets))
+    let bytes = read_limited(path).map_err(|source| LoadError {
+        path: path.display().to_string(),
+        source,
+    })?;
+    Ok(load_text(
+        &path.display().to_string(),
+        Some(path.to_path_buf()),
+        &bytes,
+        secrets,
+    ))
 }
 
 /// Loads and compiles a rules set given as bytes (stdin, tests); includes resolve against `path`'s
 /// directory, or the working directory.
 pub fn load_text(name: &str, path: Option<PathBuf>, bytes: &[u8], secrets: &dyn Secrets) -> Loaded {
-    let mut loader = Loader { files: SourceMap::default(), asts: Vec::new(), diags: Diagnostics::default(), seen: HashSet::new(), stack: Vec::new(), hasher: Sha256::new() };
+    let mut loader = Loader {
+        files: SourceMap::default(),
+        asts: Vec::new(),
+        diags: Diagnostics::default(),
+        seen: HashSet::new(),
+        stack: Vec::new(),
+        hasher: Sha256::new(),
+    };
     loader.add(name, path, bytes);
-    let Loader { files, asts, mut diags, hasher, .. } = loader;
+    let Loader {
+        files,
+        asts,
+        mut diags,
+        hasher,
+        ..
+    } = loader;
     let hash = hex::encode(hasher.finalize());
     let result = if diags.has_errors() {
         diags.sort();
@@ -66,7 +87,11 @@ pub fn load_text(name: &str, path: Option<PathBuf>, bytes: &[u8], secrets: &dyn 
             }
         }
     };
-    Loaded { files, result, hash }
+    Loaded {
+        files,
+        result,
+        hash,
+    }
 }
 
 struct Loader {
@@ -88,12 +113,16 @@ impl Loader {
         self.hasher.update([0]);
         let (text, bad_utf8_at) = match std::str::from_utf8(bytes) {
             Ok(text) => (text.to_string(), None),
-            Err(e) => (String::from_utf8_lossy(bytes).into_owned(), Some(e.valid_up_to())),
+            Err(e) => (
+                String::from_utf8_lossy(bytes).into_owned(),
+                Some(e.valid_up_to()),
+            ),
         };
         let canonical = path.as_deref().and_then(|p| p.canonicalize().ok());
         let file = self.files.add(SourceText::new(name, path, text));
         if let Some(offset) = bad_utf8_at {
-            self.diags.error(DiagnosticKind::NotUtf8, Span::new(file, offset, offset + 1));
+            self.diags
+                .error(DiagnosticKind::NotUtf8, Span::new(file, offset, offset + 1));
             return;
         }
         if bytes.len() > MAX_FILE_BYTES {
@@ -110,7 +139,7 @@ impl Loader {
         let ast = match syntax::parse(file, &text) {
             Ok(ast) => ast,
             Err(diagnostic) => {
-                self.diags.push(diagnostic);
+                self.diags.push(*diagnostic);
                 return;
             }
         };
@@ -119,6 +148,11 @@ impl Loader {
             self.stack.push(c.clone());
         }
         let base = self.files.get(file).base_dir().to_path_buf();
+        // Included files are named relative to the including file's name, as the user sees the tree.
+        let display_dir = Path::new(name)
+            .parent()
+            .unwrap_or(Path::new(""))
+            .to_path_buf();
         let includes: Vec<_> = ast
             .items
             .iter()
@@ -131,18 +165,21 @@ impl Loader {
         for include in includes {
             for interp in include.interps() {
                 self.diags.error(
-                    DiagnosticKind::InterpolationNotAllowed { context: "include paths", help: "write `\\${` for a literal `${`" },
+                    DiagnosticKind::InterpolationNotAllowed {
+                        context: "include paths",
+                        help: "write `\\${` for a literal `${`",
+                    },
                     interp.span,
                 );
             }
-            self.include(&base, &include.text(), include.span);
+            self.include(&base, &display_dir, &include.text(), include.span);
         }
         if canonical.is_some() {
             self.stack.pop();
         }
     }
 
-    fn include(&mut self, base: &Path, pattern: &str, span: Span) {
+    fn include(&mut self, base: &Path, display_dir: &Path, pattern: &str, span: Span) {
         let full = base.join(pattern);
         let is_glob = pattern.contains(['*', '?', '[']);
         let paths: Vec<PathBuf> = if is_glob {
@@ -151,9 +188,12 @@ impl Loader {
                 return;
             };
             match glob::glob(full_str) {
-                Ok(entries) => entries.filter_map(Result::ok).filter(|p| p.is_file()).collect(),
+                Ok(entries) => entries
+                    .filter_map(Result::ok)
+                    .filter(|p| p.is_file())
+                    .collect(),
                 Err(e) => {
-                    self.include_failed(pattern, &e.to_string(), span);
+                    self.include_failed(pattern, &e.to_string().to_lowercase(), span);
                     return;
                 }
             }
@@ -161,14 +201,22 @@ impl Loader {
             vec![full]
         };
         if paths.is_empty() {
-            self.diags.push(Diagnostic::new(DiagnosticKind::IncludeEmpty { pattern: pattern.into() }, span));
+            self.diags.push(Diagnostic::new(
+                DiagnosticKind::IncludeEmpty {
+                    pattern: pattern.into(),
+                },
+                span,
+            ));
             return;
         }
         for path in paths {
+            let relative = path.strip_prefix(base).unwrap_or(&path);
+            let shown = normalize(&display_dir.join(relative)).display().to_string();
             let canonical = path.canonicalize().ok();
             if let Some(c) = &canonical {
                 if self.stack.contains(c) {
-                    self.diags.error(DiagnosticKind::IncludeCycle { path: path.display().to_string() }, span);
+                    self.diags
+                        .error(DiagnosticKind::IncludeCycle { path: shown }, span);
                     continue;
                 }
                 if self.seen.contains(c) {
@@ -176,16 +224,46 @@ impl Loader {
                 }
             }
             match read_limited(&path) {
-                Ok(bytes) => self.add(&path.display().to_string(), Some(path.clone()), &bytes),
-                Err(e) => self.include_failed(&path.display().to_string(), &e.to_string(), span),
+                Ok(bytes) => self.add(&shown, Some(path.clone()), &bytes),
+                Err(e) => self.include_failed(&shown, &io_reason(&e), span),
             }
         }
     }
 
     fn include_failed(&mut self, path: &str, reason: &str, span: Span) {
-        let reason = reason.to_lowercase();
-        self.diags.error(DiagnosticKind::IncludeFailed { path: path.into(), reason }, span);
+        self.diags.error(
+            DiagnosticKind::IncludeFailed {
+                path: path.into(),
+                reason: reason.into(),
+            },
+            span,
+        );
     }
+}
+
+/// An IO error as a message fragment: lowercase, without the `(os error N)` suffix.
+pub(crate) fn io_reason(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    let text = text.split(" (os error").next().unwrap_or(&text);
+    text.to_lowercase()
+}
+
+/// Resolves `.` and `..` without touching the file system: `err/../includes/a.inc` → `includes/a.inc`.
+fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) =>
+            {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 /// Reads a file, refusing (with an error) anything larger than the rules-file limit plus one byte,
@@ -193,6 +271,7 @@ impl Loader {
 fn read_limited(path: &Path) -> std::io::Result<Vec<u8>> {
     let file = std::fs::File::open(path)?;
     let mut bytes = Vec::new();
-    file.take(MAX_FILE_BYTES as u64 + 1).read_to_end(&mut bytes)?;
+    file.take(MAX_FILE_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)?;
     Ok(bytes)
 }

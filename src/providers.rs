@@ -66,7 +66,10 @@ impl ProviderKind {
 
     pub fn name(self) -> &'static str {
         // INVARIANT: `ALL` and `KINDS` list the kinds in the same order.
-        let i = ALL.iter().position(|k| *k == self).unwrap_or_else(|| unreachable!("ALL lists every kind"));
+        let i = ALL
+            .iter()
+            .position(|k| *k == self)
+            .unwrap_or_else(|| unreachable!("ALL lists every kind"));
         KINDS[i]
     }
 
@@ -77,7 +80,10 @@ impl ProviderKind {
 
     /// Kinds whose signatures carry a timestamp, so `tolerance` applies.
     pub fn timestamped(self) -> bool {
-        matches!(self, ProviderKind::Slack | ProviderKind::StandardWebhooks | ProviderKind::GitLab)
+        matches!(
+            self,
+            ProviderKind::Slack | ProviderKind::StandardWebhooks | ProviderKind::GitLab
+        )
     }
 
     /// The events this kind sends, or `None` when the set is open (user-defined event types).
@@ -91,7 +97,10 @@ impl ProviderKind {
             ProviderKind::DockerHub => &["push"],
             ProviderKind::Quay => QUAY_EVENTS,
             ProviderKind::Harbor => HARBOR_EVENTS,
-            ProviderKind::Slack | ProviderKind::StandardWebhooks | ProviderKind::GenericHmac | ProviderKind::Generic => {
+            ProviderKind::Slack
+            | ProviderKind::StandardWebhooks
+            | ProviderKind::GenericHmac
+            | ProviderKind::Generic => {
                 return None;
             }
         })
@@ -99,7 +108,8 @@ impl ProviderKind {
 
     /// Whether this kind is known to send `event`; open kinds send anything.
     pub fn sends(self, event: &str) -> bool {
-        self.known_events().is_none_or(|events| events.contains(&event))
+        self.known_events()
+            .is_none_or(|events| events.contains(&event))
     }
 }
 
@@ -114,7 +124,10 @@ pub fn sent_by_other(kind: ProviderKind, event: &str) -> Option<ProviderKind> {
     ALL.iter()
         .copied()
         .filter(|k| *k != kind && !(is_gitea_family(*k) && is_gitea_family(kind)))
-        .find(|k| k.known_events().is_some_and(|events| events.contains(&event)))
+        .find(|k| {
+            k.known_events()
+                .is_some_and(|events| events.contains(&event))
+        })
 }
 
 fn is_gitea_family(kind: ProviderKind) -> bool {
@@ -132,11 +145,29 @@ pub fn equivalent_event(kind: ProviderKind, event: &str) -> Option<&'static str>
 
 /// Events that mean the same thing across providers, for "did you mean" across kinds.
 const EQUIVALENTS: &[&[&str]] = &[
-    &["push", "Push Hook", "repo:push", "repo:refs_changed", "repo_push", "PUSH_ARTIFACT", "harbor.artifact.pushed"],
+    &[
+        "push",
+        "Push Hook",
+        "repo:push",
+        "repo:refs_changed",
+        "repo_push",
+        "PUSH_ARTIFACT",
+        "harbor.artifact.pushed",
+    ],
     &["create", "Tag Push Hook"],
-    &["pull_request", "Merge Request Hook", "pullrequest:created", "pr:opened"],
+    &[
+        "pull_request",
+        "Merge Request Hook",
+        "pullrequest:created",
+        "pr:opened",
+    ],
     &["release", "Release Hook"],
-    &["issue_comment", "Note Hook", "pullrequest:comment_created", "pr:comment:added"],
+    &[
+        "issue_comment",
+        "Note Hook",
+        "pullrequest:comment_created",
+        "pr:comment:added",
+    ],
     &["issues", "Issue Hook", "issue:created"],
     &["workflow_run", "Pipeline Hook"],
     &["workflow_job", "Job Hook"],
@@ -379,18 +410,33 @@ mod tests {
     #[test]
     fn kind_names_round_trip() {
         for name in KINDS {
-            assert_eq!(ProviderKind::from_name(name).map(ProviderKind::name), Some(*name));
+            assert_eq!(
+                ProviderKind::from_name(name).map(ProviderKind::name),
+                Some(*name)
+            );
         }
         assert_eq!(ProviderKind::from_name("svn"), None);
     }
 
     #[test]
     fn gitlab_push_maps_to_github_push() {
-        assert_eq!(sent_by_other(ProviderKind::GitHub, "Push Hook"), Some(ProviderKind::GitLab));
-        assert_eq!(equivalent_event(ProviderKind::GitHub, "Push Hook"), Some("push"));
-        assert_eq!(equivalent_event(ProviderKind::Bitbucket, "push"), Some("repo:push"));
+        assert_eq!(
+            sent_by_other(ProviderKind::GitHub, "Push Hook"),
+            Some(ProviderKind::GitLab)
+        );
+        assert_eq!(
+            equivalent_event(ProviderKind::GitHub, "Push Hook"),
+            Some("push")
+        );
+        assert_eq!(
+            equivalent_event(ProviderKind::Bitbucket, "push"),
+            Some("repo:push")
+        );
         // Gitea and Forgejo send the same events; neither is "another provider" for the other.
-        assert_eq!(sent_by_other(ProviderKind::Forgejo, "pull_request_sync"), None);
+        assert_eq!(
+            sent_by_other(ProviderKind::Forgejo, "pull_request_sync"),
+            None
+        );
         assert!(ProviderKind::Forgejo.sends("pull_request_sync"));
     }
 }

@@ -12,8 +12,8 @@ mod target;
 pub use action::{Action, StrPiece, StrTemplate, Template};
 pub use matcher::{CompareOp, JsonPath, Matcher, Operand, Predicate, PredicateOp, Quantifier};
 pub use source::{HmacAlgorithm, HmacOptions, SecretValue, Source, SourcePaths, TokenLocation};
-pub use target::{Method, Rate, Retry, SignatureStyle, Target};
 pub(crate) use target::{DEFAULT_CONCURRENCY, DEFAULT_RETRY, DEFAULT_TIMEOUT, SIGNATURE_STYLES};
+pub use target::{Method, Rate, Retry, SignatureStyle, Target};
 
 use std::collections::HashMap;
 use std::fmt::{self, Display};
@@ -81,7 +81,13 @@ impl Display for ShowDuration {
         if ms == 0 {
             return f.write_str("0s");
         }
-        for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000), ("ms", 1)] {
+        for (unit, size) in [
+            ("d", 86_400_000),
+            ("h", 3_600_000),
+            ("m", 60_000),
+            ("s", 1000),
+            ("ms", 1),
+        ] {
             if ms >= size {
                 write!(f, "{}{unit}", ms / size)?;
                 ms %= size;
@@ -104,7 +110,8 @@ impl Display for RuleSet {
             match &rule.sources {
                 None => f.write_str("*")?,
                 Some(ids) => {
-                    let names: Vec<&str> = ids.iter().map(|&i| self.sources[i].name.as_str()).collect();
+                    let names: Vec<&str> =
+                        ids.iter().map(|&i| self.sources[i].name.as_str()).collect();
                     f.write_str(&names.join(", "))?;
                 }
             }

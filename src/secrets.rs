@@ -30,10 +30,20 @@ impl Secrets for EnvSecrets {
                     }
                     bytes
                 })
-                .map_err(|e| format!("cannot read `{}`: {}", path.display(), e.to_string().to_lowercase())),
+                .map_err(|e| {
+                    format!(
+                        "cannot read `{}`: {}",
+                        path.display(),
+                        crate::load::io_reason(&e)
+                    )
+                }),
         };
         let checked = loaded.and_then(|bytes| {
-            if bytes.is_empty() { Err("the value is empty".to_string()) } else { Ok(SecretValue::new(name, bytes)) }
+            if bytes.is_empty() {
+                Err("the value is empty".to_string())
+            } else {
+                Ok(SecretValue::new(name, bytes))
+            }
         });
         match checked {
             Err(_) if self.lenient => Ok(SecretValue::placeholder(name)),
@@ -60,13 +70,23 @@ mod tests {
     #[test]
     fn missing_and_empty_secrets_are_errors_that_name_no_value() {
         let secrets = EnvSecrets { lenient: false };
-        let err = secrets.load("t", SecretRef::File(Path::new("/nonexistent/hookgate"))).unwrap_err();
+        let err = secrets
+            .load("t", SecretRef::File(Path::new("/nonexistent/hookgate")))
+            .unwrap_err();
         assert!(err.contains("/nonexistent/hookgate"), "{err}");
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("empty");
         std::fs::write(&path, "\n").unwrap();
-        assert_eq!(secrets.load("t", SecretRef::File(&path)).unwrap_err(), "the value is empty");
+        assert_eq!(
+            secrets.load("t", SecretRef::File(&path)).unwrap_err(),
+            "the value is empty"
+        );
         let lenient = EnvSecrets { lenient: true };
-        assert!(lenient.load("t", SecretRef::File(&path)).unwrap().is_placeholder());
+        assert!(
+            lenient
+                .load("t", SecretRef::File(&path))
+                .unwrap()
+                .is_placeholder()
+        );
     }
 }

@@ -22,7 +22,11 @@ pub struct Span {
 impl Span {
     pub(crate) fn new(file: FileId, start: usize, end: usize) -> Span {
         // INVARIANT: files are capped at `MAX_FILE_BYTES`, far below `u32::MAX`.
-        Span { file, start: start as u32, end: end as u32 }
+        Span {
+            file,
+            start: start as u32,
+            end: end as u32,
+        }
     }
 }
 
@@ -40,13 +44,24 @@ pub struct SourceText {
 }
 
 impl SourceText {
-    pub fn new(name: impl Into<String>, path: Option<PathBuf>, text: impl Into<Arc<str>>) -> SourceText {
-        SourceText { name: name.into(), path, text: text.into() }
+    pub fn new(
+        name: impl Into<String>,
+        path: Option<PathBuf>,
+        text: impl Into<Arc<str>>,
+    ) -> SourceText {
+        SourceText {
+            name: name.into(),
+            path,
+            text: text.into(),
+        }
     }
 
     /// The directory relative paths in this file are resolved against.
     pub(crate) fn base_dir(&self) -> &Path {
-        self.path.as_deref().and_then(Path::parent).unwrap_or(Path::new("."))
+        self.path
+            .as_deref()
+            .and_then(Path::parent)
+            .unwrap_or(Path::new("."))
     }
 
     /// 1-based line and column (in characters) of a byte offset.
@@ -84,7 +99,10 @@ impl SourceMap {
     }
 
     pub fn files(&self) -> impl Iterator<Item = (FileId, &SourceText)> {
-        self.files.iter().enumerate().map(|(i, f)| (FileId(i as u32), f))
+        self.files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (FileId(i as u32), f))
     }
 }
 

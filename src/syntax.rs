@@ -22,17 +22,22 @@ use grammar::{Grammar, Rule};
 pub(crate) const MAX_DEPTH: usize = 64;
 
 /// Parses one file's text.
-pub(crate) fn parse(file: FileId, text: &str) -> Result<Ast, Diagnostic> {
+pub(crate) fn parse(file: FileId, text: &str) -> Result<Ast, Box<Diagnostic>> {
     if let Some(offset) = too_deep(text) {
         let span = Span::new(file, offset, offset + 1);
-        return Err(Diagnostic::new(DiagnosticKind::TooDeep { limit: MAX_DEPTH }, span));
+        return Err(Box::new(Diagnostic::new(
+            DiagnosticKind::TooDeep { limit: MAX_DEPTH },
+            span,
+        )));
     }
     match Grammar::parse(Rule::file, text) {
         Ok(mut pairs) => {
-            let file_pair = pairs.next().unwrap_or_else(|| unreachable!("`file` always yields one pair"));
+            let file_pair = pairs
+                .next()
+                .unwrap_or_else(|| unreachable!("`file` always yields one pair"));
             Ok(lower::file(file, file_pair))
         }
-        Err(_) => Err(syntax_error(file, text)),
+        Err(_) => Err(Box::new(syntax_error(file, text))),
     }
 }
 
@@ -42,10 +47,19 @@ fn syntax_error(file: FileId, text: &str) -> Diagnostic {
     let mut failure = analyse(text);
     // pest may stop inside a word (`pathx` matched `path`, then failed): blame the whole word, with
     // what was expected where it starts, found by parsing again with the word blanked out.
-    let word_start = text[..failure.pos].rfind(|c: char| !is_word_char(c)).map_or(0, |i| i + 1);
+    let word_start = text[..failure.pos]
+        .rfind(|c: char| !is_word_char(c))
+        .map_or(0, |i| i + 1);
     if word_start < failure.pos && text[failure.pos..].starts_with(is_word_char) {
-        let word_end = text[failure.pos..].find(|c: char| !is_word_char(c)).map_or(text.len(), |i| failure.pos + i);
-        let blanked = format!("{}{}{}", &text[..word_start], "\u{1}".repeat(word_end - word_start), &text[word_end..]);
+        let word_end = text[failure.pos..]
+            .find(|c: char| !is_word_char(c))
+            .map_or(text.len(), |i| failure.pos + i);
+        let blanked = format!(
+            "{}{}{}",
+            &text[..word_start],
+            "\u{1}".repeat(word_end - word_start),
+            &text[word_end..]
+        );
         let retry = analyse(&blanked);
         if retry.pos == word_start {
             failure = retry;
@@ -60,7 +74,10 @@ fn syntax_error(file: FileId, text: &str) -> Diagnostic {
     }
     let end = (failure.pos + found.len).min(text.len()).max(failure.pos);
     Diagnostic::new(
-        DiagnosticKind::Syntax { expected: join_alternatives(&expected), found: found.text },
+        DiagnosticKind::Syntax {
+            expected: join_alternatives(&expected),
+            found: found.text,
+        },
         Span::new(file, failure.pos, end),
     )
 }
@@ -79,7 +96,11 @@ fn analyse(text: &str) -> Failure {
     let Err(error) = result else {
         // Only reachable for the blanked retry if blanking fixed the text, which a control
         // character cannot; report the start of the file rather than panic.
-        return Failure { pos: 0, expected: Vec::new(), in_regex: false };
+        return Failure {
+            pos: 0,
+            expected: Vec::new(),
+            in_regex: false,
+        };
     };
     // With error detail on, pest records the furthest position any rule reached and what it expected
     // there; that is where the user's mistake is. The plain error location has been backtracked.
@@ -97,19 +118,36 @@ fn analyse(text: &str) -> Failure {
                 let rule = stack.deepest.get_rule().copied();
                 in_regex |= rule == Some(Rule::regex_body);
                 // A declaration as the deepest rule means "its next token"; the tokens say which.
-                expected.extend(rule.filter(|r| !is_container(*r)).and_then(describe).map(String::from));
+                expected.extend(
+                    rule.filter(|r| !is_container(*r))
+                        .and_then(describe)
+                        .map(String::from),
+                );
             }
             for token in attempts.expected_tokens() {
                 let token = token.to_string();
-                let keyword = token.len() >= 2 && token.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
-                if keyword || PUNCTUATION.contains(&token.as_str()) {
-                    expected.push(format!("`{token}`"));
+                let keyword =
+                    token.len() >= 2 && token.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+                match token.as_str() {
+                    "starts" | "ends" => expected.push(format!("`{token} with`")),
+                    "==" | "!=" | "<" | "<=" | ">" | ">=" => {
+                        expected.push("a comparison such as `==`".into())
+                    }
+                    _ if keyword || PUNCTUATION.contains(&token.as_str()) => {
+                        expected.push(format!("`{token}`"))
+                    }
+                    _ => {}
                 }
             }
         }
         None => {
             if let ErrorVariant::ParsingError { positives, .. } = &error.variant {
-                expected.extend(positives.iter().filter_map(|r| describe(*r)).map(String::from));
+                expected.extend(
+                    positives
+                        .iter()
+                        .filter_map(|r| describe(*r))
+                        .map(String::from),
+                );
             }
         }
     }
@@ -119,7 +157,11 @@ fn analyse(text: &str) -> Failure {
     }
     expected.sort();
     expected.dedup();
-    Failure { pos, expected, in_regex }
+    Failure {
+        pos,
+        expected,
+        in_regex,
+    }
 }
 
 /// Whether `pos` is inside a string that opened earlier on its line (strings cannot span lines).
@@ -145,13 +187,33 @@ fn is_word_char(c: char) -> bool {
 }
 
 const VALUE_STARTS: &[&str] = &[
-    "`[`", "`{`", "`true`", "`false`", "`null`", "`payload`", "`event`", "`source`", "`delivery`", "`header`", "`query`",
+    "`[`",
+    "`{`",
+    "`true`",
+    "`false`",
+    "`null`",
+    "`payload`",
+    "`event`",
+    "`source`",
+    "`delivery`",
+    "`header`",
+    "`query`",
 ];
 
 /// Rules that stand for "a declaration of this kind", not for a token.
 fn is_container(rule: Rule) -> bool {
     use Rule::*;
-    matches!(rule, file | secret_decl | source_decl | target_decl | rule_decl | include_decl | test_decl)
+    matches!(
+        rule,
+        file | secret_decl
+            | source_decl
+            | target_decl
+            | rule_decl
+            | include_decl
+            | test_decl
+            | object
+            | array
+    )
 }
 
 /// What users call a grammar rule, or `None` for rules that only add noise to "expected ...".
@@ -252,24 +314,52 @@ struct Found {
 
 /// Literal tokens worth naming in "expected ..."; white space, comment starts and the insides of
 /// tokens are noise.
-const PUNCTUATION: &[&str] = &[":", "{", "}", "(", ")", "[", "]", ",", "=", "..", "==", "*", ";"];
+const PUNCTUATION: &[&str] = &[
+    ":", "{", "}", "(", ")", "[", "]", ",", "=", "..", "==", "*", ";",
+];
 
 /// Names the token at `pos` for "found ...".
 fn found_at(text: &str, pos: usize) -> Found {
     let rest = &text[pos.min(text.len())..];
     let Some(first) = rest.chars().next() else {
-        return Found { text: "end of file".into(), len: 0, is_line_end: true };
+        return Found {
+            text: "end of file".into(),
+            len: 0,
+            is_line_end: true,
+        };
     };
     if first == '\n' || first == '\r' {
-        return Found { text: "end of line".into(), len: 1, is_line_end: true };
+        return Found {
+            text: "end of line".into(),
+            len: 1,
+            is_line_end: true,
+        };
     }
     let word_len = rest
         .char_indices()
         .find(|&(_, c)| !(c.is_alphanumeric() || c == '_' || c == '-'))
         .map_or(rest.len(), |(i, _)| i);
-    let len = if word_len > 0 { word_len } else { first.len_utf8() };
+    let len = if word_len > 0 {
+        word_len
+    } else {
+        first.len_utf8()
+    };
     let token: String = rest[..len].chars().take(40).collect();
-    Found { text: format!("`{}`", token.escape_debug()), len, is_line_end: false }
+    let shown: String = token
+        .chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            }
+        })
+        .collect();
+    Found {
+        text: format!("`{shown}`"),
+        len,
+        is_line_end: false,
+    }
 }
 
 /// Finds where bracket nesting first exceeds [`MAX_DEPTH`], skipping comments, strings and regexes.
@@ -312,4 +402,3 @@ fn skip_quoted(bytes: &[u8], mut i: usize, quote: u8) -> usize {
     }
     i
 }
-

@@ -10,7 +10,8 @@ use serde_json::{Map, Value as Json};
 use crate::compile::Cx;
 use crate::diagnostic::DiagnosticKind;
 use crate::ruleset::{
-    CompareOp, JsonPath, Matcher, Operand, Predicate, PredicateOp, Quantifier, StrPiece, StrTemplate, Template,
+    CompareOp, JsonPath, Matcher, Operand, Predicate, PredicateOp, Quantifier, StrPiece,
+    StrTemplate, Template,
 };
 use crate::source::Span;
 use crate::syntax::{self, Expr, InterpKind, Op, Str, StrPart, Value, ValueKind};
@@ -48,8 +49,12 @@ impl Cx<'_> {
         });
         let op = match &p.op {
             Op::Contains(v) => self.operand(v).map(PredicateOp::Contains),
-            Op::StartsWith(v) => self.string_operand(v, "starts with").map(PredicateOp::StartsWith),
-            Op::EndsWith(v) => self.string_operand(v, "ends with").map(PredicateOp::EndsWith),
+            Op::StartsWith(v) => self
+                .string_operand(v, "starts with")
+                .map(PredicateOp::StartsWith),
+            Op::EndsWith(v) => self
+                .string_operand(v, "ends with")
+                .map(PredicateOp::EndsWith),
             Op::Matches(re) => self.regex(re),
             Op::Compare(op, v) => {
                 let operand = self.operand(v);
@@ -71,7 +76,11 @@ impl Cx<'_> {
                 let operand = self.operand(v);
                 if let Some(Operand::Literal(lit)) = &operand {
                     if !lit.is_array() {
-                        self.invalid_operand(v.span, "`in` takes an array".into(), "write `in [\"a\", \"b\"]`");
+                        self.invalid_operand(
+                            v.span,
+                            "`in` takes an array".into(),
+                            "write `in [\"a\", \"b\"]`",
+                        );
                         return None;
                     }
                 }
@@ -81,7 +90,9 @@ impl Cx<'_> {
         };
         let (subject, op) = (subject?, op?);
         let rhs_literal = match &op {
-            PredicateOp::Contains(o) | PredicateOp::StartsWith(o) | PredicateOp::EndsWith(o) => o.is_literal(),
+            PredicateOp::Contains(o) | PredicateOp::StartsWith(o) | PredicateOp::EndsWith(o) => {
+                o.is_literal()
+            }
             PredicateOp::Compare(_, o) | PredicateOp::In(o) => o.is_literal(),
             PredicateOp::Matches { .. } => true,
             PredicateOp::Exists => {
@@ -97,16 +108,27 @@ impl Cx<'_> {
             }
         };
         if subject.is_literal() && rhs_literal {
-            self.diags.push(crate::diagnostic::Diagnostic::new(DiagnosticKind::ConstantComparison, p.span));
+            self.diags.push(crate::diagnostic::Diagnostic::new(
+                DiagnosticKind::ConstantComparison,
+                p.span,
+            ));
         }
-        Some(Predicate { quantifier, subject, op })
+        Some(Predicate {
+            quantifier,
+            subject,
+            op,
+        })
     }
 
     fn string_operand(&mut self, v: &Value, op: &str) -> Option<Operand> {
         let operand = self.operand(v)?;
         if let Operand::Literal(lit) = &operand {
             if !lit.is_string() {
-                self.invalid_operand(v.span, format!("`{op}` takes a string, not `{lit}`"), "quote the text");
+                self.invalid_operand(
+                    v.span,
+                    format!("`{op}` takes a string, not `{lit}`"),
+                    "quote the text",
+                );
                 return None;
             }
         }
@@ -127,20 +149,35 @@ impl Cx<'_> {
         }
         let key = (re.pattern.clone(), flags.clone());
         if let Some(compiled) = self.regexes.get(&key) {
-            return Some(PredicateOp::Matches { regex: compiled.clone(), flags });
+            return Some(PredicateOp::Matches {
+                regex: compiled.clone(),
+                flags,
+            });
         }
-        let source = if flags.is_empty() { re.pattern.clone() } else { format!("(?{flags}){}", re.pattern) };
+        let source = if flags.is_empty() {
+            re.pattern.clone()
+        } else {
+            format!("(?{flags}){}", re.pattern)
+        };
         // The regex crate guarantees linear-time matching; the size limit bounds memory per pattern.
-        match regex::RegexBuilder::new(&source).size_limit(1 << 20).build() {
+        match regex::RegexBuilder::new(&source)
+            .size_limit(1 << 20)
+            .build()
+        {
             Ok(compiled) => {
                 let compiled = Arc::new(compiled);
                 self.regexes.insert(key, compiled.clone());
-                Some(PredicateOp::Matches { regex: compiled, flags })
+                Some(PredicateOp::Matches {
+                    regex: compiled,
+                    flags,
+                })
             }
             Err(e) => {
                 let error = match e {
                     regex::Error::Syntax(msg) => last_line(&msg),
-                    regex::Error::CompiledTooBig(limit) => format!("compiled pattern exceeds {limit} bytes"),
+                    regex::Error::CompiledTooBig(limit) => {
+                        format!("compiled pattern exceeds {limit} bytes")
+                    }
                     other => other.to_string(),
                 };
                 self.error(DiagnosticKind::InvalidRegex { error }, re.span);
@@ -150,7 +187,13 @@ impl Cx<'_> {
     }
 
     pub(super) fn invalid_operand(&mut self, span: Span, message: String, help: &str) {
-        self.error(DiagnosticKind::InvalidOperand { message, help: Some(help.into()) }, span);
+        self.error(
+            DiagnosticKind::InvalidOperand {
+                message,
+                help: Some(help.into()),
+            },
+            span,
+        );
     }
 
     /// An operand of a match expression: a literal (no request reads inside it) or a request read.
@@ -161,9 +204,13 @@ impl Cx<'_> {
             ValueKind::Event => Some(Operand::Event),
             ValueKind::Source => Some(Operand::Source),
             ValueKind::Delivery => Some(Operand::Delivery),
-            ValueKind::Header(s) => Some(Operand::Header(self.plain(s, "header names").to_ascii_lowercase())),
+            ValueKind::Header(s) => Some(Operand::Header(
+                self.plain(s, "header names").to_ascii_lowercase(),
+            )),
             ValueKind::Query(s) => Some(Operand::Query(self.plain(s, "query names"))),
-            _ => self.literal(v, "match expressions").map(|j| Operand::Literal(Arc::new(j))),
+            _ => self
+                .literal(v, "match expressions")
+                .map(|j| Operand::Literal(Arc::new(j))),
         }
     }
 
@@ -192,7 +239,8 @@ impl Cx<'_> {
                 Json::Object(map)
             }
             ValueKind::Array(items) => {
-                let items: Vec<Option<Json>> = items.iter().map(|i| self.literal(i, context)).collect();
+                let items: Vec<Option<Json>> =
+                    items.iter().map(|i| self.literal(i, context)).collect();
                 Json::Array(items.into_iter().collect::<Option<Vec<_>>>()?)
             }
             ValueKind::String(s) => Json::String(self.plain(s, context)),
@@ -235,18 +283,31 @@ impl Cx<'_> {
         }
         match jsonpath_rust::parser::parse_json_path(text) {
             Ok(query) => {
-                let path = Arc::new(JsonPath { text: text.to_string(), query });
+                let path = Arc::new(JsonPath {
+                    text: text.to_string(),
+                    query,
+                });
                 self.paths.insert(text.to_string(), path.clone());
                 Some(path)
             }
             Err(e) => {
                 let help = if text.contains('-') {
-                    Some("member names with `-` need bracket notation: `$['name-with-dash']`".to_string())
+                    Some(
+                        "member names with `-` need bracket notation: `$['name-with-dash']`"
+                            .to_string(),
+                    )
                 } else {
-                    Some("paths follow RFC 9535, e.g. `$.repository.full_name`, `$.commits[*].id`".to_string())
+                    Some(
+                        "paths follow RFC 9535, e.g. `$.repository.full_name`, `$.commits[*].id`"
+                            .to_string(),
+                    )
                 };
                 self.error(
-                    DiagnosticKind::InvalidJsonPath { path: text.into(), error: last_line(&e.to_string()), help },
+                    DiagnosticKind::InvalidJsonPath {
+                        path: text.into(),
+                        error: last_line(&e.to_string()),
+                        help,
+                    },
                     span,
                 );
                 None
@@ -278,12 +339,16 @@ impl Cx<'_> {
             }
             ValueKind::Array(items) => {
                 let items: Vec<Option<Template>> = items.iter().map(|i| self.template(i)).collect();
-                collapse(Template::Array(items.into_iter().collect::<Option<Vec<_>>>()?))
+                collapse(Template::Array(
+                    items.into_iter().collect::<Option<Vec<_>>>()?,
+                ))
             }
             ValueKind::String(s) => {
                 let t = self.str_template(s, StrContext::Body);
                 match t.as_literal() {
-                    Some(text) => Template::Operand(Operand::Literal(Arc::new(Json::String(text.to_string())))),
+                    Some(text) => Template::Operand(Operand::Literal(Arc::new(Json::String(
+                        text.to_string(),
+                    )))),
                     None => Template::String(t),
                 }
             }
@@ -299,26 +364,33 @@ impl Cx<'_> {
                 StrPart::Text(t) => pieces.push(StrPiece::Text(t.clone())),
                 StrPart::Interp(i) => {
                     let piece = match (&i.kind, context) {
-                        (InterpKind::Secret(name), StrContext::Target) => self.secret_ref(name).map(StrPiece::Secret),
+                        (InterpKind::Secret(name), StrContext::Target) => {
+                            self.secret_ref(name).map(StrPiece::Secret)
+                        }
                         (InterpKind::Secret(name), StrContext::Body) => {
                             // Still resolve it, so a misspelt name is reported as such.
-                            self.secrets.get(&name.text).map(|id| self.secrets.used[id] = true);
+                            if let Some(id) = self.secrets.get(&name.text) {
+                                self.secrets.used[id] = true;
+                            }
                             self.error(DiagnosticKind::SecretNotAllowed, i.span);
                             None
                         }
                         (InterpKind::Event, _) => Some(StrPiece::Operand(Operand::Event)),
                         (InterpKind::Source, _) => Some(StrPiece::Operand(Operand::Source)),
                         (InterpKind::Delivery, _) => Some(StrPiece::Operand(Operand::Delivery)),
-                        (InterpKind::Path(p), StrContext::Body) => {
-                            self.json_path(p, i.span).map(|p| StrPiece::Operand(Operand::Path(p)))
-                        }
-                        (InterpKind::Header(h), StrContext::Body) => {
-                            Some(StrPiece::Operand(Operand::Header(self.plain(h, "header names").to_ascii_lowercase())))
-                        }
-                        (InterpKind::Query(q), StrContext::Body) => {
-                            Some(StrPiece::Operand(Operand::Query(self.plain(q, "query names"))))
-                        }
-                        (InterpKind::Path(_) | InterpKind::Header(_) | InterpKind::Query(_), StrContext::Target) => {
+                        (InterpKind::Path(p), StrContext::Body) => self
+                            .json_path(p, i.span)
+                            .map(|p| StrPiece::Operand(Operand::Path(p))),
+                        (InterpKind::Header(h), StrContext::Body) => Some(StrPiece::Operand(
+                            Operand::Header(self.plain(h, "header names").to_ascii_lowercase()),
+                        )),
+                        (InterpKind::Query(q), StrContext::Body) => Some(StrPiece::Operand(
+                            Operand::Query(self.plain(q, "query names")),
+                        )),
+                        (
+                            InterpKind::Path(_) | InterpKind::Header(_) | InterpKind::Query(_),
+                            StrContext::Target,
+                        ) => {
                             self.error(
                                 DiagnosticKind::InterpolationNotAllowed {
                                     context: "a target (targets are shared by rules, so they cannot read a request)",
@@ -351,7 +423,11 @@ fn collapse(t: Template) -> Template {
             .map(|(k, v)| literal(v).map(|j| (k.clone(), j)))
             .collect::<Option<Map<String, Json>>>()
             .map(Json::Object),
-        Template::Array(items) => items.iter().map(literal).collect::<Option<Vec<Json>>>().map(Json::Array),
+        Template::Array(items) => items
+            .iter()
+            .map(literal)
+            .collect::<Option<Vec<Json>>>()
+            .map(Json::Array),
         _ => None,
     };
     json.map_or(t, |j| Template::Operand(Operand::Literal(Arc::new(j))))
@@ -371,7 +447,15 @@ fn compare_op(op: syntax::CompareOp) -> CompareOp {
 /// The informative last line of a multi-line library error (regex and pest draw their own carets,
 /// which would fight with ours).
 fn last_line(message: &str) -> String {
-    let line = message.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or(message).trim();
-    let line = line.strip_prefix("error: ").or_else(|| line.strip_prefix("= ")).unwrap_or(line);
+    let line = message
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or(message)
+        .trim();
+    let line = line
+        .strip_prefix("error: ")
+        .or_else(|| line.strip_prefix("= "))
+        .unwrap_or(line);
     line.to_string()
 }

@@ -32,25 +32,62 @@ impl Cx<'_> {
         self.diags.push(Diagnostic::new(diagnostic, span));
     }
 
-    /// Checks a rule's `on` list against each of its sources: the kind must send the event and the
-    /// source's own `events` filter must let it through.
-    pub(super) fn check_rule_events(&mut self, on: &[(String, Span)], source_ids: &[usize], sources: &[Source]) {
+    /// Checks a rule's `on` list against its sources. A rule may listen to sources of several kinds
+    /// and list each kind's events (`on "push", "Push Hook"`), so an event is flagged only when none of
+    /// the rule's sources sends it, and "filtered" only when every source that sends it filters it out.
+    pub(super) fn check_rule_events(
+        &mut self,
+        on: &[(String, Span)],
+        source_ids: &[usize],
+        sources: &[Source],
+    ) {
         // Sources that failed to compile are absent from `sources`; they were reported already.
         let listening: Vec<&Source> = source_ids
             .iter()
             .filter_map(|&id| sources.iter().find(|s| s.name == self.sources.names[id]))
             .collect();
+        let mut kinds: Vec<ProviderKind> = Vec::new();
+        for source in &listening {
+            if !kinds.contains(&source.kind) {
+                kinds.push(source.kind);
+            }
+        }
         for (event, span) in on {
-            let mut kinds_checked: Vec<ProviderKind> = Vec::new();
-            for source in &listening {
-                if !kinds_checked.contains(&source.kind) {
-                    kinds_checked.push(source.kind);
-                    self.check_event(event, *span, source.kind);
+            let senders: Vec<&&Source> = listening.iter().filter(|s| s.kind.sends(event)).collect();
+            match (senders.as_slice(), kinds.as_slice()) {
+                ([], []) => {}
+                ([], [kind]) => self.check_event(event, *span, *kind),
+                ([], _) => {
+                    let known: Vec<&str> = kinds
+                        .iter()
+                        .flat_map(|k| k.known_events().unwrap_or_default().iter().copied())
+                        .collect();
+                    let provider = kinds
+                        .iter()
+                        .map(|k| k.name())
+                        .collect::<Vec<_>>()
+                        .join(" or ");
+                    let suggestion = suggest(event, known);
+                    self.diags.push(Diagnostic::new(
+                        DiagnosticKind::UnknownEvent {
+                            event: event.clone(),
+                            provider,
+                            suggestion,
+                        },
+                        *span,
+                    ));
                 }
-                if let Some(accepted) = &source.events {
-                    if !accepted.contains(event) {
+                (senders, _) => {
+                    let accepted = senders
+                        .iter()
+                        .any(|s| s.events.as_ref().is_none_or(|list| list.contains(event)));
+                    if !accepted {
+                        let source = senders[0].name.clone();
                         self.diags.push(Diagnostic::new(
-                            DiagnosticKind::EventFiltered { event: event.clone(), source: source.name.clone() },
+                            DiagnosticKind::EventFiltered {
+                                event: event.clone(),
+                                source,
+                            },
                             *span,
                         ));
                     }
@@ -60,10 +97,17 @@ impl Cx<'_> {
     }
 
     pub(super) fn lint_unused(&mut self) {
-        for (names, kind) in [(&self.secrets, NameKind::Secret), (&self.targets, NameKind::Target), (&self.sources, NameKind::Source)] {
+        for (names, kind) in [
+            (&self.secrets, NameKind::Secret),
+            (&self.targets, NameKind::Target),
+            (&self.sources, NameKind::Source),
+        ] {
             for (i, used) in names.used.iter().enumerate() {
                 if !used {
-                    let d = DiagnosticKind::Unused { kind, name: names.names[i].clone() };
+                    let d = DiagnosticKind::Unused {
+                        kind,
+                        name: names.names[i].clone(),
+                    };
                     self.diags.push(Diagnostic::new(d, names.spans[i]));
                 }
             }

@@ -17,15 +17,32 @@ pub(super) struct Names {
 
 impl Names {
     pub(super) fn new(kind: NameKind) -> Names {
-        Names { kind, index: HashMap::new(), spans: Vec::new(), names: Vec::new(), used: Vec::new() }
+        Names {
+            kind,
+            index: HashMap::new(),
+            spans: Vec::new(),
+            names: Vec::new(),
+            used: Vec::new(),
+        }
     }
 
     /// Declares a name. A duplicate is reported and gets no index of its own.
-    pub(super) fn declare(&mut self, name: &str, span: Span, diags: &mut Diagnostics) -> Option<usize> {
+    pub(super) fn declare(
+        &mut self,
+        name: &str,
+        span: Span,
+        diags: &mut Diagnostics,
+    ) -> Option<usize> {
         if let Some(&first) = self.index.get(name) {
             diags.push(
-                Diagnostic::new(DiagnosticKind::DuplicateName { kind: self.kind, name: name.into() }, span)
-                    .with_label(self.spans[first], "first declared here"),
+                Diagnostic::new(
+                    DiagnosticKind::DuplicateName {
+                        kind: self.kind,
+                        name: name.into(),
+                    },
+                    span,
+                )
+                .with_label(self.spans[first], "first declared here"),
             );
             return None;
         }
@@ -38,7 +55,12 @@ impl Names {
     }
 
     /// Looks a reference up, marking the name used, or reports it with a suggestion.
-    pub(super) fn resolve(&mut self, name: &str, span: Span, diags: &mut Diagnostics) -> Option<usize> {
+    pub(super) fn resolve(
+        &mut self,
+        name: &str,
+        span: Span,
+        diags: &mut Diagnostics,
+    ) -> Option<usize> {
         match self.index.get(name) {
             Some(&id) => {
                 self.used[id] = true;
@@ -46,7 +68,14 @@ impl Names {
             }
             None => {
                 let suggestion = suggest(name, self.names.iter().map(String::as_str));
-                diags.error(DiagnosticKind::UnknownName { kind: self.kind, name: name.into(), suggestion }, span);
+                diags.error(
+                    DiagnosticKind::UnknownName {
+                        kind: self.kind,
+                        name: name.into(),
+                        suggestion,
+                    },
+                    span,
+                );
                 None
             }
         }
@@ -62,7 +91,10 @@ impl Names {
 }
 
 /// The candidate closest to `name`, if it is close enough to be a likely typo.
-pub(crate) fn suggest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+pub(crate) fn suggest<'a>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<String> {
     let lower = name.to_lowercase();
     let mut best: Option<(usize, &str)> = None;
     for candidate in candidates {
@@ -75,9 +107,10 @@ pub(crate) fn suggest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a s
             best = Some((distance, candidate));
         }
     }
-    // One edit per three characters, at least one: `gh_secert` → `gh_secret`, but not `a` → `b`.
-    let limit = (name.chars().count() / 3).max(1);
-    best.filter(|&(d, c)| d <= limit && c != name).map(|(_, c)| c.to_string())
+    // One edit per three characters: `gh_secert` → `gh_secret`, but not `u` → `t`.
+    let limit = name.chars().count() / 3;
+    best.filter(|&(d, c)| d <= limit && c != name)
+        .map(|(_, c)| c.to_string())
 }
 
 #[cfg(test)]
@@ -91,6 +124,15 @@ mod tests {
         assert_eq!(suggest("GH", names), Some("gh".into()));
         assert_eq!(suggest("gitlab-token", names), Some("gitlab_token".into()));
         assert_eq!(suggest("slack", names), None);
-        assert_eq!(suggest("gh", names), None, "an exact match needs no suggestion");
+        assert_eq!(
+            suggest("u", ["t"]),
+            None,
+            "one-letter names are too short to guess"
+        );
+        assert_eq!(
+            suggest("gh", names),
+            None,
+            "an exact match needs no suggestion"
+        );
     }
 }

@@ -9,8 +9,14 @@ use crate::ruleset::Source;
 use crate::source::{FileId, Span};
 use crate::syntax::{BodyMatch, TestDecl, TestItemKind, ValueKind, Word};
 
-pub(super) fn compile_test(cx: &mut Cx<'_>, file: FileId, decl: &TestDecl, _sources: &[Source]) -> Option<RuleTest> {
+pub(super) fn compile_test(
+    cx: &mut Cx<'_>,
+    file: FileId,
+    decl: &TestDecl,
+    _sources: &[Source],
+) -> Option<RuleTest> {
     let name = cx.plain(&decl.name, "test names");
+    cx.tests.declare(&name, decl.name.span, &mut cx.diags);
     let mut ok = true;
     let mut seen: HashMap<&'static str, Span> = HashMap::new();
     let mut source = None;
@@ -46,8 +52,12 @@ pub(super) fn compile_test(cx: &mut Cx<'_>, file: FileId, decl: &TestDecl, _sour
                 ok &= source.is_some();
             }
             TestItemKind::Event(s) => event = Some(cx.plain(s, "tests")),
-            TestItemKind::Header { name, value } => headers.push((cx.plain(name, "tests"), cx.plain(value, "tests"))),
-            TestItemKind::Query { name, value } => query.push((cx.plain(name, "tests"), cx.plain(value, "tests"))),
+            TestItemKind::Header { name, value } => {
+                headers.push((cx.plain(name, "tests"), cx.plain(value, "tests")))
+            }
+            TestItemKind::Query { name, value } => {
+                query.push((cx.plain(name, "tests"), cx.plain(value, "tests")))
+            }
             TestItemKind::PayloadFile(s) => {
                 let rel = cx.plain(s, "tests");
                 payload = Some(TestPayload::File(cx.files.get(file).base_dir().join(rel)));
@@ -65,15 +75,29 @@ pub(super) fn compile_test(cx: &mut Cx<'_>, file: FileId, decl: &TestDecl, _sour
                     let rule = match &item.kind {
                         ValueKind::String(s) => Some((cx.plain(s, "tests"), s.span)),
                         _ => {
-                            cx.invalid_operand(item.span, "rule names are strings".into(), "quote the rule's name");
+                            cx.invalid_operand(
+                                item.span,
+                                "rule names are strings".into(),
+                                "quote the rule's name",
+                            );
                             None
                         }
                     };
                     match rule {
                         Some((rule, _)) if cx.rules.get(&rule).is_some() => names.push(rule),
                         Some((rule, span)) => {
-                            let suggestion = crate::compile::suggest(&rule, cx.rules.names.iter().map(String::as_str));
-                            cx.error(DiagnosticKind::UnknownName { kind: NameKind::Rule, name: rule, suggestion }, span);
+                            let suggestion = crate::compile::suggest(
+                                &rule,
+                                cx.rules.names.iter().map(String::as_str),
+                            );
+                            cx.error(
+                                DiagnosticKind::UnknownName {
+                                    kind: NameKind::Rule,
+                                    name: rule,
+                                    suggestion,
+                                },
+                                span,
+                            );
                             ok = false;
                         }
                         None => ok = false,
@@ -95,27 +119,57 @@ pub(super) fn compile_test(cx: &mut Cx<'_>, file: FileId, decl: &TestDecl, _sour
                     },
                     None => None,
                 };
-                ok &= expect(cx, &mut expect_actions, ExpectedKind::Notify, target, body, None);
+                ok &= expect(
+                    cx,
+                    &mut expect_actions,
+                    ExpectedKind::Notify,
+                    target,
+                    body,
+                    None,
+                );
             }
             TestItemKind::ExpectCheck { target, key } => {
                 let key = key.as_ref().map(|k| cx.plain(k, "tests"));
-                ok &= expect(cx, &mut expect_actions, ExpectedKind::Check, target, None, key);
+                ok &= expect(
+                    cx,
+                    &mut expect_actions,
+                    ExpectedKind::Check,
+                    target,
+                    None,
+                    key,
+                );
             }
             TestItemKind::ExpectForward { target } => {
-                ok &= expect(cx, &mut expect_actions, ExpectedKind::Forward, target, None, None);
+                ok &= expect(
+                    cx,
+                    &mut expect_actions,
+                    ExpectedKind::Forward,
+                    target,
+                    None,
+                    None,
+                );
             }
         }
     }
     if source.is_none() && !seen.contains_key("source") {
-        cx.error(DiagnosticKind::IncompleteTest { missing: "source" }, decl.name.span);
+        cx.error(
+            DiagnosticKind::IncompleteTest { missing: "source" },
+            decl.name.span,
+        );
         ok = false;
     }
     if payload.is_none() && !seen.contains_key("payload") {
-        cx.error(DiagnosticKind::IncompleteTest { missing: "payload" }, decl.name.span);
+        cx.error(
+            DiagnosticKind::IncompleteTest { missing: "payload" },
+            decl.name.span,
+        );
         ok = false;
     }
     if expect_matched.is_none() && expect_actions.is_none() {
-        cx.error(DiagnosticKind::IncompleteTest { missing: "expect" }, decl.name.span);
+        cx.error(
+            DiagnosticKind::IncompleteTest { missing: "expect" },
+            decl.name.span,
+        );
         ok = false;
     }
     if !ok {
@@ -144,7 +198,14 @@ fn lookup(cx: &mut Cx<'_>, word: &Word, kind: NameKind) -> Option<usize> {
         return Some(id);
     }
     let suggestion = crate::compile::suggest(&word.text, names.names.iter().map(String::as_str));
-    cx.error(DiagnosticKind::UnknownName { kind, name: word.text.clone(), suggestion }, word.span);
+    cx.error(
+        DiagnosticKind::UnknownName {
+            kind,
+            name: word.text.clone(),
+            suggestion,
+        },
+        word.span,
+    );
     None
 }
 
@@ -159,6 +220,11 @@ fn expect(
     let Some(target) = lookup(cx, target, NameKind::Target) else {
         return false;
     };
-    list.get_or_insert_with(Vec::new).push(ExpectedAction { kind, target, body, key });
+    list.get_or_insert_with(Vec::new).push(ExpectedAction {
+        kind,
+        target,
+        body,
+        key,
+    });
     true
 }

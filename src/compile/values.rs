@@ -10,13 +10,17 @@ pub(crate) fn parse_duration(text: &str) -> Option<Duration> {
         return None;
     }
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
             return None;
         }
         let n: u64 = rest[..digits].parse().ok()?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let millis = match &rest[..unit_len] {
             "ms" => 1,
             "s" => 1000,
@@ -33,7 +37,9 @@ pub(crate) fn parse_duration(text: &str) -> Option<Duration> {
 
 /// Parses a byte size: `1024`, `512KiB`, `10MiB`, `1GB` (units are case-insensitive).
 pub(crate) fn parse_size(text: &str) -> Option<u64> {
-    let digits = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let n: u64 = text[..digits].parse().ok()?;
     let factor: u64 = match text[digits..].to_ascii_lowercase().as_str() {
         "" | "b" => 1,
@@ -61,7 +67,11 @@ mod tests {
         assert_eq!(parse_duration("5"), None, "a unit is required");
         assert_eq!(parse_duration("5sec"), None);
         assert_eq!(parse_duration("99999999999999999999s"), None);
-        assert_eq!(parse_duration("18446744073709551615d"), None, "overflow is rejected");
+        assert_eq!(
+            parse_duration("18446744073709551615d"),
+            None,
+            "overflow is rejected"
+        );
     }
 
     #[test]

@@ -21,7 +21,9 @@ pub struct StrTemplate {
 
 impl StrTemplate {
     pub fn literal(text: impl Into<String>) -> StrTemplate {
-        StrTemplate { pieces: vec![StrPiece::Text(text.into())] }
+        StrTemplate {
+            pieces: vec![StrPiece::Text(text.into())],
+        }
     }
 
     /// The text when there is nothing to interpolate.
@@ -94,17 +96,28 @@ impl Display for Template {
 #[derive(Debug, Clone)]
 pub enum Action {
     /// One request per matching event; without a body the original payload is sent.
-    Notify { target: usize, body: Option<Template> },
+    Notify {
+        target: usize,
+        body: Option<Template>,
+    },
     /// A coalesced check of the target, per key.
-    Check { target: usize, key: Option<StrTemplate> },
+    Check {
+        target: usize,
+        key: Option<StrTemplate>,
+    },
     /// The original body and event headers, re-signed.
-    Forward { target: usize, sign_with: Option<SecretValue> },
+    Forward {
+        target: usize,
+        sign_with: Option<SecretValue>,
+    },
 }
 
 impl Action {
     pub fn target(&self) -> usize {
         match self {
-            Action::Notify { target, .. } | Action::Check { target, .. } | Action::Forward { target, .. } => *target,
+            Action::Notify { target, .. }
+            | Action::Check { target, .. }
+            | Action::Forward { target, .. } => *target,
         }
     }
 
@@ -131,11 +144,17 @@ impl Display for ShowAction<'_> {
         let target = &self.set.targets[self.action.target()].name;
         match self.action {
             Action::Notify { body: None, .. } => write!(f, "notify {target}"),
-            Action::Notify { body: Some(body), .. } => write!(f, "notify {target} {body}"),
+            Action::Notify {
+                body: Some(body), ..
+            } => write!(f, "notify {target} {body}"),
             Action::Check { key: None, .. } => write!(f, "queue check {target}"),
             Action::Check { key: Some(key), .. } => write!(f, "queue check {target} key {key}"),
-            Action::Forward { sign_with: None, .. } => write!(f, "forward {target}"),
-            Action::Forward { sign_with: Some(s), .. } => write!(f, "forward {target} sign with {}", s.name()),
+            Action::Forward {
+                sign_with: None, ..
+            } => write!(f, "forward {target}"),
+            Action::Forward {
+                sign_with: Some(s), ..
+            } => write!(f, "forward {target} sign with {}", s.name()),
         }
     }
 }

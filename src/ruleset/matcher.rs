@@ -91,7 +91,10 @@ pub enum PredicateOp {
     Contains(Operand),
     StartsWith(Operand),
     EndsWith(Operand),
-    Matches { regex: Arc<regex::Regex>, flags: String },
+    Matches {
+        regex: Arc<regex::Regex>,
+        flags: String,
+    },
     Compare(CompareOp, Operand),
     In(Operand),
     Exists,
@@ -127,7 +130,11 @@ impl Display for Predicate {
             PredicateOp::StartsWith(o) => write!(f, " starts with {o}"),
             PredicateOp::EndsWith(o) => write!(f, " ends with {o}"),
             PredicateOp::Matches { regex, flags } => {
-                write!(f, " matches /{}/{flags}", regex_source(regex.as_str(), flags).replace('/', "\\/"))
+                write!(
+                    f,
+                    " matches /{}/{flags}",
+                    regex_source(regex.as_str(), flags).replace('/', "\\/")
+                )
             }
             PredicateOp::Compare(op, o) => write!(f, " {} {o}", op.as_str()),
             PredicateOp::In(o) => write!(f, " in {o}"),
@@ -141,7 +148,9 @@ fn regex_source<'a>(compiled: &'a str, flags: &str) -> &'a str {
     if flags.is_empty() {
         compiled
     } else {
-        compiled.strip_prefix(&format!("(?{flags})")).unwrap_or(compiled)
+        compiled
+            .strip_prefix(&format!("(?{flags})"))
+            .unwrap_or(compiled)
     }
 }
 
@@ -169,7 +178,11 @@ impl Display for Matcher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Matcher::And(items) | Matcher::Or(items) => {
-                let sep = if matches!(self, Matcher::And(_)) { " and " } else { " or " };
+                let sep = if matches!(self, Matcher::And(_)) {
+                    " and "
+                } else {
+                    " or "
+                };
                 for (i, item) in items.iter().enumerate() {
                     if i > 0 {
                         f.write_str(sep)?;

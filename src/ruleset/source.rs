@@ -19,11 +19,19 @@ pub struct SecretValue {
 
 impl SecretValue {
     pub fn new(name: &str, bytes: impl Into<Arc<[u8]>>) -> SecretValue {
-        SecretValue { name: name.into(), bytes: bytes.into(), placeholder: false }
+        SecretValue {
+            name: name.into(),
+            bytes: bytes.into(),
+            placeholder: false,
+        }
     }
 
     pub fn placeholder(name: &str) -> SecretValue {
-        SecretValue { name: name.into(), bytes: Arc::from(Vec::new()), placeholder: true }
+        SecretValue {
+            name: name.into(),
+            bytes: Arc::from(Vec::new()),
+            placeholder: true,
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -130,7 +138,9 @@ impl Source {
         writeln!(f, "source {}: {}", self.name, self.kind)?;
         match &self.paths {
             SourcePaths::Fixed(path) => writeln!(f, "  path {path:?}")?,
-            SourcePaths::Token(paths) => writeln!(f, "  path derived from the secret ({} paths)", paths.len())?,
+            SourcePaths::Token(paths) => {
+                writeln!(f, "  path derived from the secret ({} paths)", paths.len())?
+            }
             SourcePaths::TokenUnknown => writeln!(f, "  path derived from the secret")?,
         }
         if self.secrets.is_empty() {
@@ -155,14 +165,22 @@ impl Source {
         if let Some(h) = &self.hmac {
             let alg = h.algorithm.map_or("from prefix", HmacAlgorithm::name);
             let enc = if h.base64 { "base64" } else { "hex" };
-            writeln!(f, "  signature header {:?} algorithm {alg} encoding {enc} prefix {:?}", h.header, h.prefix)?;
+            writeln!(
+                f,
+                "  signature header {:?} algorithm {alg} encoding {enc} prefix {:?}",
+                h.header, h.prefix
+            )?;
         }
         match &self.token {
             Some(TokenLocation::Header(h)) => writeln!(f, "  token header {h:?}")?,
             Some(TokenLocation::Query(q)) => writeln!(f, "  token query {q:?}")?,
             Some(TokenLocation::Url) | None => {}
         }
-        let rules: Vec<String> = self.rules.iter().map(|&i| format!("{:?}", set.rules[i].name)).collect();
+        let rules: Vec<String> = self
+            .rules
+            .iter()
+            .map(|&i| format!("{:?}", set.rules[i].name))
+            .collect();
         writeln!(f, "  rules [{}]", rules.join(", "))
     }
 }

@@ -73,7 +73,13 @@ pub enum SignatureStyle {
     StandardWebhooks,
 }
 
-pub(crate) const SIGNATURE_STYLES: &[&str] = &["github", "gitea", "bitbucket", "generic_hmac", "standard_webhooks"];
+pub(crate) const SIGNATURE_STYLES: &[&str] = &[
+    "github",
+    "gitea",
+    "bitbucket",
+    "generic_hmac",
+    "standard_webhooks",
+];
 
 #[derive(Debug)]
 pub struct Target {
@@ -90,8 +96,11 @@ pub struct Target {
 
 /// Defaults for what a target does not say; documented in `docs/rules-language.md`.
 pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
-pub(crate) const DEFAULT_RETRY: Retry =
-    Retry { attempts: 8, min_backoff: Duration::from_secs(1), max_backoff: Duration::from_secs(300) };
+pub(crate) const DEFAULT_RETRY: Retry = Retry {
+    attempts: 8,
+    min_backoff: Duration::from_secs(1),
+    max_backoff: Duration::from_secs(300),
+};
 pub(crate) const DEFAULT_CONCURRENCY: u32 = 4;
 
 impl Target {

@@ -154,13 +154,28 @@ pub(crate) struct TargetItem {
 
 #[derive(Debug, Clone)]
 pub(crate) enum TargetItemKind {
-    Request { method: Word, url: Str },
-    Header { name: Str, value: Str },
+    Request {
+        method: Word,
+        url: Str,
+    },
+    Header {
+        name: Str,
+        value: Str,
+    },
     Timeout(Word),
-    Retry { count: Word, backoff: Option<(Word, Word)> },
-    Rate { count: Word, per: Word },
+    Retry {
+        count: Word,
+        backoff: Option<(Word, Word)>,
+    },
+    Rate {
+        count: Word,
+        per: Word,
+    },
     Concurrency(Word),
-    Signature { style: Word, header: Option<Str> },
+    Signature {
+        style: Word,
+        header: Option<Str>,
+    },
 }
 
 impl TargetItemKind {
@@ -195,9 +210,18 @@ pub(crate) enum RuleItemKind {
     From(Vec<Word>),
     On(Vec<Str>),
     When(Expr),
-    Notify { target: Word, body: Option<Value> },
-    Check { target: Word, key: Option<Str> },
-    Forward { target: Word, sign_with: Option<Word> },
+    Notify {
+        target: Word,
+        body: Option<Value>,
+    },
+    Check {
+        target: Word,
+        key: Option<Str>,
+    },
+    Forward {
+        target: Word,
+        sign_with: Option<Word>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -217,14 +241,28 @@ pub(crate) struct TestItem {
 pub(crate) enum TestItemKind {
     Source(Word),
     Event(Str),
-    Header { name: Str, value: Str },
-    Query { name: Str, value: Str },
+    Header {
+        name: Str,
+        value: Str,
+    },
+    Query {
+        name: Str,
+        value: Str,
+    },
     PayloadFile(Str),
     Payload(Value),
     ExpectMatched(Value),
-    ExpectNotify { target: Word, body: Option<(BodyMatch, Value)> },
-    ExpectCheck { target: Word, key: Option<Str> },
-    ExpectForward { target: Word },
+    ExpectNotify {
+        target: Word,
+        body: Option<(BodyMatch, Value)>,
+    },
+    ExpectCheck {
+        target: Word,
+        key: Option<Str>,
+    },
+    ExpectForward {
+        target: Word,
+    },
 }
 
 /// How a test compares a rendered body with the expected one.

@@ -43,7 +43,10 @@ impl Cx {
     }
 
     fn word(&self, pair: P<'_>) -> Word {
-        Word { text: pair.as_str().to_string(), span: self.span(&pair) }
+        Word {
+            text: pair.as_str().to_string(),
+            span: self.span(&pair),
+        }
     }
 
     /// The first child of the given rule; the grammar guarantees it exists.
@@ -60,8 +63,14 @@ impl Cx {
 
     fn secret(&self, pair: P<'_>) -> SecretDecl {
         let mut inner = pair.into_inner().filter(|p| p.as_rule() != Rule::k_secret);
-        let name = self.word(inner.next().unwrap_or_else(|| unreachable!("secret has a name")));
-        let from = inner.next().unwrap_or_else(|| unreachable!("secret has a source"));
+        let name = self.word(
+            inner
+                .next()
+                .unwrap_or_else(|| unreachable!("secret has a name")),
+        );
+        let from = inner
+            .next()
+            .unwrap_or_else(|| unreachable!("secret has a source"));
         let from = match from.as_rule() {
             Rule::secret_env => SecretFrom::Env(self.string(self.child(from, Rule::string))),
             Rule::secret_file => SecretFrom::File(self.string(self.child(from, Rule::string))),
@@ -71,7 +80,7 @@ impl Cx {
     }
 
     fn source(&self, pair: P<'_>) -> SourceDecl {
-                let mut idents = Vec::new();
+        let mut idents = Vec::new();
         let mut items = Vec::new();
         for p in pair.into_inner() {
             match p.as_rule() {
@@ -80,24 +89,35 @@ impl Cx {
                 _ => items.push(self.source_item(p)),
             }
         }
-        let [name, kind]: [Word; 2] =
-            idents.try_into().unwrap_or_else(|_| unreachable!("source has a name and a kind"));
+        let [name, kind]: [Word; 2] = idents
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("source has a name and a kind"));
         SourceDecl { name, kind, items }
     }
 
     fn source_item(&self, pair: P<'_>) -> SourceItem {
         let span = self.span(&pair);
         let kind = match pair.as_rule() {
-            Rule::src_secret => SourceItemKind::Secrets(self.children(pair, Rule::ident).map(|p| self.word(p)).collect()),
+            Rule::src_secret => SourceItemKind::Secrets(
+                self.children(pair, Rule::ident)
+                    .map(|p| self.word(p))
+                    .collect(),
+            ),
             Rule::src_path => SourceItemKind::Path(self.string(self.child(pair, Rule::string))),
-            Rule::src_events => {
-                SourceItemKind::Events(self.children(pair, Rule::string).map(|p| self.string(p)).collect())
-            }
+            Rule::src_events => SourceItemKind::Events(
+                self.children(pair, Rule::string)
+                    .map(|p| self.string(p))
+                    .collect(),
+            ),
             Rule::src_max_body => SourceItemKind::MaxBody(self.word(self.child(pair, Rule::size))),
             Rule::src_insecure => SourceItemKind::Insecure,
             Rule::src_header => SourceItemKind::Header(self.string(self.child(pair, Rule::string))),
-            Rule::src_algorithm => SourceItemKind::Algorithm(self.word(self.child(pair, Rule::ident))),
-            Rule::src_encoding => SourceItemKind::Encoding(self.word(self.child(pair, Rule::ident))),
+            Rule::src_algorithm => {
+                SourceItemKind::Algorithm(self.word(self.child(pair, Rule::ident)))
+            }
+            Rule::src_encoding => {
+                SourceItemKind::Encoding(self.word(self.child(pair, Rule::ident)))
+            }
             Rule::src_prefix => SourceItemKind::Prefix(self.string(self.child(pair, Rule::string))),
             Rule::src_token => {
                 let how = pair.into_inner().find(|p| p.as_rule() != Rule::k_token);
@@ -110,7 +130,9 @@ impl Cx {
                     other => unreachable!("token is in a header or the query, got {other:?}"),
                 }
             }
-            Rule::src_tolerance => SourceItemKind::Tolerance(self.word(self.child(pair, Rule::duration))),
+            Rule::src_tolerance => {
+                SourceItemKind::Tolerance(self.word(self.child(pair, Rule::duration)))
+            }
             Rule::src_rate => {
                 let (count, per) = self.rate(pair);
                 SourceItemKind::Rate { count, per }
@@ -137,7 +159,7 @@ impl Cx {
     }
 
     fn target(&self, pair: P<'_>) -> TargetDecl {
-                let mut name = None;
+        let mut name = None;
         let mut items = Vec::new();
         for p in pair.into_inner() {
             match p.as_rule() {
@@ -155,8 +177,16 @@ impl Cx {
         let kind = match pair.as_rule() {
             Rule::tgt_request => {
                 let mut inner = pair.into_inner();
-                let method = self.word(inner.next().unwrap_or_else(|| unreachable!("request has a method")));
-                let url = self.string(inner.next().unwrap_or_else(|| unreachable!("request has a URL")));
+                let method = self.word(
+                    inner
+                        .next()
+                        .unwrap_or_else(|| unreachable!("request has a method")),
+                );
+                let url = self.string(
+                    inner
+                        .next()
+                        .unwrap_or_else(|| unreachable!("request has a URL")),
+                );
                 TargetItemKind::Request { method, url }
             }
             Rule::tgt_header => {
@@ -166,7 +196,9 @@ impl Cx {
                 };
                 TargetItemKind::Header { name, value }
             }
-            Rule::tgt_timeout => TargetItemKind::Timeout(self.word(self.child(pair, Rule::duration))),
+            Rule::tgt_timeout => {
+                TargetItemKind::Timeout(self.word(self.child(pair, Rule::duration)))
+            }
             Rule::tgt_retry => {
                 let mut count = None;
                 let mut durations = Vec::new();
@@ -190,7 +222,9 @@ impl Cx {
                 let (count, per) = self.rate(pair);
                 TargetItemKind::Rate { count, per }
             }
-            Rule::tgt_concurrency => TargetItemKind::Concurrency(self.word(self.child(pair, Rule::int))),
+            Rule::tgt_concurrency => {
+                TargetItemKind::Concurrency(self.word(self.child(pair, Rule::int)))
+            }
             Rule::tgt_signature => {
                 let mut style = None;
                 let mut header = None;
@@ -210,7 +244,7 @@ impl Cx {
     }
 
     fn rule(&self, pair: P<'_>) -> RuleDecl {
-                let mut name = None;
+        let mut name = None;
         let mut items = Vec::new();
         for p in pair.into_inner() {
             match p.as_rule() {
@@ -227,8 +261,16 @@ impl Cx {
         let span = self.span(&pair);
         let kind = match pair.as_rule() {
             // `from *` has no names: an empty list.
-            Rule::rule_from => RuleItemKind::From(self.children(pair, Rule::ident).map(|p| self.word(p)).collect()),
-            Rule::rule_on => RuleItemKind::On(self.children(pair, Rule::string).map(|p| self.string(p)).collect()),
+            Rule::rule_from => RuleItemKind::From(
+                self.children(pair, Rule::ident)
+                    .map(|p| self.word(p))
+                    .collect(),
+            ),
+            Rule::rule_on => RuleItemKind::On(
+                self.children(pair, Rule::string)
+                    .map(|p| self.string(p))
+                    .collect(),
+            ),
             Rule::rule_when => RuleItemKind::When(self.expr(self.child(pair, Rule::expr))),
             Rule::act_notify => {
                 let mut target = None;
@@ -245,13 +287,21 @@ impl Cx {
             }
             Rule::act_check => {
                 let target = self.word(self.child(pair.clone(), Rule::ident));
-                let key = self.children(pair, Rule::string).next().map(|p| self.string(p));
+                let key = self
+                    .children(pair, Rule::string)
+                    .next()
+                    .map(|p| self.string(p));
                 RuleItemKind::Check { target, key }
             }
             Rule::act_forward => {
                 let mut idents = self.children(pair, Rule::ident).map(|p| self.word(p));
-                let target = idents.next().unwrap_or_else(|| unreachable!("forward has a target"));
-                RuleItemKind::Forward { target, sign_with: idents.next() }
+                let target = idents
+                    .next()
+                    .unwrap_or_else(|| unreachable!("forward has a target"));
+                RuleItemKind::Forward {
+                    target,
+                    sign_with: idents.next(),
+                }
             }
             other => unreachable!("not a rule item: {other:?}"),
         };
@@ -297,12 +347,16 @@ impl Cx {
                 let inner = pair.into_inner().find(|p| p.as_rule() != Rule::k_payload);
                 let inner = inner.unwrap_or_else(|| unreachable!("payload has a value"));
                 match inner.as_rule() {
-                    Rule::payload_file => TestItemKind::PayloadFile(self.string(self.child(inner, Rule::string))),
+                    Rule::payload_file => {
+                        TestItemKind::PayloadFile(self.string(self.child(inner, Rule::string)))
+                    }
                     Rule::value => TestItemKind::Payload(self.value(inner)),
                     other => unreachable!("payload is a file or a value, got {other:?}"),
                 }
             }
-            Rule::expect_matched => TestItemKind::ExpectMatched(self.compound(self.child(pair, Rule::array))),
+            Rule::expect_matched => {
+                TestItemKind::ExpectMatched(self.compound(self.child(pair, Rule::array)))
+            }
             Rule::expect_notify => {
                 let mut target = None;
                 let mut body = None;
@@ -310,7 +364,11 @@ impl Cx {
                     match p.as_rule() {
                         Rule::ident => target = Some(self.word(p)),
                         Rule::body_expect => {
-                            let how = if p.clone().into_inner().any(|q| q.as_rule() == Rule::body_equals) {
+                            let how = if p
+                                .clone()
+                                .into_inner()
+                                .any(|q| q.as_rule() == Rule::body_equals)
+                            {
                                 BodyMatch::Equals
                             } else {
                                 BodyMatch::Contains
@@ -325,24 +383,42 @@ impl Cx {
             }
             Rule::expect_check => {
                 let target = self.word(self.child(pair.clone(), Rule::ident));
-                let key = self.children(pair, Rule::string).next().map(|p| self.string(p));
+                let key = self
+                    .children(pair, Rule::string)
+                    .next()
+                    .map(|p| self.string(p));
                 TestItemKind::ExpectCheck { target, key }
             }
-            Rule::expect_forward => TestItemKind::ExpectForward { target: self.word(self.child(pair, Rule::ident)) },
+            Rule::expect_forward => TestItemKind::ExpectForward {
+                target: self.word(self.child(pair, Rule::ident)),
+            },
             other => unreachable!("not a test item: {other:?}"),
         };
         TestItem { kind, span }
     }
 
     fn expr(&self, pair: P<'_>) -> Expr {
-        let mut terms: Vec<Expr> =
-            self.children(pair, Rule::and_expr).map(|p| self.and_expr(p)).collect();
-        if terms.len() == 1 { terms.pop().unwrap_or_else(|| unreachable!()) } else { Expr::Or(terms) }
+        let mut terms: Vec<Expr> = self
+            .children(pair, Rule::and_expr)
+            .map(|p| self.and_expr(p))
+            .collect();
+        if terms.len() == 1 {
+            terms.pop().unwrap_or_else(|| unreachable!())
+        } else {
+            Expr::Or(terms)
+        }
     }
 
     fn and_expr(&self, pair: P<'_>) -> Expr {
-        let mut terms: Vec<Expr> = self.children(pair, Rule::unary).map(|p| self.unary(p)).collect();
-        if terms.len() == 1 { terms.pop().unwrap_or_else(|| unreachable!()) } else { Expr::And(terms) }
+        let mut terms: Vec<Expr> = self
+            .children(pair, Rule::unary)
+            .map(|p| self.unary(p))
+            .collect();
+        if terms.len() == 1 {
+            terms.pop().unwrap_or_else(|| unreachable!())
+        } else {
+            Expr::And(terms)
+        }
     }
 
     fn unary(&self, pair: P<'_>) -> Expr {
@@ -358,7 +434,8 @@ impl Cx {
         }
         let operand = operand.unwrap_or_else(|| unreachable!("unary has an operand"));
         // Iterative, innermost `not` first: a run of `not`s must not recurse per keyword.
-        nots.into_iter().fold(operand, |e, ()| Expr::Not(Box::new(e)))
+        nots.into_iter()
+            .fold(operand, |e, ()| Expr::Not(Box::new(e)))
     }
 
     fn predicate(&self, pair: P<'_>) -> Predicate {
@@ -382,7 +459,12 @@ impl Cx {
         }
         let subject = subject.unwrap_or_else(|| unreachable!("predicate has a subject"));
         let op = op.unwrap_or_else(|| unreachable!("predicate has an operator"));
-        Predicate { quantifier, subject, op, span }
+        Predicate {
+            quantifier,
+            subject,
+            op,
+            span,
+        }
     }
 
     fn op(&self, pair: P<'_>) -> Op {
@@ -413,14 +495,24 @@ impl Cx {
 
     fn regex(&self, pair: P<'_>) -> Regex {
         let span = self.span(&pair);
-        let body = self.child(pair.clone(), Rule::regex_body).as_str().replace("\\/", "/");
+        let body = self
+            .child(pair.clone(), Rule::regex_body)
+            .as_str()
+            .replace("\\/", "/");
         let flags = self.word(self.child(pair, Rule::regex_flags));
-        Regex { pattern: body, flags, span }
+        Regex {
+            pattern: body,
+            flags,
+            span,
+        }
     }
 
     fn value(&self, pair: P<'_>) -> Value {
         let span = self.span(&pair);
-        let inner = pair.into_inner().next().unwrap_or_else(|| unreachable!("value has one child"));
+        let inner = pair
+            .into_inner()
+            .next()
+            .unwrap_or_else(|| unreachable!("value has one child"));
         let kind = match inner.as_rule() {
             Rule::object | Rule::array => return self.compound(inner),
             Rule::string => ValueKind::String(self.string(inner)),
@@ -448,8 +540,16 @@ impl Cx {
                 pair.into_inner()
                     .map(|member| {
                         let mut inner = member.into_inner();
-                        let key = self.string(inner.next().unwrap_or_else(|| unreachable!("member has a key")));
-                        let value = self.value(inner.next().unwrap_or_else(|| unreachable!("member has a value")));
+                        let key = self.string(
+                            inner
+                                .next()
+                                .unwrap_or_else(|| unreachable!("member has a key")),
+                        );
+                        let value = self.value(
+                            inner
+                                .next()
+                                .unwrap_or_else(|| unreachable!("member has a value")),
+                        );
                         (key, value)
                     })
                     .collect(),
@@ -472,7 +572,9 @@ impl Cx {
                 Rule::text => push_text(&mut parts, p.as_str()),
                 Rule::escape => push_text(&mut parts, &unescape(p.as_str())),
                 Rule::interp => parts.push(StrPart::Interp(self.interp(p))),
-                other => unreachable!("strings hold text, escapes and interpolations, got {other:?}"),
+                other => {
+                    unreachable!("strings hold text, escapes and interpolations, got {other:?}")
+                }
             }
         }
         Str { parts, span }
@@ -480,7 +582,10 @@ impl Cx {
 
     fn interp(&self, pair: P<'_>) -> Interp {
         let span = self.span(&pair);
-        let inner = pair.into_inner().next().unwrap_or_else(|| unreachable!("interpolation has a body"));
+        let inner = pair
+            .into_inner()
+            .next()
+            .unwrap_or_else(|| unreachable!("interpolation has a body"));
         let kind = match inner.as_rule() {
             Rule::jsonpath => InterpKind::Path(inner.as_str().to_string()),
             Rule::secret_ref => InterpKind::Secret(self.word(self.child(inner, Rule::ident))),
@@ -508,7 +613,8 @@ fn unescape(escape: &str) -> String {
         "t" => '\t',
         "$" => '$',
         hex => {
-            let code = u32::from_str_radix(&hex[1..], 16).unwrap_or_else(|_| unreachable!("grammar takes 4 hex digits"));
+            let code = u32::from_str_radix(&hex[1..], 16)
+                .unwrap_or_else(|_| unreachable!("grammar takes 4 hex digits"));
             // A lone surrogate half is not a character; it becomes U+FFFD as serde_json would not allow it.
             char::from_u32(code).unwrap_or('\u{fffd}')
         }
