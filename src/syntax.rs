@@ -402,3 +402,177 @@ fn skip_quoted(bytes: &[u8], mut i: usize, quote: u8) -> usize {
     }
     i
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_ok(text: &str) -> Ast {
+        match parse(FileId::default(), text) {
+            Ok(ast) => ast,
+            Err(d) => panic!("{text:?}: {}", d.kind),
+        }
+    }
+
+    fn parse_err(text: &str) -> String {
+        match parse(FileId::default(), text) {
+            Ok(_) => panic!("{text:?} parsed"),
+            Err(d) => d.kind.to_string(),
+        }
+    }
+
+    /// The `when` expression of the only rule, as a compact tree.
+    fn when(expr: &str) -> String {
+        let ast = parse_ok(&format!("rule \"r\" {{ from s when {expr} }}"));
+        let Some(Item::Rule(rule)) = ast.items.first() else {
+            panic!("no rule")
+        };
+        let Some(RuleItemKind::When(e)) = rule.items.iter().map(|i| &i.kind).nth(1) else {
+            panic!("no when")
+        };
+        show(e)
+    }
+
+    fn show(e: &Expr) -> String {
+        match e {
+            Expr::Or(items) => format!(
+                "or({})",
+                items.iter().map(show).collect::<Vec<_>>().join(", ")
+            ),
+            Expr::And(items) => format!(
+                "and({})",
+                items.iter().map(show).collect::<Vec<_>>().join(", ")
+            ),
+            Expr::Not(inner) => format!("not({})", show(inner)),
+            Expr::Predicate(p) => match &p.subject.kind {
+                ValueKind::Path(path) => path.clone(),
+                other => format!("{other:?}"),
+            },
+        }
+    }
+
+    #[test]
+    fn precedence_is_or_then_and_then_not() {
+        assert_eq!(
+            when("$.a == 1 or $.b == 1 and $.c == 1"),
+            "or($.a, and($.b, $.c))"
+        );
+        assert_eq!(when("not $.a == 1 and $.b == 1"), "and(not($.a), $.b)");
+        assert_eq!(when("not ($.a == 1 or $.b == 1)"), "not(or($.a, $.b))");
+        assert_eq!(when("not not $.a exists"), "$.a");
+        assert_eq!(when("($.a == 1)"), "$.a");
+    }
+
+    #[test]
+    fn keywords_need_a_word_boundary() {
+        // `only` is not `on` + `ly`, `andy` is not `and`, `notify` is not `not`.
+        parse_ok("rule \"r\" { from only on \"push\" }");
+        assert_eq!(when("$.a == 1 and $.andy exists"), "and($.a, $.andy)");
+        let ast = parse_ok("rule \"r\" { from s notify t }");
+        let Some(Item::Rule(rule)) = ast.items.first() else {
+            panic!()
+        };
+        assert!(matches!(rule.items[1].kind, RuleItemKind::Notify { .. }));
+        // Names may contain `-` and digits.
+        parse_ok("secret gh-next_2 = env(\"X\")");
+    }
+
+    #[test]
+    fn jsonpath_extents() {
+        assert_eq!(
+            when("$.commits[?@.message == 'fix ]'].id exists"),
+            "$.commits[?@.message == 'fix ]'].id"
+        );
+        assert_eq!(when("$..name == \"x\""), "$..name");
+        assert_eq!(when("$['a b'][0] == 1"), "$['a b'][0]");
+        assert_eq!(
+            when("$.a[?(@.b && (@.c || @.d))] exists"),
+            "$.a[?(@.b && (@.c || @.d))]"
+        );
+        assert_eq!(when("$.日本 exists"), "$.日本");
+        assert_eq!(when("$ exists"), "$");
+    }
+
+    #[test]
+    fn strings_unescape_and_split_interpolations() {
+        let ast = parse_ok(r#"include "a\"b\\c\u00e9\$ ${$.x} ${header("X-Y")} ${secret.k}""#);
+        let Some(Item::Include(s)) = ast.items.first() else {
+            panic!()
+        };
+        assert_eq!(s.text(), "a\"b\\cé$   ");
+        let kinds: Vec<String> = s
+            .interps()
+            .map(|i| match &i.kind {
+                InterpKind::Path(p) => p.clone(),
+                InterpKind::Header(h) => format!("header {}", h.text()),
+                InterpKind::Secret(w) => format!("secret {}", w.text),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(kinds, ["$.x", "header X-Y", "secret k"]);
+    }
+
+    #[test]
+    fn regex_literals_take_escaped_slashes_and_flags() {
+        let ast =
+            parse_ok(r#"rule "r" { from s when $.ref matches /^refs\/heads\/(main|dev)$/iU }"#);
+        let Some(Item::Rule(rule)) = ast.items.first() else {
+            panic!()
+        };
+        let RuleItemKind::When(Expr::Predicate(p)) = &rule.items[1].kind else {
+            panic!()
+        };
+        let Op::Matches(re) = &p.op else { panic!() };
+        assert_eq!(re.pattern, "^refs/heads/(main|dev)$");
+        assert_eq!(re.flags.text, "iU");
+    }
+
+    #[test]
+    fn comments_semicolons_and_newlines_are_all_white_space() {
+        parse_ok("# only a comment");
+        parse_ok("");
+        parse_ok("source s: github { secret a; path \"/x\"; } # trailing\n\n\n");
+        parse_ok("rule \"r\" {\n  from s # who\n  when $.a == \"#not a comment\"\n}");
+    }
+
+    #[test]
+    fn syntax_errors_name_what_was_expected() {
+        assert_eq!(
+            parse_err("source s github {}"),
+            "expected `:`, found `github`"
+        );
+        assert_eq!(
+            parse_err("rule \"r\" { from s when $.a = 1 }"),
+            "expected `contains`, `ends with`, `exists`, `in`, `matches`, `starts with` or a comparison such as `==`, found `=`"
+        );
+        assert_eq!(
+            parse_err("secret a = env(\"A)"),
+            "expected `\"` to close the string, found end of file"
+        );
+        assert_eq!(
+            parse_err("rule \"r\" { from s when $.a matches /x"),
+            "expected `/` to close the regular expression, found end of file"
+        );
+        assert!(
+            parse_err("rule \"r\" { from s }}").starts_with("expected `include`, `rule`, `secret`")
+        );
+    }
+
+    #[test]
+    fn depth_limit_counts_brackets_outside_strings_and_comments() {
+        let deep = format!(
+            "rule \"r\" {{ from s when $.a == {} }}",
+            "[".repeat(MAX_DEPTH + 1)
+        );
+        assert_eq!(
+            parse_err(&deep),
+            format!("nesting is deeper than {MAX_DEPTH} levels")
+        );
+        let brackets_in_text = format!(
+            "# {}\nrule \"{}\" {{ from s }}",
+            "(".repeat(200),
+            "[".repeat(200)
+        );
+        parse_ok(&brackets_in_text);
+    }
+}

@@ -422,20 +422,23 @@ impl Cx {
     }
 
     fn unary(&self, pair: P<'_>) -> Expr {
-        let mut nots = Vec::new();
+        let mut nots = 0usize;
         let mut operand = None;
         for p in pair.into_inner() {
             match p.as_rule() {
-                Rule::k_not => nots.push(()),
+                Rule::k_not => nots += 1,
                 Rule::group => operand = Some(self.expr(self.child(p, Rule::expr))),
                 Rule::predicate => operand = Some(Expr::Predicate(self.predicate(p))),
                 other => unreachable!("unary holds `not`s and one operand, got {other:?}"),
             }
         }
         let operand = operand.unwrap_or_else(|| unreachable!("unary has an operand"));
-        // Iterative, innermost `not` first: a run of `not`s must not recurse per keyword.
-        nots.into_iter()
-            .fold(operand, |e, ()| Expr::Not(Box::new(e)))
+        // `not not x` is `x`: keep the parity, so that a long run of `not`s builds no deep tree.
+        if nots % 2 == 1 {
+            Expr::Not(Box::new(operand))
+        } else {
+            operand
+        }
     }
 
     fn predicate(&self, pair: P<'_>) -> Predicate {
