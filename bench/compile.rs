@@ -17,7 +17,12 @@ fn main() {
         let mut times: Vec<Duration> = (0..runs)
             .map(|_| {
                 let start = Instant::now();
-                let loaded = hookgate::load::load_text("bench.hook", None, text.as_bytes(), &PlaceholderSecrets);
+                let loaded = hookgate::load::load_text(
+                    "bench.hook",
+                    None,
+                    text.as_bytes(),
+                    &PlaceholderSecrets,
+                );
                 let elapsed = start.elapsed();
                 let compiled = loaded.result.expect("the generated file compiles");
                 assert_eq!(compiled.rules.rules().len(), n);

@@ -8,7 +8,9 @@ use std::fmt::Write;
 /// regex, every seventh a containment filter, so the compiler sees every kind of predicate.
 pub(crate) fn concourse_rules(n: usize) -> String {
     let mut out = String::with_capacity(n * 400);
-    out.push_str("secret gh = env(\"GITHUB_WEBHOOK_SECRET\")\nsecret ci = env(\"CONCOURSE_TOKEN\")\n");
+    out.push_str(
+        "secret gh = env(\"GITHUB_WEBHOOK_SECRET\")\nsecret ci = env(\"CONCOURSE_TOKEN\")\n",
+    );
     out.push_str("source org: github { secret gh }\n\n");
     for i in 0..n {
         let _ = write!(
@@ -24,9 +26,15 @@ pub(crate) fn concourse_rules(n: usize) -> String {
             out.push_str("\n   and not $.head_commit.message matches /\\[(skip ci|ci skip)\\]/i");
         }
         if i % 7 == 0 {
-            let _ = write!(out, "\n   and payload contains {{\"repository\": {{\"owner\": {{\"login\": \"acme\"}}}}}}");
+            let _ = write!(
+                out,
+                "\n   and payload contains {{\"repository\": {{\"owner\": {{\"login\": \"acme\"}}}}}}"
+            );
         }
-        let _ = write!(out, "\n  queue check check_{i} key \"${{$.repository.full_name}}\"\n}}\n\n");
+        let _ = write!(
+            out,
+            "\n  queue check check_{i} key \"${{$.repository.full_name}}\"\n}}\n\n"
+        );
     }
     out
 }
