@@ -117,7 +117,7 @@ fn reads_stdin_when_no_file_is_given() {
     );
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("<stdin>: 4 sources"),
+        stderr(&out).contains("<stdin>: 6 sources"),
         "{}",
         stderr(&out)
     );
