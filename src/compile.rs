@@ -171,6 +171,9 @@ pub(crate) fn compile(
             None => sources.iter_mut().for_each(|s| s.rules.push(i)),
         }
     }
+    for source in &mut sources {
+        source.index = crate::ruleset::SourceIndex::build(&rules, &source.rules);
+    }
     Ok(Compiled {
         rules: RuleSet {
             sources,
@@ -790,6 +793,7 @@ impl<'a> Cx<'a> {
             hmac,
             token,
             rules: Vec::new(),
+            index: Default::default(),
         })
     }
 

@@ -19,6 +19,8 @@
 pub mod cli;
 pub mod compile;
 pub mod diagnostic;
+pub mod eval;
+pub mod event;
 pub mod load;
 pub mod providers;
 pub mod rule_test;

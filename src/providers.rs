@@ -440,3 +440,163 @@ mod tests {
         assert!(ProviderKind::Forgejo.sends("pull_request_sync"));
     }
 }
+
+/// Headers as the pure stages see them: `(lowercase name, value)` pairs, in arrival order.
+pub type Headers = [(String, String)];
+
+fn header<'a>(headers: &'a Headers, name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, v)| n == name && !v.is_empty())
+        .map(|(_, v)| v.as_str())
+}
+
+fn body_str<'a>(payload: &'a serde_json::Value, path: &[&str]) -> Option<&'a str> {
+    path.iter().try_fold(payload, |v, key| v.get(key))?.as_str()
+}
+
+/// The event name and delivery id of a request, where this kind puts them
+/// (`shared/docs/webhook-providers.md`; summarised in `docs/rules-language.md`).
+pub fn identify(
+    kind: ProviderKind,
+    headers: &Headers,
+    query: &Headers,
+    payload: &serde_json::Value,
+) -> (Option<String>, Option<String>) {
+    let h = |name| header(headers, name).map(String::from);
+    let first = |names: &[&str]| {
+        names
+            .iter()
+            .find_map(|n| header(headers, n))
+            .map(String::from)
+    };
+    match kind {
+        ProviderKind::GitHub => (h("x-github-event"), h("x-github-delivery")),
+        ProviderKind::GitLab => (
+            h("x-gitlab-event"),
+            first(&["idempotency-key", "webhook-id"]),
+        ),
+        ProviderKind::Bitbucket => (h("x-event-key"), h("x-request-uuid")),
+        ProviderKind::BitbucketServer => (h("x-event-key"), h("x-request-id")),
+        ProviderKind::Gitea => (
+            first(&["x-gitea-event", "x-forgejo-event", "x-gogs-event"]),
+            first(&["x-gitea-delivery", "x-forgejo-delivery", "x-gogs-delivery"]),
+        ),
+        ProviderKind::Forgejo => (
+            first(&["x-forgejo-event", "x-gitea-event", "x-gogs-event"]),
+            first(&["x-forgejo-delivery", "x-gitea-delivery", "x-gogs-delivery"]),
+        ),
+        ProviderKind::DockerHub => (Some("push".into()), None),
+        ProviderKind::Quay => {
+            let event = header(query, "event")
+                .map(String::from)
+                .or_else(|| payload.get("updated_tags").map(|_| "repo_push".to_string()));
+            (event, None)
+        }
+        ProviderKind::Harbor => {
+            let delivery = payload
+                .get("specversion")
+                .and_then(|_| body_str(payload, &["id"]))
+                .map(String::from);
+            (body_str(payload, &["type"]).map(String::from), delivery)
+        }
+        ProviderKind::Slack => {
+            let event = match body_str(payload, &["type"]) {
+                Some("event_callback") => body_str(payload, &["event", "type"]),
+                other => other,
+            };
+            (
+                event.map(String::from),
+                body_str(payload, &["event_id"]).map(String::from),
+            )
+        }
+        ProviderKind::StandardWebhooks => (
+            body_str(payload, &["type"]).map(String::from),
+            h("webhook-id"),
+        ),
+        ProviderKind::GenericHmac | ProviderKind::Generic => (None, None),
+    }
+}
+
+#[cfg(test)]
+mod identify_tests {
+    use super::*;
+    use serde_json::json;
+
+    fn hs(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn events_and_deliveries_come_from_where_each_provider_puts_them() {
+        let none = json!({});
+        let gh = hs(&[("x-github-event", "push"), ("x-github-delivery", "d1")]);
+        assert_eq!(
+            identify(ProviderKind::GitHub, &gh, &[], &none),
+            (Some("push".into()), Some("d1".into()))
+        );
+        let gl = hs(&[("x-gitlab-event", "Push Hook"), ("idempotency-key", "k")]);
+        assert_eq!(
+            identify(ProviderKind::GitLab, &gl, &[], &none),
+            (Some("Push Hook".into()), Some("k".into()))
+        );
+        let fj = hs(&[
+            ("x-gitea-event", "push"),
+            ("x-forgejo-event", "push"),
+            ("x-forgejo-delivery", "f"),
+        ]);
+        assert_eq!(
+            identify(ProviderKind::Forgejo, &fj, &[], &none).1,
+            Some("f".into())
+        );
+        let slack =
+            json!({"type": "event_callback", "event": {"type": "app_mention"}, "event_id": "Ev1"});
+        assert_eq!(
+            identify(ProviderKind::Slack, &[], &[], &slack),
+            (Some("app_mention".into()), Some("Ev1".into()))
+        );
+        let slack = json!({"type": "url_verification", "challenge": "c"});
+        assert_eq!(
+            identify(ProviderKind::Slack, &[], &[], &slack).0,
+            Some("url_verification".into())
+        );
+        let harbor = json!({"specversion": "1.0", "id": "u1", "type": "harbor.artifact.pushed"});
+        assert_eq!(
+            identify(ProviderKind::Harbor, &[], &[], &harbor),
+            (Some("harbor.artifact.pushed".into()), Some("u1".into()))
+        );
+        assert_eq!(
+            identify(
+                ProviderKind::Harbor,
+                &[],
+                &[],
+                &json!({"type": "PUSH_ARTIFACT"})
+            )
+            .1,
+            None
+        );
+        assert_eq!(
+            identify(ProviderKind::Quay, &[], &[], &json!({"updated_tags": []})).0,
+            Some("repo_push".into())
+        );
+        let q = hs(&[("event", "build_success")]);
+        assert_eq!(
+            identify(ProviderKind::Quay, &[], &q, &json!({"build_id": "b"})).0,
+            Some("build_success".into())
+        );
+        assert_eq!(
+            identify(ProviderKind::Quay, &[], &[], &json!({"build_id": "b"})).0,
+            None
+        );
+        assert_eq!(
+            identify(ProviderKind::DockerHub, &[], &[], &none).0,
+            Some("push".into())
+        );
+        // An empty header counts as missing (Gitea sends empty signature headers, others may too).
+        let empty = hs(&[("x-github-event", "")]);
+        assert_eq!(identify(ProviderKind::GitHub, &empty, &[], &none).0, None);
+    }
+}

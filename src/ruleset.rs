@@ -5,12 +5,16 @@
 //! `Display` prints a stable canonical dump (the `tests/rules/ok` golden files compare it).
 
 mod action;
+mod index;
 mod matcher;
 mod source;
 mod target;
 
 pub use action::{Action, StrPiece, StrTemplate, Template};
-pub use matcher::{CompareOp, JsonPath, Matcher, Operand, Predicate, PredicateOp, Quantifier};
+pub use index::SourceIndex;
+pub use matcher::{
+    CompareOp, JsonPath, Matcher, Operand, Predicate, PredicateOp, Quantifier, Step,
+};
 pub use source::{HmacAlgorithm, HmacOptions, SecretValue, Source, SourcePaths, TokenLocation};
 pub(crate) use target::{DEFAULT_CONCURRENCY, DEFAULT_RETRY, DEFAULT_TIMEOUT, SIGNATURE_STYLES};
 pub use target::{Method, Rate, Retry, SignatureStyle, Target};

@@ -283,9 +283,11 @@ impl Cx<'_> {
         }
         match jsonpath_rust::parser::parse_json_path(text) {
             Ok(query) => {
+                let simple = JsonPath::simple_steps(text);
                 let path = Arc::new(JsonPath {
                     text: text.to_string(),
                     query,
+                    simple,
                 });
                 self.paths.insert(text.to_string(), path.clone());
                 Some(path)

@@ -12,8 +12,61 @@ use serde_json::Value;
 #[derive(Debug)]
 pub struct JsonPath {
     pub(crate) text: String,
-    #[allow(dead_code)] // Queried by evaluation, which arrives with the `eval` module.
     pub(crate) query: JpQuery,
+    /// For paths that name one location (`$.a.b[0]`, `$['a-b']`), the steps to it: evaluation walks
+    /// them directly instead of running the general JSONPath engine.
+    pub(crate) simple: Option<Vec<Step>>,
+}
+
+/// One step of a simple path.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Step {
+    Key(String),
+    /// An array index; negative counts from the end, as in RFC 9535.
+    Index(i64),
+}
+
+impl JsonPath {
+    /// Parses the steps of a simple path, or `None` for anything with wildcards, filters, slices,
+    /// descendants, unions or escapes.
+    pub(crate) fn simple_steps(text: &str) -> Option<Vec<Step>> {
+        let mut rest = text.strip_prefix('$')?;
+        let mut steps = Vec::new();
+        while !rest.is_empty() {
+            if let Some(after) = rest.strip_prefix('.') {
+                let end = after.find(['.', '[']).unwrap_or(after.len());
+                let name = &after[..end];
+                let first = name.chars().next()?;
+                let valid = (first.is_ascii_alphabetic() || first == '_' || !first.is_ascii())
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || !c.is_ascii());
+                if !valid {
+                    return None;
+                }
+                steps.push(Step::Key(name.to_string()));
+                rest = &after[end..];
+            } else if let Some(after) = rest.strip_prefix('[') {
+                let end = after.find(']')?;
+                let inner = after[..end].trim();
+                let quoted = inner
+                    .strip_prefix('\'')
+                    .and_then(|s| s.strip_suffix('\''))
+                    .or_else(|| inner.strip_prefix('"').and_then(|s| s.strip_suffix('"')));
+                match quoted {
+                    Some(key) if !key.contains(['\\', '\'', '"']) => {
+                        steps.push(Step::Key(key.to_string()))
+                    }
+                    Some(_) => return None,
+                    None => steps.push(Step::Index(inner.parse().ok()?)),
+                }
+                rest = &after[end + 1..];
+            } else {
+                return None;
+            }
+        }
+        Some(steps)
+    }
 }
 
 impl JsonPath {
@@ -196,6 +249,42 @@ impl Display for Matcher {
                 inner.fmt_child(f, 1)
             }
             Matcher::Predicate(p) => write!(f, "{p}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn simple_paths() {
+        let k = |s: &str| Step::Key(s.into());
+        assert_eq!(JsonPath::simple_steps("$"), Some(vec![]));
+        assert_eq!(
+            JsonPath::simple_steps("$.a.b_2"),
+            Some(vec![k("a"), k("b_2")])
+        );
+        assert_eq!(
+            JsonPath::simple_steps("$['full-name'][0]"),
+            Some(vec![k("full-name"), Step::Index(0)])
+        );
+        assert_eq!(
+            JsonPath::simple_steps("$.a[-1].日本"),
+            Some(vec![k("a"), Step::Index(-1), k("日本")])
+        );
+        for complex in [
+            "$..a",
+            "$.a[*]",
+            "$.a[?@.b]",
+            "$.a[0:2]",
+            "$.*",
+            "$['a','b']",
+            "$.a[0,1]",
+            "$['it\\'s']",
+            "$.1a",
+        ] {
+            assert_eq!(JsonPath::simple_steps(complex), None, "{complex}");
         }
     }
 }

@@ -119,6 +119,8 @@ pub struct Source {
     pub(crate) token: Option<TokenLocation>,
     /// Indices of the rules listening to this source, in declaration order.
     pub(crate) rules: Vec<usize>,
+    /// Narrows `rules` to the candidates for one event.
+    pub(crate) index: crate::ruleset::SourceIndex,
 }
 
 impl Source {

@@ -1,0 +1,287 @@
+//! Which rules of a source can possibly match an event, without testing them all.
+//!
+//! Operators with thousands of pipelines write thousands of rules that differ only in a literal:
+//! `$.repository.full_name == "acme/repo-17" and $.ref == "refs/heads/main"`. The index files each rule
+//! under the event names it accepts, and then under one *required leaf*: a test of a simple path
+//! against literal scalars that must hold for the rule to match (a top-level `==` or `in [...]`, or a
+//! scalar inside a `contains {...}` object, found through `and`). Looking an event up costs one map
+//! lookup per indexed path instead of one evaluation per rule.
+//!
+//! INVARIANT: the index only narrows. Every rule that would match is among the candidates; candidates
+//! are then evaluated in full. `tests/index.rs` checks this against a full scan on random rule sets.
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+
+use crate::eval::walk;
+use crate::ruleset::{CompareOp, Matcher, Operand, PredicateOp, Rule, Step};
+
+/// The candidate lists of one source.
+#[derive(Debug, Default)]
+pub struct SourceIndex {
+    by_event: HashMap<String, Bucket>,
+    /// Rules without `on`: candidates for every event.
+    any_event: Bucket,
+}
+
+/// Rules accepting one event name.
+#[derive(Debug, Default)]
+struct Bucket {
+    keyed: Vec<Keyed>,
+    /// Rules with no required leaf: always candidates.
+    scan: Vec<usize>,
+}
+
+/// Rules filed under the value of one simple path.
+#[derive(Debug)]
+struct Keyed {
+    steps: Vec<Step>,
+    strings: HashMap<String, Vec<usize>>,
+    others: HashMap<Scalar, Vec<usize>>,
+}
+
+/// A non-string scalar as a hash key. Numbers are keyed by their `f64` value, so `1` and `1.0` meet
+/// (two huge integers sharing an `f64` only make an extra candidate, never a missed one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Scalar {
+    Number(u64),
+    Bool(bool),
+    Null,
+}
+
+/// A key for a scalar: `Ok(string)` or `Err(other)`; `None` for arrays and objects.
+fn key_of(v: &Value) -> Option<Result<&str, Scalar>> {
+    Some(match v {
+        Value::String(s) => Ok(s.as_str()),
+        Value::Number(n) => {
+            let f = n.as_f64()?;
+            Err(Scalar::Number(if f == 0.0 { 0 } else { f.to_bits() }))
+        }
+        Value::Bool(b) => Err(Scalar::Bool(*b)),
+        Value::Null => Err(Scalar::Null),
+        Value::Array(_) | Value::Object(_) => return None,
+    })
+}
+
+/// A required leaf: the rule matches only if the value at `steps` equals one of `values`.
+struct Leaf<'a> {
+    steps: Vec<Step>,
+    values: Vec<&'a Value>,
+}
+
+impl SourceIndex {
+    /// Indexes the rules `ids` (indices into `rules`) of one source.
+    pub(crate) fn build(rules: &[Rule], ids: &[usize]) -> SourceIndex {
+        let mut by_event: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut any = Vec::new();
+        for &i in ids {
+            match &rules[i].on {
+                None => any.push(i),
+                Some(events) => {
+                    for e in events {
+                        let list = by_event.entry(e.clone()).or_default();
+                        if list.last() != Some(&i) {
+                            list.push(i);
+                        }
+                    }
+                }
+            }
+        }
+        SourceIndex {
+            by_event: by_event
+                .into_iter()
+                .map(|(e, ids)| (e, Bucket::build(rules, &ids)))
+                .collect(),
+            any_event: Bucket::build(rules, &any),
+        }
+    }
+
+    /// Rules that may match an event, ascending.
+    pub(crate) fn candidates(&self, event: Option<&str>, payload: &Value) -> Vec<usize> {
+        let mut out = Vec::new();
+        if let Some(bucket) = event.and_then(|e| self.by_event.get(e)) {
+            bucket.collect(payload, &mut out);
+        }
+        self.any_event.collect(payload, &mut out);
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// (indexed paths, rules always scanned), for the canonical dump and the benchmarks.
+    pub fn shape(&self) -> (usize, usize) {
+        let buckets = self.by_event.values().chain([&self.any_event]);
+        buckets.fold((0, 0), |(k, s), b| (k + b.keyed.len(), s + b.scan.len()))
+    }
+}
+
+impl Bucket {
+    fn build(rules: &[Rule], ids: &[usize]) -> Bucket {
+        let leaves: Vec<(usize, Vec<Leaf<'_>>)> = ids
+            .iter()
+            .map(|&i| {
+                let mut leaves = Vec::new();
+                if let Some(when) = &rules[i].when {
+                    required_leaves(when, &mut leaves);
+                }
+                (i, leaves)
+            })
+            .collect();
+        // The most selective path is the one with the most distinct values across these rules:
+        // `full_name` (one per rule) beats `ref` (the same for all).
+        let mut distinct: HashMap<&[Step], std::collections::HashSet<String>> = HashMap::new();
+        for (_, ls) in &leaves {
+            for leaf in ls {
+                distinct
+                    .entry(&leaf.steps)
+                    .or_default()
+                    .extend(leaf.values.iter().map(|v| v.to_string()));
+            }
+        }
+        let mut bucket = Bucket::default();
+        for (i, ls) in &leaves {
+            let best = ls
+                .iter()
+                .max_by_key(|l| distinct.get(l.steps.as_slice()).map_or(0, |d| d.len()));
+            let Some(leaf) = best else {
+                bucket.scan.push(*i);
+                continue;
+            };
+            let pos = match bucket.keyed.iter().position(|k| k.steps == leaf.steps) {
+                Some(pos) => pos,
+                None => {
+                    bucket.keyed.push(Keyed {
+                        steps: leaf.steps.clone(),
+                        strings: HashMap::new(),
+                        others: HashMap::new(),
+                    });
+                    bucket.keyed.len() - 1
+                }
+            };
+            let keyed = &mut bucket.keyed[pos];
+            for value in &leaf.values {
+                let list = match key_of(value) {
+                    Some(Ok(s)) => keyed.strings.entry(s.to_string()).or_default(),
+                    Some(Err(k)) => keyed.others.entry(k).or_default(),
+                    None => unreachable!("leaves hold scalars only"),
+                };
+                if list.last() != Some(i) {
+                    list.push(*i);
+                }
+            }
+        }
+        bucket
+    }
+
+    fn collect(&self, payload: &Value, out: &mut Vec<usize>) {
+        out.extend_from_slice(&self.scan);
+        for keyed in &self.keyed {
+            let hits = walk(&keyed.steps, payload)
+                .and_then(key_of)
+                .and_then(|k| match k {
+                    Ok(s) => keyed.strings.get(s),
+                    Err(k) => keyed.others.get(&k),
+                });
+            if let Some(ids) = hits {
+                out.extend_from_slice(ids);
+            }
+        }
+    }
+}
+
+/// Collects the leaves that must hold for `m` to hold: through `and`, not through `or` or `not`.
+fn required_leaves<'a>(m: &'a Matcher, out: &mut Vec<Leaf<'a>>) {
+    let p = match m {
+        Matcher::And(items) => {
+            items.iter().for_each(|m| required_leaves(m, out));
+            return;
+        }
+        Matcher::Predicate(p) => p,
+        Matcher::Or(_) | Matcher::Not(_) => return,
+    };
+    // The subject is a simple path (one value or none), so `all`, `any` and no quantifier agree.
+    let prefix: Vec<Step> = match &p.subject {
+        Operand::Path(path) => match &path.simple {
+            Some(steps) => steps.clone(),
+            None => return,
+        },
+        Operand::Payload => Vec::new(),
+        _ => return,
+    };
+    match &p.op {
+        PredicateOp::Compare(CompareOp::Eq, Operand::Literal(v)) if key_of(v).is_some() => {
+            out.push(Leaf {
+                steps: prefix,
+                values: vec![&**v],
+            });
+        }
+        PredicateOp::In(Operand::Literal(v)) => {
+            if let Value::Array(items) = &**v {
+                if !items.is_empty() && items.iter().all(|i| key_of(i).is_some()) {
+                    out.push(Leaf {
+                        steps: prefix,
+                        values: items.iter().collect(),
+                    });
+                }
+            }
+        }
+        PredicateOp::Contains(Operand::Literal(v)) if v.is_object() => {
+            contained_leaves(prefix, v, out)
+        }
+        _ => {}
+    }
+}
+
+/// Scalars inside an object literal that `contains` requires to be equal at the same place.
+fn contained_leaves<'a>(prefix: Vec<Step>, object: &'a Value, out: &mut Vec<Leaf<'a>>) {
+    let Value::Object(map) = object else { return };
+    for (k, v) in map {
+        let mut steps = prefix.clone();
+        steps.push(Step::Key(k.clone()));
+        match v {
+            Value::Object(_) => contained_leaves(steps, v, out),
+            Value::Array(_) => {}
+            scalar => out.push(Leaf {
+                steps,
+                values: vec![scalar],
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use crate::compile::PlaceholderSecrets;
+
+    #[test]
+    fn concourse_style_rules_are_found_by_one_lookup() {
+        let mut text = String::from(
+            "secret s = env(\"S\")\nsource src: github { secret s }\ntarget t { post \"http://127.0.0.1:9/\" }\n",
+        );
+        for i in 0..500 {
+            // `ref` comes first but is the same everywhere; `full_name` is the selective leaf.
+            text.push_str(&format!(
+                "rule \"r{i}\" {{ from src on \"push\" when $.ref == \"refs/heads/main\" and payload contains {{\"repository\": {{\"full_name\": \"acme/r{i}\"}}}} notify t }}\n"
+            ));
+        }
+        text.push_str("rule \"any push\" { from src on \"push\" when $.ref starts with \"refs/tags/\" notify t }\n");
+        text.push_str("rule \"anything\" { from src notify t }\n");
+        let rules = crate::load::load_text("i.hook", None, text.as_bytes(), &PlaceholderSecrets)
+            .result
+            .unwrap()
+            .rules;
+        let index = &rules.sources[0].index;
+        let payload = json!({"ref": "refs/heads/main", "repository": {"full_name": "acme/r42"}});
+        assert_eq!(index.candidates(Some("push"), &payload), vec![42, 500, 501]);
+        assert_eq!(index.candidates(Some("create"), &payload), vec![501]);
+        assert_eq!(index.candidates(None, &json!({})), vec![501]);
+        assert_eq!(
+            index.shape(),
+            (1, 2),
+            "one indexed path; two rules always scanned"
+        );
+    }
+}
