@@ -188,7 +188,7 @@ fn predicate(p: &Predicate, event: &Event) -> bool {
 }
 
 /// Evaluates a predicate; also returns the subject's values (for explanations).
-fn predicate_with<'a>(p: &'a Predicate, r: &'a Event) -> (bool, Vec<Cow<'a, Value>>) {
+pub(crate) fn predicate_with<'a>(p: &'a Predicate, r: &'a Event) -> (bool, Vec<Cow<'a, Value>>) {
     let subject = resolve(&p.subject, r);
     if let PredicateOp::Exists = p.op {
         return (!subject.is_empty(), subject);

@@ -17,6 +17,8 @@ pub struct RuleTest {
     pub source: usize,
     pub event: Option<String>,
     pub headers: Vec<(String, String)>,
+    /// `headers file(...)`: more headers, from a JSON object file, resolved like `payload file(...)`.
+    pub headers_file: Option<PathBuf>,
     pub query: Vec<(String, String)>,
     pub payload: TestPayload,
     /// Exactly these rules must match, in any order.

@@ -247,6 +247,7 @@ fn describe(rule: Rule) -> Option<&'static str> {
         k_max_body => "`max_body`",
         k_insecure => "`insecure`",
         k_header => "`header`",
+        k_headers => "`headers`",
         k_algorithm => "`algorithm`",
         k_encoding => "`encoding`",
         k_prefix => "`prefix`",

@@ -132,7 +132,7 @@ fn json_output_points_at_line_and_column() {
     let path = fixture("err/0113-unknown-secret.hook");
     let out = run(&["check", "--format", "json", path.to_str().unwrap()]);
     assert_eq!(code(&out), 1);
-    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stdout = String::from_utf8(out.stdout.clone()).unwrap();
     let lines: Vec<serde_json::Value> = stdout
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -231,7 +231,7 @@ fn urls_prints_fixed_and_derived_paths() {
         .output()
         .unwrap();
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stdout = String::from_utf8(out.stdout.clone()).unwrap();
     let lines: Vec<&str> = stdout.lines().collect();
     assert!(
         lines.contains(&"acme\tgithub\thttps://hooks.example.com/hook/acme"),
@@ -272,4 +272,238 @@ fn urls_without_the_secret_of_a_url_token_source_fails() {
             .unwrap()
             .contains("acme\tgithub\t/hook/acme")
     );
+}
+
+#[test]
+fn test_passes_on_the_shipped_examples() {
+    let out = run(&["test", "rules.example", "tests/rules/eval"]);
+    let stdout = String::from_utf8(out.stdout.clone()).unwrap();
+    assert_eq!(code(&out), 0, "{stdout}{}", stderr(&out));
+    assert!(
+        stdout.contains("✓ a push to main of acme/app syncs and checks"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.lines().last().unwrap().ends_with("passed, 0 failed"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn test_fails_with_a_readable_diff_on_a_wrong_expectation() {
+    let dir = tempfile::tempdir().unwrap();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules.example");
+    let file = dir.path().join("wrong.hook");
+    std::fs::write(
+        &file,
+        format!(
+            r#"include "{}"
+test "deliberately wrong" {{
+  source acme
+  event "push"
+  payload {{"ref": "refs/heads/main", "repository": {{"full_name": "acme/app", "ssh_url": "git@x:acme/app"}}, "head_commit": {{"message": "m"}}}}
+  expect matched ["audit releases"]
+  expect notify fluxd == {{"Kind": "image"}}
+  expect check app_repo_check
+}}
+"#,
+            example.display()
+        ),
+    )
+    .unwrap();
+    let out = run(&["test", file.to_str().unwrap()]);
+    let stdout = String::from_utf8(out.stdout.clone()).unwrap();
+    assert_eq!(code(&out), 1, "{stdout}");
+    for expected in [
+        "✓ a push to main of acme/app syncs and checks",
+        "✗ deliberately wrong",
+        "matched rules differ (- expected, + actual):",
+        "- \"audit releases\"",
+        "+ \"sync app on push to main\"",
+        "actions differ (- expected but not run, + run but not expected):",
+        "- notify fluxd == {\"Kind\":\"image\"}",
+        "+ notify fluxd {\"Kind\":\"git\",\"Source\":{\"URL\":\"git@x:acme/app\",\"Branch\":\"main\"}}",
+        "explanation:",
+        "✓ rule \"sync app on push to main\"",
+        "· rule \"audit releases\": listens to `release`, not `push`",
+        "2 tests: 1 passed, 1 failed",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing `{expected}` in:\n{stdout}"
+        );
+    }
+    // `check app_repo_check` was expected and did run: it is in neither list.
+    assert!(!stdout.contains("check app_repo_check key"), "{stdout}");
+}
+
+#[test]
+fn test_reports_missing_payload_files_and_files_without_tests() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("t.hook");
+    std::fs::write(
+        &file,
+        "secret s = env(\"S\")\nsource a: github { secret s }\ntarget t { post \"http://127.0.0.1:9/\" }\nrule \"r\" { from a notify t }\n\
+         test \"gone\" { source a payload file(\"nope.json\") expect matched [\"r\"] }\n",
+    )
+    .unwrap();
+    let out = run(&["test", file.to_str().unwrap()]);
+    assert_eq!(code(&out), 1);
+    assert!(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .contains("cannot read payload")
+    );
+    let out = run(&["test", "tests/rules/ok/0001-minimal.hook"]);
+    assert_eq!(code(&out), 1);
+    assert!(
+        stderr(&out).contains("no `test` blocks"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(code(&run(&["test"])), 2, "paths are required");
+}
+
+#[test]
+fn explain_shows_every_rule_and_clause() {
+    let fixture = "../shared/fixtures/payloads/github/push-branch-commits-argocd";
+    let headers = format!("{fixture}.headers.json");
+    let payload = format!("{fixture}.json");
+    let args = [
+        "explain",
+        "--rules",
+        "rules.example",
+        "--source",
+        "acme",
+        "--headers-file",
+        &headers,
+        &payload,
+    ];
+    let out = run(&args);
+    let stdout = String::from_utf8(out.stdout.clone()).unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stdout.starts_with(
+            "source `acme`, event `push`, delivery `68546e73-b6a0-5291-8a8b-8cc3e03b09d2`\n"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("$.repository.full_name = \"jessesuen/test-repo\" (wanted \"acme/app\")"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("$.head_commit.message = \"Add staging-argocd-demo environment\""),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("· rule \"rescan image on push\": listens to other sources, not `acme`"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.ends_with("matched 0 of 7 rules, 0 actions\n"),
+        "{stdout}"
+    );
+
+    // The same, as JSON, with the event overridden on the command line.
+    let mut json_args = args.to_vec();
+    json_args.extend(["--format", "json", "--event", "release"]);
+    let out = run(&json_args);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["matched"], serde_json::json!([]));
+    let audit = v["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "audit releases")
+        .unwrap();
+    assert_eq!(audit["matched"], false);
+    assert!(
+        audit["clauses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["clause"] == "$.release.prerelease == false")
+    );
+}
+
+#[test]
+fn explain_matching_delivery_lists_its_actions() {
+    let payload = r#"{"ref": "refs/heads/main", "repository": {"full_name": "acme/app", "ssh_url": "git@x:acme/app"}, "head_commit": {"message": "ok"}}"#;
+    let out = run_stdin(
+        &[
+            "explain",
+            "--rules",
+            "rules.example",
+            "--source",
+            "acme",
+            "--header",
+            "X-GitHub-Event: push",
+            "--format",
+            "json",
+            "-",
+        ],
+        payload.as_bytes(),
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["matched"],
+        serde_json::json!(["sync app on push to main"])
+    );
+    assert_eq!(
+        v["actions"],
+        serde_json::json!([
+            {"rule": "sync app on push to main", "kind": "notify", "target": "fluxd",
+             "body": {"Kind": "git", "Source": {"URL": "git@x:acme/app", "Branch": "main"}}},
+            {"rule": "sync app on push to main", "kind": "check", "target": "app_repo_check", "key": ""}
+        ])
+    );
+}
+
+#[test]
+fn explain_rejects_bad_input_clearly() {
+    let out = run(&[
+        "explain",
+        "--rules",
+        "rules.example",
+        "--source",
+        "acm",
+        "rules.example",
+    ]);
+    assert_eq!(code(&out), 1);
+    assert!(
+        stderr(&out).contains("unknown source `acm`")
+            && stderr(&out).contains("did you mean `acme`?"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&[
+        "explain",
+        "--rules",
+        "rules.example",
+        "--source",
+        "acme",
+        "rules.example",
+    ]);
+    assert_eq!(code(&out), 1);
+    assert!(
+        stderr(&out).contains("payload `rules.example`: not JSON"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run_stdin(
+        &[
+            "explain",
+            "--rules",
+            "rules.example",
+            "--source",
+            "acme",
+            "--header",
+            "nocolon",
+            "-",
+        ],
+        b"{}",
+    );
+    assert_eq!(code(&out), 2);
 }

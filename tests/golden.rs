@@ -187,3 +187,86 @@ fn rules_example_compiles_clean() {
         Err(d) => panic!("{}", hookgate::cli::render(d, &loaded.files, false)),
     }
 }
+
+/// `tests/rules/eval/*.hook`: rules with `test` blocks over the real payloads in
+/// `../shared/fixtures/payloads`. Every test must pass, and the `.out` beside each file records what
+/// every case produced (event, delivery id, matched rules, rendered actions) for review.
+#[test]
+fn eval_fixtures_pass_and_match_their_outputs() {
+    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/payloads");
+    assert!(
+        shared.is_dir(),
+        "{} is missing: the evaluation fixtures need ../shared beside the checkout (CI provides it)",
+        shared.display()
+    );
+    let mut failures = Vec::new();
+    for path in fixtures("eval") {
+        let loaded = load::load_file(&path, &PlaceholderSecrets).unwrap();
+        let compiled = match &loaded.result {
+            Ok(c) => c,
+            Err(d) => panic!("{}", hookgate::cli::render(d, &loaded.files, false)),
+        };
+        assert!(!compiled.tests.is_empty(), "{}: no tests", path.display());
+        let mut text = String::new();
+        for (test, result) in compiled.tests.iter().zip(hookgate::testing::run(compiled)) {
+            if !result.passed() {
+                failures.push(format!(
+                    "{} / {}: {}",
+                    path.display(),
+                    result.name,
+                    result.failures.join("\n")
+                ));
+            }
+            text.push_str(&describe(&compiled.rules, test));
+        }
+        let expected = path.with_extension("out");
+        if std::panic::catch_unwind(|| expect_test::expect_file![expected].assert_eq(&text))
+            .is_err()
+        {
+            failures.push(format!("{}: output differs from its .out", path.display()));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// What one test's delivery produced, in a stable text form.
+fn describe(rules: &hookgate::ruleset::RuleSet, test: &hookgate::rule_test::RuleTest) -> String {
+    use hookgate::eval::PlannedKind;
+    let payload = hookgate::testing::payload(test).unwrap();
+    let headers = hookgate::testing::headers(test).unwrap();
+    let event = hookgate::event::Event::new(
+        rules,
+        test.source,
+        test.event.clone(),
+        headers,
+        test.query.clone(),
+        payload,
+    );
+    let outcome = hookgate::eval::evaluate(rules, &event);
+    let mut out = format!(
+        "test {:?}\n  event {:?}, delivery {:?}\n",
+        test.name,
+        event.name.as_deref().unwrap_or("-"),
+        event.delivery.as_deref().unwrap_or("-")
+    );
+    let names: Vec<&str> = outcome
+        .matched
+        .iter()
+        .map(|&i| rules.rules()[i].name())
+        .collect();
+    out.push_str(&format!("  matched {names:?}\n"));
+    for a in &outcome.actions {
+        let target = rules.targets()[a.target].name();
+        match &a.kind {
+            PlannedKind::Notify { body: Some(b) } => {
+                out.push_str(&format!("  notify {target} {b}\n"))
+            }
+            PlannedKind::Notify { body: None } => {
+                out.push_str(&format!("  notify {target} (original payload)\n"))
+            }
+            PlannedKind::Check { key } => out.push_str(&format!("  check {target} key {key:?}\n")),
+            PlannedKind::Forward => out.push_str(&format!("  forward {target}\n")),
+        }
+    }
+    out
+}

@@ -1,5 +1,5 @@
 //! The rule index never changes an outcome: on random rule sets and payloads, evaluating through the
-//! index gives exactly what testing every rule gives.
+//! index gives exactly what testing every rule gives, and explanations agree with both.
 
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -139,6 +139,10 @@ proptest! {
                 let indexed = evaluate(&compiled.rules, &event);
                 let scanned = evaluate_scan(&compiled.rules, &event);
                 prop_assert_eq!(&indexed, &scanned, "rules:\n{}\npayload: {}\nevent: {:?}", text, payload, name);
+                // Explanations evaluate every clause without short-circuits; they must agree too.
+                let explained = hookgate::explain::explain(&compiled.rules, &event).matched;
+                let names: Vec<String> = indexed.matched.iter().map(|&i| compiled.rules.rules()[i].name().to_string()).collect();
+                prop_assert_eq!(explained, names);
             }
         }
     }

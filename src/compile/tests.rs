@@ -22,6 +22,7 @@ pub(super) fn compile_test(
     let mut source = None;
     let mut event = None;
     let mut headers = Vec::new();
+    let mut headers_file = None;
     let mut query = Vec::new();
     let mut payload = None;
     let mut expect_matched = None;
@@ -30,6 +31,7 @@ pub(super) fn compile_test(
         let once = match &item.kind {
             TestItemKind::Source(_) => Some("source"),
             TestItemKind::Event(_) => Some("event"),
+            TestItemKind::HeadersFile(_) => Some("headers"),
             TestItemKind::Payload(_) | TestItemKind::PayloadFile(_) => Some("payload"),
             TestItemKind::ExpectMatched(_) => Some("expect matched"),
             _ => None,
@@ -57,6 +59,10 @@ pub(super) fn compile_test(
             }
             TestItemKind::Query { name, value } => {
                 query.push((cx.plain(name, "tests"), cx.plain(value, "tests")))
+            }
+            TestItemKind::HeadersFile(s) => {
+                let rel = cx.plain(s, "tests");
+                headers_file = Some(cx.files.get(file).base_dir().join(rel));
             }
             TestItemKind::PayloadFile(s) => {
                 let rel = cx.plain(s, "tests");
@@ -181,6 +187,7 @@ pub(super) fn compile_test(
         source: source?,
         event,
         headers,
+        headers_file,
         query,
         payload: payload?,
         expect_matched,

@@ -245,6 +245,7 @@ pub(crate) enum TestItemKind {
         name: Str,
         value: Str,
     },
+    HeadersFile(Str),
     Query {
         name: Str,
         value: Str,

@@ -339,6 +339,9 @@ impl Cx {
                 let (name, value) = two_strings(pair);
                 TestItemKind::Header { name, value }
             }
+            Rule::test_headers => {
+                TestItemKind::HeadersFile(self.string(self.child(pair, Rule::string)))
+            }
             Rule::test_query => {
                 let (name, value) = two_strings(pair);
                 TestItemKind::Query { name, value }
