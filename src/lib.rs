@@ -24,6 +24,7 @@ pub mod event;
 pub mod explain;
 pub mod load;
 pub mod providers;
+pub mod queue;
 pub mod rule_test;
 pub mod ruleset;
 pub mod secrets;

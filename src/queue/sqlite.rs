@@ -1,0 +1,913 @@
+//! The embedded queue: SQLite in `--data DIR`, WAL with `synchronous=FULL`.
+//!
+//! One thread owns the connection. Every operation is a message to it; the thread takes whatever has
+//! queued up (up to [`MAX_BATCH`]), applies it in one transaction — each operation under its own
+//! savepoint, so one failure does not sink the rest — commits once, and only then answers. While a
+//! commit's fsync is under way, new operations gather for the next batch: that is the group commit
+//! that lets many concurrent requests share one fsync. Nothing is acknowledged before its COMMIT.
+//!
+//! Coalescing of checks is a partial unique index on pending checks of (target, key): an enqueue that
+//! hits it increments the pending job's `coalesced` count instead of adding a row.
+//!
+//! Inspect by hand with `sqlite3 DATA/hookgate.db` (see `docs/delivery.md`).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::queue::{
+    Attempt, Job, JobKind, JobState, NewJob, QueueBackend, QueueError, Settle, Stats, now_ms,
+};
+
+/// The most operations committed together.
+const MAX_BATCH: usize = 4096;
+/// Operations waiting for the writer; beyond this, `enqueue` fails fast (the server answers 503).
+const CHANNEL_CAPACITY: usize = 65_536;
+
+/// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
+const MIGRATIONS: &[&str] = &[
+    // 1: jobs and their attempts.
+    "CREATE TABLE jobs (
+        id            INTEGER PRIMARY KEY,
+        kind          TEXT    NOT NULL,
+        target        TEXT    NOT NULL,
+        key           TEXT,
+        source        TEXT    NOT NULL,
+        event         TEXT,
+        delivery      TEXT    NOT NULL,
+        rule          TEXT    NOT NULL,
+        action        INTEGER NOT NULL,
+        body          BLOB    NOT NULL,
+        headers       TEXT    NOT NULL,
+        sign_with     TEXT,
+        state         TEXT    NOT NULL,
+        attempts      INTEGER NOT NULL DEFAULT 0,
+        coalesced     INTEGER NOT NULL DEFAULT 1,
+        run_at        INTEGER NOT NULL,
+        claimed_until INTEGER,
+        created_at    INTEGER NOT NULL,
+        updated_at    INTEGER NOT NULL,
+        last_status   INTEGER,
+        last_error    TEXT
+    );
+    CREATE UNIQUE INDEX jobs_pending_check ON jobs (target, key) WHERE kind = 'check' AND state = 'pending';
+    CREATE INDEX jobs_due ON jobs (state, target, run_at);
+    CREATE INDEX jobs_updated ON jobs (state, updated_at);
+    CREATE TABLE attempts (
+        job_id      INTEGER NOT NULL,
+        attempt     INTEGER NOT NULL,
+        started_at  INTEGER NOT NULL,
+        duration_ms INTEGER NOT NULL,
+        status      INTEGER,
+        error       TEXT,
+        PRIMARY KEY (job_id, attempt)
+    );",
+];
+
+const JOB_COLUMNS: &str = "id, kind, target, key, source, event, delivery, rule, action, body, headers, sign_with, \
+     state, attempts, coalesced, run_at, created_at, updated_at, last_status, last_error";
+
+type Reply<T> = oneshot::Sender<Result<T, QueueError>>;
+
+enum Op {
+    Enqueue(Vec<NewJob>, Reply<Vec<i64>>),
+    DueTargets(Reply<Vec<(String, i64)>>),
+    Claim {
+        target: String,
+        limit: usize,
+        visibility: Duration,
+        reply: Reply<Vec<Job>>,
+    },
+    Settle {
+        id: i64,
+        attempt: Option<Attempt>,
+        settle: Settle,
+        reply: Reply<()>,
+    },
+    Requeue(i64, Reply<()>),
+    List(JobState, usize, Reply<Vec<Job>>),
+    Get(i64, Reply<(Job, Vec<Attempt>)>),
+    Stats(Reply<Stats>),
+    Prune(i64, Reply<u64>),
+}
+
+/// The SQLite queue. Cheap to share behind an `Arc`; dropping it stops the writer thread after it has
+/// committed everything already sent.
+pub struct SqliteQueue {
+    tx: mpsc::Sender<Op>,
+    path: PathBuf,
+}
+
+impl SqliteQueue {
+    /// Opens (creating if needed) `DIR/hookgate.db`, migrates it, and returns jobs left in flight by a
+    /// previous process to pending, so they are delivered again (at-least-once).
+    pub fn open(dir: &Path) -> Result<SqliteQueue, QueueError> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            QueueError::Storage(format!(
+                "cannot create `{}`: {}",
+                dir.display(),
+                crate::load::io_reason(&e)
+            ))
+        })?;
+        let path = dir.join("hookgate.db");
+        let mut conn = Connection::open(&path).map_err(storage)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(storage)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(storage)?;
+        conn.pragma_update(None, "busy_timeout", 5000)
+            .map_err(storage)?;
+        migrate(&mut conn)?;
+        recover_inflight(&mut conn)?;
+        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+        std::thread::Builder::new()
+            .name("hookgate-queue".into())
+            .spawn(move || writer(conn, rx))
+            .map_err(|e| QueueError::Storage(format!("cannot start the queue thread: {e}")))?;
+        Ok(SqliteQueue { tx, path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Deletes done and dead jobs (and their attempts) last updated before `before` (unix ms).
+    pub async fn prune(&self, before: i64) -> Result<u64, QueueError> {
+        self.call(|reply| Op::Prune(before, reply)).await
+    }
+
+    async fn call<T>(&self, op: impl FnOnce(Reply<T>) -> Op) -> Result<T, QueueError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.try_send(op(reply)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                QueueError::Storage("the queue's writer is overloaded".into())
+            }
+            mpsc::error::TrySendError::Closed(_) => QueueError::Closed,
+        })?;
+        rx.await.map_err(|_| QueueError::Closed)?
+    }
+}
+
+fn storage(e: rusqlite::Error) -> QueueError {
+    QueueError::Storage(e.to_string())
+}
+
+impl QueueBackend for SqliteQueue {
+    async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<Vec<i64>, QueueError> {
+        self.call(|reply| Op::Enqueue(jobs, reply)).await
+    }
+
+    async fn due_targets(&self) -> Result<Vec<(String, i64)>, QueueError> {
+        self.call(Op::DueTargets).await
+    }
+
+    async fn claim(
+        &self,
+        target: &str,
+        limit: usize,
+        visibility: Duration,
+    ) -> Result<Vec<Job>, QueueError> {
+        let target = target.to_string();
+        self.call(|reply| Op::Claim {
+            target,
+            limit,
+            visibility,
+            reply,
+        })
+        .await
+    }
+
+    async fn settle(
+        &self,
+        id: i64,
+        attempt: Option<Attempt>,
+        settle: Settle,
+    ) -> Result<(), QueueError> {
+        self.call(|reply| Op::Settle {
+            id,
+            attempt,
+            settle,
+            reply,
+        })
+        .await
+    }
+
+    async fn requeue(&self, id: i64) -> Result<(), QueueError> {
+        self.call(|reply| Op::Requeue(id, reply)).await
+    }
+
+    async fn list(&self, state: JobState, limit: usize) -> Result<Vec<Job>, QueueError> {
+        self.call(|reply| Op::List(state, limit, reply)).await
+    }
+
+    async fn get(&self, id: i64) -> Result<(Job, Vec<Attempt>), QueueError> {
+        self.call(|reply| Op::Get(id, reply)).await
+    }
+
+    async fn stats(&self) -> Result<Stats, QueueError> {
+        self.call(Op::Stats).await
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), QueueError> {
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(storage)?;
+    let version = version as usize;
+    if version > MIGRATIONS.len() {
+        return Err(QueueError::Storage(format!(
+            "the database is at schema version {version}, newer than this gateway ({}); use a newer gateway",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.transaction().map_err(storage)?;
+        tx.execute_batch(sql).map_err(storage)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)
+            .map_err(storage)?;
+        tx.commit().map_err(storage)?;
+    }
+    Ok(())
+}
+
+/// After a crash, jobs marked in flight were never settled: make them pending again. A check that has
+/// a pending sibling merges into it (the unique index allows one pending check per key).
+fn recover_inflight(conn: &mut Connection) -> Result<(), QueueError> {
+    let tx = conn.transaction().map_err(storage)?;
+    let ids: Vec<i64> = {
+        let mut stmt = tx
+            .prepare("SELECT id FROM jobs WHERE state = 'inflight'")
+            .map_err(storage)?;
+        stmt.query_map([], |r| r.get(0))
+            .map_err(storage)?
+            .collect::<Result<_, _>>()
+            .map_err(storage)?
+    };
+    let now = now_ms();
+    for id in ids {
+        to_pending(&tx, id, now, now, false).map_err(storage)?;
+    }
+    tx.commit().map_err(storage)
+}
+
+/// The writer thread: batches, applies, commits, answers.
+fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Op>) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+            Ok(tx) => tx,
+            Err(e) => {
+                let message = e.to_string();
+                batch.into_iter().for_each(|op| fail(op, &message));
+                continue;
+            }
+        };
+        let mut tx = tx;
+        let answers: Vec<Answer> = batch.into_iter().map(|op| apply(&mut tx, op)).collect();
+        let committed = tx.commit().map_err(|e| e.to_string());
+        for answer in answers {
+            answer(committed.as_ref().err().map(String::as_str));
+        }
+    }
+}
+
+/// Sends an operation's result once the batch's commit is known (`Some(error)` if it failed).
+type Answer = Box<dyn FnOnce(Option<&str>) + Send>;
+
+fn answer<T: Send + 'static>(reply: Reply<T>, result: rusqlite::Result<T>) -> Answer {
+    answer_for(reply, result, None)
+}
+
+/// As [`answer`], reporting "no rows" as [`QueueError::NoSuchJob`] for operations on job `id`.
+fn answer_for<T: Send + 'static>(
+    reply: Reply<T>,
+    result: rusqlite::Result<T>,
+    id: Option<i64>,
+) -> Answer {
+    Box::new(move |commit_error| {
+        let result = match (commit_error, result, id) {
+            (Some(e), _, _) => Err(QueueError::Storage(format!("commit failed: {e}"))),
+            (None, Err(rusqlite::Error::QueryReturnedNoRows), Some(id)) => {
+                Err(QueueError::NoSuchJob(id))
+            }
+            (None, r, _) => r.map_err(storage),
+        };
+        let _ = reply.send(result);
+    })
+}
+
+fn fail(op: Op, message: &str) {
+    fn send<T>(reply: Reply<T>, message: &str) {
+        let _ = reply.send(Err(QueueError::Storage(message.to_string())));
+    }
+    match op {
+        Op::Enqueue(_, r) => send(r, message),
+        Op::DueTargets(r) => send(r, message),
+        Op::Claim { reply, .. } => send(reply, message),
+        Op::Settle { reply, .. } => send(reply, message),
+        Op::Requeue(_, r) => send(r, message),
+        Op::List(_, _, r) => send(r, message),
+        Op::Get(_, r) => send(r, message),
+        Op::Stats(r) => send(r, message),
+        Op::Prune(_, r) => send(r, message),
+    }
+}
+
+/// Applies one operation under a savepoint: on failure its writes are undone and only it fails.
+fn apply(tx: &mut Transaction<'_>, op: Op) -> Answer {
+    fn guarded<T>(
+        tx: &mut Transaction<'_>,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
+        let sp = tx.savepoint()?;
+        let result = f(&sp);
+        match result {
+            Ok(v) => {
+                sp.commit()?;
+                Ok(v)
+            }
+            Err(e) => {
+                drop(sp); // Rolls back.
+                Err(e)
+            }
+        }
+    }
+    let now = now_ms();
+    match op {
+        Op::Enqueue(jobs, reply) => answer(
+            reply,
+            guarded(tx, |t| jobs.iter().map(|j| insert(t, j, now)).collect()),
+        ),
+        Op::DueTargets(reply) => answer(reply, guarded(tx, |t| due_targets(t, now))),
+        Op::Claim {
+            target,
+            limit,
+            visibility,
+            reply,
+        } => answer(
+            reply,
+            guarded(tx, |t| claim(t, &target, limit, now, visibility)),
+        ),
+        Op::Settle {
+            id,
+            attempt,
+            settle,
+            reply,
+        } => answer_for(
+            reply,
+            guarded(tx, |t| settle_job(t, id, attempt, &settle, now)),
+            Some(id),
+        ),
+        Op::Requeue(id, reply) => {
+            let result = guarded(tx, |t| {
+                let state: Option<String> = t
+                    .query_row("SELECT state FROM jobs WHERE id = ?1", [id], |r| r.get(0))
+                    .optional()?;
+                Ok(match state.as_deref() {
+                    Some("dead") => Ok(to_pending(t, id, now, now, true)?),
+                    Some(other) => Err(QueueError::NotDead(id, other.to_string())),
+                    None => Err(QueueError::NoSuchJob(id)),
+                })
+            });
+            Box::new(move |commit_error| {
+                let result = match (commit_error, result) {
+                    (Some(e), _) => Err(QueueError::Storage(format!("commit failed: {e}"))),
+                    (None, Ok(inner)) => inner,
+                    (None, Err(e)) => Err(storage(e)),
+                };
+                let _ = reply.send(result);
+            })
+        }
+        Op::List(state, limit, reply) => answer(
+            reply,
+            guarded(tx, |t| {
+                let sql = format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs WHERE state = ?1 ORDER BY id DESC LIMIT ?2"
+                );
+                let mut stmt = t.prepare_cached(&sql)?;
+                stmt.query_map(params![state.as_str(), limit as i64], job_from_row)?
+                    .collect()
+            }),
+        ),
+        Op::Get(id, reply) => answer_for(
+            reply,
+            guarded(tx, |t| {
+                let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1");
+                let job = t.query_row(&sql, [id], job_from_row)?;
+                let mut stmt = t.prepare_cached(
+                "SELECT attempt, started_at, duration_ms, status, error FROM attempts WHERE job_id = ?1 ORDER BY attempt",
+            )?;
+                let attempts = stmt
+                    .query_map([id], |r| {
+                        Ok(Attempt {
+                            attempt: r.get(0)?,
+                            started_at: r.get(1)?,
+                            duration_ms: r.get::<_, i64>(2)? as u64,
+                            status: r.get(3)?,
+                            error: r.get(4)?,
+                        })
+                    })?
+                    .collect::<rusqlite::Result<_>>()?;
+                Ok((job, attempts))
+            }),
+            Some(id),
+        ),
+        Op::Stats(reply) => answer(reply, guarded(tx, stats)),
+        Op::Prune(before, reply) => answer(
+            reply,
+            guarded(tx, |t| {
+                let n = t.execute(
+                    "DELETE FROM jobs WHERE state IN ('done', 'dead') AND updated_at < ?1",
+                    [before],
+                )?;
+                t.execute(
+                    "DELETE FROM attempts WHERE job_id NOT IN (SELECT id FROM jobs)",
+                    [],
+                )?;
+                Ok(n as u64)
+            }),
+        ),
+    }
+}
+
+fn insert(t: &Connection, j: &NewJob, now: i64) -> rusqlite::Result<i64> {
+    let headers = serde_json::to_string(&j.headers).unwrap_or_else(|_| "[]".into());
+    // Checks always have a key ('' when none is given), so the unique index sees them all.
+    let key = match j.kind {
+        JobKind::Check => Some(j.key.clone().unwrap_or_default()),
+        _ => j.key.clone(),
+    };
+    let mut stmt = t.prepare_cached(
+        "INSERT INTO jobs (kind, target, key, source, event, delivery, rule, action, body, headers, sign_with,
+                           state, run_at, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'pending', ?12, ?12, ?12)
+         ON CONFLICT (target, key) WHERE kind = 'check' AND state = 'pending'
+         DO UPDATE SET coalesced = coalesced + 1, updated_at = excluded.updated_at
+         RETURNING id",
+    )?;
+    stmt.query_row(
+        params![
+            j.kind.as_str(),
+            j.target,
+            key,
+            j.source,
+            j.event,
+            j.delivery,
+            j.rule,
+            j.action,
+            j.body,
+            headers,
+            j.sign_with,
+            now
+        ],
+        |r| r.get(0),
+    )
+}
+
+/// Pending jobs per target with the earliest due time; checks blocked by an in-flight sibling are not
+/// due. Also returns jobs whose visibility timeout expired to pending.
+fn due_targets(t: &Connection, now: i64) -> rusqlite::Result<Vec<(String, i64)>> {
+    let expired: Vec<i64> = {
+        let mut stmt = t.prepare_cached(
+            "SELECT id FROM jobs WHERE state = 'inflight' AND claimed_until < ?1",
+        )?;
+        stmt.query_map([now], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?
+    };
+    for id in expired {
+        to_pending(t, id, now, now, false)?;
+    }
+    let mut stmt = t.prepare_cached(
+        "SELECT target, MIN(run_at) FROM jobs j
+         WHERE state = 'pending'
+           AND NOT (kind = 'check' AND EXISTS (
+               SELECT 1 FROM jobs i WHERE i.state = 'inflight' AND i.kind = 'check' AND i.target = j.target AND i.key = j.key))
+         GROUP BY target",
+    )?;
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect()
+}
+
+fn claim(
+    t: &Connection,
+    target: &str,
+    limit: usize,
+    now: i64,
+    visibility: Duration,
+) -> rusqlite::Result<Vec<Job>> {
+    let until = now + visibility.as_millis() as i64;
+    let sql = format!(
+        "UPDATE jobs SET state = 'inflight', claimed_until = ?1, updated_at = ?2
+         WHERE id IN (
+             SELECT id FROM jobs j
+             WHERE state = 'pending' AND target = ?3 AND run_at <= ?2
+               AND NOT (kind = 'check' AND EXISTS (
+                   SELECT 1 FROM jobs i WHERE i.state = 'inflight' AND i.kind = 'check' AND i.target = j.target AND i.key = j.key))
+             ORDER BY run_at, id LIMIT ?4)
+         RETURNING {JOB_COLUMNS}"
+    );
+    let mut stmt = t.prepare_cached(&sql)?;
+    let mut jobs: Vec<Job> = stmt
+        .query_map(params![until, now, target, limit as i64], job_from_row)?
+        .collect::<rusqlite::Result<_>>()?;
+    jobs.sort_by_key(|j| (j.run_at, j.id));
+    Ok(jobs)
+}
+
+fn settle_job(
+    t: &Connection,
+    id: i64,
+    attempt: Option<Attempt>,
+    settle: &Settle,
+    now: i64,
+) -> rusqlite::Result<()> {
+    let exists: Option<i64> = t
+        .query_row("SELECT id FROM jobs WHERE id = ?1", [id], |r| r.get(0))
+        .optional()?;
+    if exists.is_none() {
+        return Err(rusqlite::Error::QueryReturnedNoRows);
+    }
+    if let Some(a) = &attempt {
+        t.prepare_cached(
+            "INSERT OR REPLACE INTO attempts (job_id, attempt, started_at, duration_ms, status, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?
+        .execute(params![id, a.attempt, a.started_at, a.duration_ms as i64, a.status, a.error])?;
+        t.prepare_cached(
+            "UPDATE jobs SET attempts = ?2, last_status = ?3, last_error = ?4, updated_at = ?5 WHERE id = ?1",
+        )?
+        .execute(params![id, a.attempt, a.status, a.error, now])?;
+    }
+    match settle {
+        Settle::Ack => {
+            t.prepare_cached("UPDATE jobs SET state = 'done', claimed_until = NULL, updated_at = ?2 WHERE id = ?1")?
+                .execute(params![id, now])?;
+        }
+        Settle::DeadLetter => {
+            t.prepare_cached("UPDATE jobs SET state = 'dead', claimed_until = NULL, updated_at = ?2 WHERE id = ?1")?
+                .execute(params![id, now])?;
+        }
+        Settle::Retry { delay } => to_pending(t, id, now + delay.as_millis() as i64, now, false)?,
+        Settle::Release => to_pending(t, id, now, now, false)?,
+    }
+    Ok(())
+}
+
+/// Returns a job to pending, due at `run_at`. A check whose (target, key) already has a pending job
+/// merges into it instead (its count added), since one check serves both.
+fn to_pending(
+    t: &Connection,
+    id: i64,
+    run_at: i64,
+    now: i64,
+    reset_attempts: bool,
+) -> rusqlite::Result<()> {
+    let (kind, target, key, coalesced): (String, String, Option<String>, i64) = t.query_row(
+        "SELECT kind, target, key, coalesced FROM jobs WHERE id = ?1",
+        [id],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+    )?;
+    if kind == "check" {
+        let sibling: Option<i64> = t
+            .query_row(
+                "SELECT id FROM jobs WHERE kind = 'check' AND state = 'pending' AND target = ?1 AND key = ?2 AND id != ?3",
+                params![target, key, id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(sibling) = sibling {
+            t.execute(
+                "UPDATE jobs SET coalesced = coalesced + ?2, updated_at = ?3 WHERE id = ?1",
+                params![sibling, coalesced, now],
+            )?;
+            t.execute(
+                "UPDATE jobs SET state = 'done', claimed_until = NULL, last_error = ?2, updated_at = ?3 WHERE id = ?1",
+                params![id, format!("merged into pending check {sibling}"), now],
+            )?;
+            return Ok(());
+        }
+    }
+    let sql = if reset_attempts {
+        "UPDATE jobs SET state = 'pending', run_at = ?2, claimed_until = NULL, attempts = 0, updated_at = ?3 WHERE id = ?1"
+    } else {
+        "UPDATE jobs SET state = 'pending', run_at = ?2, claimed_until = NULL, updated_at = ?3 WHERE id = ?1"
+    };
+    t.execute(sql, params![id, run_at, now])?;
+    Ok(())
+}
+
+fn stats(t: &Connection) -> rusqlite::Result<Stats> {
+    let mut s = Stats::default();
+    let mut stmt = t.prepare_cached("SELECT state, COUNT(*) FROM jobs GROUP BY state")?;
+    for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
+        let (state, n) = row?;
+        let n = n as u64;
+        match JobState::parse(&state) {
+            Some(JobState::Pending) => s.pending = n,
+            Some(JobState::Inflight) => s.inflight = n,
+            Some(JobState::Done) => s.done = n,
+            Some(JobState::Dead) => s.dead = n,
+            None => {}
+        }
+    }
+    let mut stmt = t.prepare_cached(
+        "SELECT target, COUNT(*) FROM jobs WHERE state = 'pending' GROUP BY target ORDER BY target",
+    )?;
+    s.pending_by_target = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(s)
+}
+
+fn job_from_row(r: &Row<'_>) -> rusqlite::Result<Job> {
+    let text_err = |i: usize, what: &str| {
+        rusqlite::Error::FromSqlConversionFailure(
+            i,
+            rusqlite::types::Type::Text,
+            format!("unknown {what}").into(),
+        )
+    };
+    let kind: String = r.get(1)?;
+    let state: String = r.get(12)?;
+    let headers: String = r.get(10)?;
+    Ok(Job {
+        id: r.get(0)?,
+        kind: JobKind::parse(&kind).ok_or_else(|| text_err(1, "job kind"))?,
+        target: r.get(2)?,
+        key: r.get(3)?,
+        source: r.get(4)?,
+        event: r.get(5)?,
+        delivery: r.get(6)?,
+        rule: r.get(7)?,
+        action: r.get(8)?,
+        body: r.get(9)?,
+        headers: serde_json::from_str(&headers).map_err(|_| text_err(10, "headers"))?,
+        sign_with: r.get(11)?,
+        state: JobState::parse(&state).ok_or_else(|| text_err(12, "job state"))?,
+        attempts: r.get(13)?,
+        coalesced: r.get(14)?,
+        run_at: r.get(15)?,
+        created_at: r.get(16)?,
+        updated_at: r.get(17)?,
+        last_status: r.get(18)?,
+        last_error: r.get(19)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(kind: JobKind, target: &str, key: Option<&str>) -> NewJob {
+        NewJob {
+            kind,
+            target: target.into(),
+            key: key.map(String::from),
+            source: "acme".into(),
+            event: Some("push".into()),
+            delivery: "d-1".into(),
+            rule: "r".into(),
+            action: 0,
+            body: b"{}".to_vec(),
+            headers: vec![("content-type".into(), "application/json".into())],
+            sign_with: None,
+        }
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn jobs_survive_reopening_and_in_flight_ones_come_back() {
+        let dir = tempfile::tempdir().unwrap();
+        rt().block_on(async {
+            let q = SqliteQueue::open(dir.path()).unwrap();
+            let ids = q
+                .enqueue(vec![
+                    job(JobKind::Notify, "t", None),
+                    job(JobKind::Forward, "t", None),
+                ])
+                .await
+                .unwrap();
+            assert_eq!(ids.len(), 2);
+            let claimed = q.claim("t", 1, Duration::from_secs(60)).await.unwrap();
+            assert_eq!(
+                claimed.iter().map(|j| j.id).collect::<Vec<_>>(),
+                vec![ids[0]]
+            );
+            assert_eq!(claimed[0].state, JobState::Inflight);
+            assert_eq!(
+                claimed[0].headers,
+                vec![("content-type".to_string(), "application/json".to_string())]
+            );
+        });
+        // A new process on the same directory: the in-flight job is pending again.
+        rt().block_on(async {
+            let q = SqliteQueue::open(dir.path()).unwrap();
+            let stats = q.stats().await.unwrap();
+            assert_eq!((stats.pending, stats.inflight), (2, 0));
+            assert_eq!(stats.pending_by_target, vec![("t".to_string(), 2)]);
+        });
+    }
+
+    #[test]
+    fn pending_checks_coalesce_and_in_flight_ones_get_a_successor() {
+        let dir = tempfile::tempdir().unwrap();
+        rt().block_on(async {
+            let q = SqliteQueue::open(dir.path()).unwrap();
+            let a = q
+                .enqueue(vec![job(JobKind::Check, "ci", Some("app"))])
+                .await
+                .unwrap();
+            let b = q
+                .enqueue(vec![
+                    job(JobKind::Check, "ci", Some("app")),
+                    job(JobKind::Check, "ci", Some("app")),
+                ])
+                .await
+                .unwrap();
+            assert_eq!(b, vec![a[0], a[0]], "merged into the pending check");
+            let other = q
+                .enqueue(vec![job(JobKind::Check, "ci", Some("lib"))])
+                .await
+                .unwrap();
+            assert_ne!(other[0], a[0], "another key is another check");
+            let claimed = q.claim("ci", 10, Duration::from_secs(60)).await.unwrap();
+            assert_eq!(claimed.len(), 2);
+            let app = claimed.iter().find(|j| j.id == a[0]).unwrap();
+            assert_eq!(app.coalesced, 3);
+            // While `app` is in flight, a new request makes a new pending check, which is not due
+            // until the in-flight one settles.
+            let c = q
+                .enqueue(vec![job(JobKind::Check, "ci", Some("app"))])
+                .await
+                .unwrap();
+            assert_ne!(c[0], a[0]);
+            assert!(
+                q.claim("ci", 10, Duration::from_secs(60))
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+            assert!(q.due_targets().await.unwrap().is_empty());
+            q.settle(a[0], None, Settle::Ack).await.unwrap();
+            let next = q.claim("ci", 10, Duration::from_secs(60)).await.unwrap();
+            assert_eq!(next.iter().map(|j| j.id).collect::<Vec<_>>(), vec![c[0]]);
+        });
+    }
+
+    #[test]
+    fn a_retried_check_merges_into_a_newer_pending_one() {
+        let dir = tempfile::tempdir().unwrap();
+        rt().block_on(async {
+            let q = SqliteQueue::open(dir.path()).unwrap();
+            let a = q
+                .enqueue(vec![job(JobKind::Check, "ci", None)])
+                .await
+                .unwrap()[0];
+            q.claim("ci", 1, Duration::from_secs(60)).await.unwrap();
+            let b = q
+                .enqueue(vec![job(JobKind::Check, "ci", None)])
+                .await
+                .unwrap()[0];
+            let attempt = Attempt {
+                attempt: 1,
+                started_at: now_ms(),
+                duration_ms: 3,
+                status: Some(503),
+                error: Some("503".into()),
+            };
+            q.settle(
+                a,
+                Some(attempt),
+                Settle::Retry {
+                    delay: Duration::from_secs(60),
+                },
+            )
+            .await
+            .unwrap();
+            let (merged, attempts) = q.get(a).await.unwrap();
+            assert_eq!(merged.state, JobState::Done);
+            assert_eq!(
+                merged.last_error.as_deref(),
+                Some(&*format!("merged into pending check {b}"))
+            );
+            assert_eq!(attempts.len(), 1);
+            assert_eq!(q.get(b).await.unwrap().0.coalesced, 2);
+        });
+    }
+
+    #[test]
+    fn retries_wait_dead_letters_stay_and_requeue() {
+        let dir = tempfile::tempdir().unwrap();
+        rt().block_on(async {
+            let q = SqliteQueue::open(dir.path()).unwrap();
+            let id = q
+                .enqueue(vec![job(JobKind::Notify, "t", None)])
+                .await
+                .unwrap()[0];
+            q.claim("t", 1, Duration::from_secs(60)).await.unwrap();
+            let attempt = |n| Attempt {
+                attempt: n,
+                started_at: now_ms(),
+                duration_ms: 1,
+                status: Some(500),
+                error: Some("HTTP 500".into()),
+            };
+            q.settle(
+                id,
+                Some(attempt(1)),
+                Settle::Retry {
+                    delay: Duration::from_secs(3600),
+                },
+            )
+            .await
+            .unwrap();
+            assert!(
+                q.claim("t", 1, Duration::from_secs(60))
+                    .await
+                    .unwrap()
+                    .is_empty(),
+                "not due for an hour"
+            );
+            let due = q.due_targets().await.unwrap();
+            assert_eq!(due.len(), 1);
+            assert!(due[0].1 > now_ms() + 3_500_000);
+            q.settle(id, Some(attempt(2)), Settle::DeadLetter)
+                .await
+                .unwrap();
+            let dead = q.list(JobState::Dead, 10).await.unwrap();
+            assert_eq!(dead.len(), 1);
+            assert_eq!(
+                (
+                    dead[0].attempts,
+                    dead[0].last_status,
+                    dead[0].last_error.as_deref()
+                ),
+                (2, Some(500), Some("HTTP 500"))
+            );
+            assert!(matches!(
+                q.requeue(id + 1).await,
+                Err(QueueError::NoSuchJob(_))
+            ));
+            q.requeue(id).await.unwrap();
+            assert!(matches!(q.requeue(id).await, Err(QueueError::NotDead(..))));
+            let again = q.claim("t", 1, Duration::from_secs(60)).await.unwrap();
+            assert_eq!((again[0].id, again[0].attempts), (id, 0));
+            assert_eq!(
+                q.get(id).await.unwrap().1.len(),
+                2,
+                "attempts are kept as history"
+            );
+            assert!(matches!(
+                q.settle(999, None, Settle::Ack).await,
+                Err(QueueError::NoSuchJob(999))
+            ));
+        });
+    }
+
+    #[test]
+    fn expired_claims_return_to_pending_and_pruning_removes_old_records() {
+        let dir = tempfile::tempdir().unwrap();
+        rt().block_on(async {
+            let q = SqliteQueue::open(dir.path()).unwrap();
+            let id = q
+                .enqueue(vec![job(JobKind::Notify, "t", None)])
+                .await
+                .unwrap()[0];
+            q.claim("t", 1, Duration::from_millis(1)).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            assert_eq!(q.due_targets().await.unwrap().len(), 1, "the claim expired");
+            assert_eq!(
+                q.claim("t", 1, Duration::from_secs(60)).await.unwrap()[0].id,
+                id
+            );
+            q.settle(id, None, Settle::Ack).await.unwrap();
+            assert_eq!(q.prune(now_ms() - 60_000).await.unwrap(), 0, "too recent");
+            assert_eq!(q.prune(now_ms() + 1).await.unwrap(), 1);
+            assert!(matches!(q.get(id).await, Err(QueueError::NoSuchJob(_))));
+        });
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(SqliteQueue::open(dir.path()).unwrap());
+        let conn = Connection::open(dir.path().join("hookgate.db")).unwrap();
+        conn.pragma_update(None, "user_version", 99i64).unwrap();
+        drop(conn);
+        let err = SqliteQueue::open(dir.path()).err().unwrap();
+        assert!(err.to_string().contains("schema version 99"), "{err}");
+    }
+}
