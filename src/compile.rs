@@ -174,12 +174,19 @@ pub(crate) fn compile(
     for source in &mut sources {
         source.index = crate::ruleset::SourceIndex::build(&rules, &source.rules);
     }
+    let secrets = cx
+        .secret_values
+        .iter()
+        .zip(&cx.secrets.names)
+        .filter_map(|(v, name)| v.clone().map(|v| (name.clone(), v)))
+        .collect();
     Ok(Compiled {
         rules: RuleSet {
             sources,
             targets,
             rules,
             by_path,
+            secrets,
         },
         tests,
         warnings: diags,

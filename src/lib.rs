@@ -19,6 +19,7 @@
 pub mod cli;
 pub mod compile;
 pub mod diagnostic;
+pub mod dispatch;
 pub mod eval;
 pub mod event;
 pub mod explain;
@@ -28,6 +29,7 @@ pub mod queue;
 pub mod rule_test;
 pub mod ruleset;
 pub mod secrets;
+pub mod signature;
 pub mod source;
 mod syntax;
 pub mod testing;

@@ -224,6 +224,9 @@ pub trait QueueBackend: Send + Sync + 'static {
     fn get(&self, id: i64) -> impl Future<Output = Result<(Job, Vec<Attempt>), QueueError>> + Send;
 
     fn stats(&self) -> impl Future<Output = Result<Stats, QueueError>> + Send;
+
+    /// Deletes done and dead jobs (and their attempts) last updated before `before` (unix ms).
+    fn prune(&self, before: i64) -> impl Future<Output = Result<u64, QueueError>> + Send;
 }
 
 /// Milliseconds since the Unix epoch.

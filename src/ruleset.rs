@@ -31,6 +31,8 @@ pub struct RuleSet {
     pub(crate) rules: Vec<Rule>,
     /// URL path → index into `sources`.
     pub(crate) by_path: HashMap<String, usize>,
+    /// Every declared secret, by name (`forward ... sign with` looks them up at delivery).
+    pub(crate) secrets: HashMap<String, SecretValue>,
 }
 
 /// A rule: which sources and events it listens to, what must hold, and what to do.
@@ -61,6 +63,15 @@ impl RuleSet {
 
     pub fn rules(&self) -> &[Rule] {
         &self.rules
+    }
+
+    /// A target by name.
+    pub fn target(&self, name: &str) -> Option<&Target> {
+        self.targets.iter().find(|t| t.name == name)
+    }
+
+    pub fn secret(&self, name: &str) -> Option<&SecretValue> {
+        self.secrets.get(name)
     }
 }
 

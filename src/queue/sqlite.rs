@@ -133,11 +133,6 @@ impl SqliteQueue {
         &self.path
     }
 
-    /// Deletes done and dead jobs (and their attempts) last updated before `before` (unix ms).
-    pub async fn prune(&self, before: i64) -> Result<u64, QueueError> {
-        self.call(|reply| Op::Prune(before, reply)).await
-    }
-
     async fn call<T>(&self, op: impl FnOnce(Reply<T>) -> Op) -> Result<T, QueueError> {
         let (reply, rx) = oneshot::channel();
         self.tx.try_send(op(reply)).map_err(|e| match e {
@@ -208,6 +203,10 @@ impl QueueBackend for SqliteQueue {
 
     async fn stats(&self) -> Result<Stats, QueueError> {
         self.call(Op::Stats).await
+    }
+
+    async fn prune(&self, before: i64) -> Result<u64, QueueError> {
+        self.call(|reply| Op::Prune(before, reply)).await
     }
 }
 

@@ -1,0 +1,411 @@
+//! Delivers queued jobs: claims due work per target, sends it, retries with backoff, dead-letters.
+//!
+//! One scheduling loop decides, per target, how much to claim: no more than the target's free
+//! concurrency slots, its rate-limit tokens, and the global cap on deliveries in flight. Each claimed
+//! job is delivered on its own task, so a slow target only ever occupies its own slots and never
+//! starves the others. Retries are persisted (`run_at` in the queue), never in-memory sleeps, so a
+//! restart loses nothing: jobs in flight at a crash are claimed again (at-least-once).
+//!
+//! Shutdown stops claiming, lets in-flight deliveries finish for a grace period, and returns the rest
+//! to pending.
+
+mod http;
+mod jobs;
+
+pub use jobs::jobs_for;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+
+use crate::queue::{Attempt, Job, QueueBackend, Settle, now_ms};
+use crate::ruleset::{Rate, RuleSet, Target};
+
+/// Runtime knobs of the dispatcher (flags of `gateway serve`, not rules-file settings).
+#[derive(Debug, Clone)]
+pub struct DispatchConfig {
+    /// Deliveries in flight across all targets.
+    pub max_inflight: usize,
+    /// How long shutdown waits for in-flight deliveries.
+    pub grace: Duration,
+    /// Done and dead jobs older than this are deleted.
+    pub retention: Duration,
+    /// Longest wait between scheduling passes when nothing wakes the loop.
+    pub tick: Duration,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        DispatchConfig {
+            max_inflight: 256,
+            grace: Duration::from_secs(10),
+            retention: Duration::from_secs(7 * 24 * 3600),
+            tick: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The most jobs claimed for one target in one pass.
+const CLAIM_BATCH: usize = 128;
+/// The longest `Retry-After` honoured.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// Shared pieces a delivery task needs.
+struct Shared<Q> {
+    queue: Arc<Q>,
+    client: reqwest::Client,
+}
+
+/// Delivers jobs from `queue` to the targets of the current rules.
+pub struct Dispatcher<Q> {
+    shared: Arc<Shared<Q>>,
+    rules: Arc<ArcSwap<RuleSet>>,
+    wake: Arc<Notify>,
+    config: DispatchConfig,
+}
+
+/// Per-target scheduling state.
+#[derive(Default)]
+struct TargetState {
+    inflight: usize,
+    bucket: Option<Bucket>,
+}
+
+/// A token bucket: `rate.count` tokens, refilled continuously over `rate.per`.
+struct Bucket {
+    rate: Rate,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn new(rate: Rate) -> Bucket {
+        Bucket {
+            rate,
+            tokens: rate.count as f64,
+            at: Instant::now(),
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let per_ms = self.rate.count as f64 / self.rate.per.as_millis().max(1) as f64;
+        let elapsed = now.saturating_duration_since(self.at).as_millis() as f64;
+        self.tokens = (self.tokens + elapsed * per_ms).min(self.rate.count as f64);
+        self.at = now;
+    }
+
+    fn available(&self) -> usize {
+        self.tokens.floor() as usize
+    }
+
+    /// How long until one more token.
+    fn next_token_in(&self) -> Duration {
+        let per_ms = self.rate.count as f64 / self.rate.per.as_millis().max(1) as f64;
+        Duration::from_millis(((1.0 - self.tokens.fract()) / per_ms).ceil() as u64)
+    }
+}
+
+impl<Q: QueueBackend> Dispatcher<Q> {
+    pub fn new(
+        queue: Arc<Q>,
+        rules: Arc<ArcSwap<RuleSet>>,
+        config: DispatchConfig,
+    ) -> Dispatcher<Q> {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(5))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .user_agent(concat!("hookgate/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .unwrap_or_else(|e| panic!("the HTTP client cannot start: {e}"));
+        Dispatcher {
+            shared: Arc::new(Shared { queue, client }),
+            rules,
+            wake: Arc::new(Notify::new()),
+            config,
+        }
+    }
+
+    /// Notify it after enqueueing, so new jobs go out without waiting for the next tick.
+    pub fn waker(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+
+    /// Runs until `shutdown` completes, then drains as described in the module docs.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut targets: HashMap<String, TargetState> = HashMap::new();
+        let mut tasks: JoinSet<(String, i64)> = JoinSet::new();
+        let mut running: HashMap<tokio::task::Id, (String, i64)> = HashMap::new();
+        let mut last_prune = Instant::now() - Duration::from_secs(3600);
+        loop {
+            let next = self.schedule(&mut targets, &mut tasks, &mut running).await;
+            if last_prune.elapsed() > Duration::from_secs(600) {
+                last_prune = Instant::now();
+                let before = now_ms() - self.config.retention.as_millis() as i64;
+                match self.shared.queue.prune(before).await {
+                    Ok(n) if n > 0 => tracing::info!(jobs = n, "pruned old delivery records"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "pruning delivery records failed"),
+                }
+            }
+            tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                Some(done) = tasks.join_next_with_id() => {
+                    let finished = match done {
+                        Ok((id, _)) => running.remove(&id),
+                        Err(e) => running.remove(&e.id()),
+                    };
+                    if let Some((target, _)) = finished {
+                        if let Some(state) = targets.get_mut(&target) {
+                            state.inflight = state.inflight.saturating_sub(1);
+                        }
+                    }
+                }
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(next) => {}
+            }
+        }
+        self.drain(tasks, running).await;
+    }
+
+    /// One scheduling pass: claims and starts what capacity allows. Returns how long the loop may
+    /// sleep before something becomes due.
+    async fn schedule(
+        &self,
+        targets: &mut HashMap<String, TargetState>,
+        tasks: &mut JoinSet<(String, i64)>,
+        running: &mut HashMap<tokio::task::Id, (String, i64)>,
+    ) -> Duration {
+        let mut sleep = self.config.tick;
+        let due = match self.shared.queue.due_targets().await {
+            Ok(due) => due,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the queue");
+                return sleep;
+            }
+        };
+        let rules = self.rules.load_full();
+        let now_wall = now_ms();
+        let now = Instant::now();
+        for (name, run_at) in due {
+            if run_at > now_wall {
+                sleep = sleep.min(Duration::from_millis((run_at - now_wall) as u64));
+                continue;
+            }
+            let Some(target) = rules.target(&name) else {
+                self.orphaned(&name).await;
+                continue;
+            };
+            let state = targets.entry(name.clone()).or_default();
+            match (target.rate, &mut state.bucket) {
+                (Some(rate), Some(b)) if b.rate == rate => {}
+                (Some(rate), bucket) => *bucket = Some(Bucket::new(rate)),
+                (None, bucket) => *bucket = None,
+            }
+            let global_free = self.config.max_inflight.saturating_sub(running.len());
+            let mut n = (target.concurrency as usize)
+                .saturating_sub(state.inflight)
+                .min(global_free)
+                .min(CLAIM_BATCH);
+            if let Some(bucket) = &mut state.bucket {
+                bucket.refill(now);
+                if bucket.available() == 0 && n > 0 {
+                    sleep = sleep.min(bucket.next_token_in());
+                }
+                n = n.min(bucket.available());
+            }
+            if n == 0 {
+                continue;
+            }
+            let visibility = target.timeout + Duration::from_secs(60);
+            let jobs = match self.shared.queue.claim(&name, n, visibility).await {
+                Ok(jobs) => jobs,
+                Err(e) => {
+                    tracing::error!(target = %name, error = %e, "cannot claim jobs");
+                    continue;
+                }
+            };
+            if jobs.len() == CLAIM_BATCH {
+                // There may be more due than one pass claims: come straight back.
+                sleep = Duration::ZERO;
+            }
+            for job in jobs {
+                if let Some(bucket) = &mut state.bucket {
+                    bucket.tokens -= 1.0;
+                }
+                state.inflight += 1;
+                let id = job.id;
+                let handle = tasks.spawn(deliver(self.shared.clone(), rules.clone(), job));
+                running.insert(handle.id(), (name.clone(), id));
+            }
+        }
+        sleep
+    }
+
+    /// Jobs for a target the current rules no longer have are dead-lettered, visibly.
+    async fn orphaned(&self, name: &str) {
+        let jobs = match self
+            .shared
+            .queue
+            .claim(name, CLAIM_BATCH, Duration::from_secs(60))
+            .await
+        {
+            Ok(jobs) => jobs,
+            Err(e) => {
+                tracing::error!(target = %name, error = %e, "cannot claim jobs");
+                return;
+            }
+        };
+        for job in jobs {
+            let attempt = Attempt {
+                attempt: job.attempts + 1,
+                started_at: now_ms(),
+                duration_ms: 0,
+                status: None,
+                error: Some(format!("target `{name}` is not in the current rules")),
+            };
+            tracing::warn!(job = job.id, target = %name, "dead-lettered: the target is not in the current rules");
+            if let Err(e) = self
+                .shared
+                .queue
+                .settle(job.id, Some(attempt), Settle::DeadLetter)
+                .await
+            {
+                tracing::error!(job = job.id, error = %e, "cannot settle job");
+            }
+        }
+    }
+
+    async fn drain(
+        &self,
+        mut tasks: JoinSet<(String, i64)>,
+        mut running: HashMap<tokio::task::Id, (String, i64)>,
+    ) {
+        let deadline = tokio::time::sleep(self.config.grace);
+        tokio::pin!(deadline);
+        while !tasks.is_empty() {
+            tokio::select! {
+                Some(done) = tasks.join_next_with_id() => {
+                    match done {
+                        Ok((id, _)) => running.remove(&id),
+                        Err(e) => running.remove(&e.id()),
+                    };
+                }
+                () = &mut deadline => break,
+            }
+        }
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+        for (_, (target, id)) in running {
+            tracing::info!(job = id, target = %target, "shutdown: returned an unfinished delivery to the queue");
+            if let Err(e) = self.shared.queue.settle(id, None, Settle::Release).await {
+                tracing::error!(job = id, error = %e, "cannot release job; it returns when its claim expires");
+            }
+        }
+    }
+}
+
+/// Delivers one job and settles it.
+async fn deliver<Q: QueueBackend>(
+    shared: Arc<Shared<Q>>,
+    rules: Arc<RuleSet>,
+    job: Job,
+) -> (String, i64) {
+    let target_name = job.target.clone();
+    let id = job.id;
+    let Some(target) = rules.target(&job.target) else {
+        unreachable!("scheduled for a target of these rules")
+    };
+    let started_at = now_ms();
+    let clock = Instant::now();
+    let result = http::send(&shared.client, target, &job, &rules).await;
+    let duration_ms = clock.elapsed().as_millis() as u64;
+    let attempt_no = job.attempts + 1;
+    let (settle, status, error) = decide(target, attempt_no, result);
+    let outcome = match &settle {
+        Settle::Ack => "delivered",
+        Settle::Retry { .. } => "retry",
+        Settle::DeadLetter => "dead",
+        Settle::Release => "released",
+    };
+    tracing::info!(
+        job = id,
+        target = %target_name,
+        kind = job.kind.as_str(),
+        delivery = %job.delivery,
+        attempt = attempt_no,
+        status = status.map(u64::from),
+        error = error.as_deref(),
+        duration_ms,
+        outcome,
+        "delivery attempt"
+    );
+    let attempt = Attempt {
+        attempt: attempt_no,
+        started_at,
+        duration_ms,
+        status,
+        error,
+    };
+    if let Err(e) = shared.queue.settle(id, Some(attempt), settle).await {
+        tracing::error!(job = id, error = %e, "cannot settle job; it returns when its claim expires");
+    }
+    (target_name, id)
+}
+
+/// Classifies an attempt: 2xx delivered; 408, 429, 5xx, timeouts and connection errors retry;
+/// any other status is permanent.
+fn decide(
+    target: &Target,
+    attempt: u32,
+    result: Result<http::Response, String>,
+) -> (Settle, Option<u16>, Option<String>) {
+    let (status, error, retry_after) = match result {
+        Ok(r) if (200..300).contains(&r.status) => return (Settle::Ack, Some(r.status), None),
+        Ok(r) => {
+            let retryable = r.status == 408 || r.status == 429 || r.status >= 500;
+            let error = format!("HTTP {}", r.status);
+            if !retryable {
+                return (
+                    Settle::DeadLetter,
+                    Some(r.status),
+                    Some(format!("{error} (not retried)")),
+                );
+            }
+            (Some(r.status), error, r.retry_after)
+        }
+        Err(e) => (None, e, None),
+    };
+    // `attempt` counts this one; `retry N` allows N more after the first.
+    if attempt > target.retry.attempts {
+        return (
+            Settle::DeadLetter,
+            status,
+            Some(format!("{error}; gave up after {attempt} attempts")),
+        );
+    }
+    let delay = match retry_after {
+        Some(after) => after.min(MAX_RETRY_AFTER),
+        None => backoff(target, attempt),
+    };
+    (Settle::Retry { delay }, status, Some(error))
+}
+
+/// Exponential backoff with jitter: `min · 2^(attempt-1)`, capped at `max`, then a random point in its
+/// upper half, so retries of many jobs spread out without ever waiting less than half the step.
+pub(crate) fn backoff(target: &Target, attempt: u32) -> Duration {
+    let min = target.retry.min_backoff.as_millis() as u64;
+    let max = target.retry.max_backoff.as_millis() as u64;
+    let step = min
+        .saturating_mul(1u64 << (attempt.saturating_sub(1)).min(32))
+        .min(max);
+    let half = step / 2;
+    Duration::from_millis(half + fastrand::u64(0..=step - half))
+}

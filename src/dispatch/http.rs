@@ -1,0 +1,206 @@
+//! One delivery attempt over HTTP: the request a job and its target describe, and what came back.
+
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use crate::queue::{Job, JobKind};
+use crate::ruleset::{
+    HmacAlgorithm, Method, Operand, RuleSet, SignatureStyle, StrPiece, StrTemplate, Target,
+};
+use crate::signature;
+
+/// What a target answered.
+#[derive(Debug)]
+pub(super) struct Response {
+    pub(super) status: u16,
+    /// From `Retry-After` (seconds or an HTTP date).
+    pub(super) retry_after: Option<Duration>,
+}
+
+/// Sends `job` to `target`. Errors are short, lowercase, and never contain the URL (which may carry a
+/// token) or a response body.
+pub(super) async fn send(
+    client: &reqwest::Client,
+    target: &Target,
+    job: &Job,
+    rules: &RuleSet,
+) -> Result<Response, String> {
+    let url = render(&target.url, job);
+    let method = match target.method {
+        Method::Get => reqwest::Method::GET,
+        Method::Post => reqwest::Method::POST,
+        Method::Put => reqwest::Method::PUT,
+        Method::Patch => reqwest::Method::PATCH,
+        Method::Delete => reqwest::Method::DELETE,
+    };
+    let mut request = client
+        .request(method, &url)
+        .timeout(target.timeout)
+        .body(job.body.clone());
+    for (name, value) in &job.headers {
+        request = request.header(name.as_str(), value.as_str());
+    }
+    for (name, value) in &target.headers {
+        request = request.header(name.as_str(), render(value, job));
+    }
+    request = request.header("x-hookgate-delivery", &job.delivery);
+    match job.kind {
+        JobKind::Notify => request = request.header("idempotency-key", idempotency_key(job)),
+        JobKind::Check => {
+            request = request.header("x-hookgate-coalesced", job.coalesced.to_string())
+        }
+        JobKind::Forward => {
+            if let Some(name) = &job.sign_with {
+                let secret = rules
+                    .secret(name)
+                    .ok_or_else(|| format!("secret `{name}` is not in the current rules"))?;
+                for (header, value) in sign(&target.signature, secret.expose(), job) {
+                    request = request.header(header, value);
+                }
+            }
+        }
+    }
+    match request.send().await {
+        Ok(response) => {
+            let retry_after = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| parse_retry_after(v.to_str().ok()?));
+            Ok(Response {
+                status: response.status().as_u16(),
+                retry_after,
+            })
+        }
+        Err(e) => Err(describe(&e, target.timeout)),
+    }
+}
+
+/// `Idempotency-Key` of a notify: the same for every attempt of the same delivery, rule and action, so
+/// downstreams can deduplicate retries and redeliveries.
+pub(super) fn idempotency_key(job: &Job) -> String {
+    let mut h = Sha256::new();
+    for part in [
+        job.source.as_bytes(),
+        job.delivery.as_bytes(),
+        job.rule.as_bytes(),
+        job.action.to_string().as_bytes(),
+    ] {
+        h.update(part);
+        h.update([0]);
+    }
+    hex::encode(&h.finalize()[..16])
+}
+
+/// Signature headers for a forwarded body.
+fn sign(style: &SignatureStyle, secret: &[u8], job: &Job) -> Vec<(String, String)> {
+    let sha256 = |parts: &[&[u8]]| signature::hmac(HmacAlgorithm::Sha256, secret, parts);
+    match style {
+        SignatureStyle::GitHub => vec![(
+            "x-hub-signature-256".into(),
+            format!("sha256={}", hex::encode(sha256(&[&job.body]))),
+        )],
+        SignatureStyle::Bitbucket => vec![(
+            "x-hub-signature".into(),
+            format!("sha256={}", hex::encode(sha256(&[&job.body]))),
+        )],
+        SignatureStyle::Gitea => vec![(
+            "x-gitea-signature".into(),
+            hex::encode(sha256(&[&job.body])),
+        )],
+        SignatureStyle::GenericHmac { header } => {
+            vec![(
+                header.to_ascii_lowercase(),
+                format!("sha256={}", hex::encode(sha256(&[&job.body]))),
+            )]
+        }
+        SignatureStyle::StandardWebhooks => {
+            let id = format!("msg_{}", &idempotency_key(job)[..24]);
+            let timestamp = (crate::queue::now_ms() / 1000).to_string();
+            let key = signature::standard_webhooks_key(secret);
+            let mac = signature::hmac(
+                HmacAlgorithm::Sha256,
+                &key,
+                &[id.as_bytes(), b".", timestamp.as_bytes(), b".", &job.body],
+            );
+            vec![
+                ("webhook-id".into(), id),
+                ("webhook-timestamp".into(), timestamp),
+                (
+                    "webhook-signature".into(),
+                    format!("v1,{}", signature::base64(&mac)),
+                ),
+            ]
+        }
+    }
+}
+
+/// Renders a target's URL or header: `compile` allows only secrets, `event`, `source` and `delivery`.
+fn render(template: &StrTemplate, job: &Job) -> String {
+    let mut out = String::new();
+    for piece in &template.pieces {
+        match piece {
+            StrPiece::Text(t) => out.push_str(t),
+            StrPiece::Secret(s) => out.push_str(&String::from_utf8_lossy(s.expose())),
+            StrPiece::Operand(Operand::Event) => {
+                out.push_str(job.event.as_deref().unwrap_or_default())
+            }
+            StrPiece::Operand(Operand::Source) => out.push_str(&job.source),
+            StrPiece::Operand(Operand::Delivery) => out.push_str(&job.delivery),
+            // INVARIANT: `compile` rejects other operands in target URLs and headers.
+            StrPiece::Operand(_) => {}
+        }
+    }
+    out
+}
+
+fn parse_retry_after(value: &str) -> Option<Duration> {
+    if let Ok(seconds) = value.trim().parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value.trim()).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+/// A transport error in a few words, without the URL.
+fn describe(e: &reqwest::Error, timeout: Duration) -> String {
+    if e.is_timeout() {
+        return format!("timed out after {}", crate::ruleset::ShowDuration(timeout));
+    }
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    let detail = cause.to_string().to_lowercase();
+    if e.is_connect() {
+        format!("cannot connect: {detail}")
+    } else {
+        format!("request failed: {detail}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_takes_seconds_and_dates() {
+        assert_eq!(parse_retry_after("120"), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO),
+            "a past date: now"
+        );
+        let future =
+            httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(90));
+        let parsed = parse_retry_after(&future).unwrap();
+        assert!(
+            parsed > Duration::from_secs(80) && parsed <= Duration::from_secs(90),
+            "{parsed:?}"
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+}

@@ -1,0 +1,585 @@
+//! Durable delivery end to end: a real SQLite queue, the dispatcher, and loopback HTTP sinks.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use serde_json::json;
+use tokio::sync::{Notify, oneshot};
+
+use hookgate::dispatch::{DispatchConfig, Dispatcher};
+use hookgate::queue::sqlite::SqliteQueue;
+use hookgate::queue::{JobKind, JobState, NewJob, QueueBackend};
+use hookgate::ruleset::RuleSet;
+use support::{Reply, Sink, compile};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+struct Running {
+    queue: Arc<SqliteQueue>,
+    stop: oneshot::Sender<()>,
+    done: tokio::task::JoinHandle<()>,
+    wake: Arc<Notify>,
+}
+
+impl Running {
+    async fn enqueue(&self, jobs: Vec<NewJob>) -> Vec<i64> {
+        let ids = self.queue.enqueue(jobs).await.unwrap();
+        self.wake.notify_one();
+        ids
+    }
+
+    async fn stop(self) -> Arc<SqliteQueue> {
+        let _ = self.stop.send(());
+        self.done.await.unwrap();
+        self.queue
+    }
+}
+
+fn start(queue: Arc<SqliteQueue>, rules: RuleSet, config: DispatchConfig) -> Running {
+    let rules = Arc::new(ArcSwap::from_pointee(rules));
+    let dispatcher = Dispatcher::new(queue.clone(), rules, config);
+    let wake = dispatcher.waker();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let done = tokio::spawn(dispatcher.run(async move {
+        let _ = stopped.await;
+    }));
+    Running {
+        queue,
+        stop,
+        done,
+        wake,
+    }
+}
+
+fn config() -> DispatchConfig {
+    DispatchConfig {
+        tick: Duration::from_millis(50),
+        ..DispatchConfig::default()
+    }
+}
+
+fn job(kind: JobKind, target: &str, key: Option<&str>) -> NewJob {
+    NewJob {
+        kind,
+        target: target.into(),
+        key: key.map(String::from),
+        source: "acme".into(),
+        event: Some("push".into()),
+        delivery: "d-1".into(),
+        rule: "r".into(),
+        action: 0,
+        // As `jobs_for` makes them: checks carry no body.
+        body: if kind == JobKind::Check {
+            Vec::new()
+        } else {
+            br#"{"hello":"world"}"#.to_vec()
+        },
+        headers: vec![("content-type".into(), "application/json".into())],
+        sign_with: None,
+    }
+}
+
+fn target(sink: &Sink, name: &str, extra: &str) -> String {
+    format!(
+        "target {name} {{ post \"{}\" {extra} }}\n",
+        sink.url(&format!("/{name}"))
+    )
+}
+
+/// The rules the tests need: a source, and the targets given.
+fn rules(targets: &str) -> RuleSet {
+    compile(
+        &format!(
+            "secret s = env(\"S\")\nsource acme: github {{ secret s }}\n{targets}rule \"r\" {{ from acme notify t }}\n"
+        ),
+        &[],
+    )
+}
+
+async fn wait_state(queue: &SqliteQueue, id: i64, state: JobState) -> hookgate::queue::Job {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (job, _) = queue.get(id).await.unwrap();
+        if job.state == state || Instant::now() > deadline {
+            assert_eq!(job.state, state, "job {id}: {job:?}");
+            return job;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn notify_delivers_the_exact_rendered_body() {
+    let sink = Sink::always(200).await;
+    let text = format!(
+        "secret s = env(\"S\")\nsource acme: github {{ secret s }}\n{}rule \"sync\" {{\n from acme\n on \"push\"\n \
+         when $.ref == \"refs/heads/main\"\n notify t {{\"Kind\": \"git\", \"Source\": {{\"URL\": $.repository.ssh_url, \"Branch\": \"main\"}}, \"Note\": \"${{event}} ${{delivery}}\"}}\n}}\n",
+        target(&sink, "t", "header \"X-Team\" = \"${source}\"")
+    );
+    let rules = compile(&text, &[]);
+    let payload =
+        json!({"ref": "refs/heads/main", "repository": {"ssh_url": "git@github.com:acme/app.git"}});
+    let raw = serde_json::to_vec(&payload).unwrap();
+    let headers = vec![
+        ("X-GitHub-Event".into(), "push".into()),
+        ("X-GitHub-Delivery".into(), "abc-123".into()),
+    ];
+    let event = hookgate::event::Event::new(&rules, 0, None, headers, vec![], payload);
+    let outcome = hookgate::eval::evaluate(&rules, &event);
+    let jobs = hookgate::dispatch::jobs_for(&rules, &event, &outcome, "abc-123", &raw);
+    assert_eq!(jobs.len(), 1);
+
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(
+        Arc::new(SqliteQueue::open(dir.path()).unwrap()),
+        rules,
+        config(),
+    );
+    let id = running.enqueue(jobs).await[0];
+    assert!(sink.wait_for(1, WAIT).await);
+    let got = &sink.received()[0];
+    let expected = json!({"Kind": "git", "Source": {"URL": "git@github.com:acme/app.git", "Branch": "main"}, "Note": "push abc-123"});
+    assert_eq!(
+        got.body,
+        serde_json::to_vec(&expected).unwrap(),
+        "exactly the rendered body"
+    );
+    assert_eq!((got.method.as_str(), got.path.as_str()), ("POST", "/t"));
+    assert_eq!(got.header("content-type"), Some("application/json"));
+    assert_eq!(got.header("x-team"), Some("acme"));
+    assert_eq!(got.header("x-hookgate-delivery"), Some("abc-123"));
+    let key = got.header("idempotency-key").unwrap();
+    assert_eq!(key.len(), 32);
+    let job = wait_state(&running.queue, id, JobState::Done).await;
+    assert_eq!((job.attempts, job.last_status), (1, Some(200)));
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_500_is_retried_and_delivered_once() {
+    let sink = Sink::start(|n, _| Reply::status(if n == 0 { 500 } else { 200 })).await;
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(
+        Arc::new(SqliteQueue::open(dir.path()).unwrap()),
+        rules(&target(&sink, "t", "retry 3 backoff 50ms..100ms")),
+        config(),
+    );
+    let id = running.enqueue(vec![job(JobKind::Notify, "t", None)]).await[0];
+    let job = wait_state(&running.queue, id, JobState::Done).await;
+    assert_eq!(job.attempts, 2);
+    let (_, attempts) = running.queue.get(id).await.unwrap();
+    assert_eq!(
+        attempts.iter().map(|a| a.status).collect::<Vec<_>>(),
+        vec![Some(500), Some(200)]
+    );
+    assert_eq!(attempts[0].error.as_deref(), Some("HTTP 500"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        sink.received().len(),
+        2,
+        "delivered once after the failure, not again"
+    );
+    let received = sink.received();
+    assert_eq!(
+        received[0].header("idempotency-key"),
+        received[1].header("idempotency-key"),
+        "retries keep the key"
+    );
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_404_is_dead_lettered_without_retry_and_can_be_requeued() {
+    let sink = Sink::start(|n, _| Reply::status(if n == 0 { 404 } else { 200 })).await;
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(
+        Arc::new(SqliteQueue::open(dir.path()).unwrap()),
+        rules(&target(&sink, "t", "retry 5 backoff 10ms..20ms")),
+        config(),
+    );
+    let id = running.enqueue(vec![job(JobKind::Notify, "t", None)]).await[0];
+    let dead = wait_state(&running.queue, id, JobState::Dead).await;
+    assert_eq!((dead.attempts, dead.last_status), (1, Some(404)));
+    assert_eq!(dead.last_error.as_deref(), Some("HTTP 404 (not retried)"));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(sink.received().len(), 1, "no retry");
+    assert_eq!(
+        running.queue.list(JobState::Dead, 10).await.unwrap().len(),
+        1
+    );
+    running.queue.requeue(id).await.unwrap();
+    running.wake.notify_one();
+    wait_state(&running.queue, id, JobState::Done).await;
+    assert_eq!(sink.received().len(), 2);
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_429_waits_for_retry_after() {
+    let sink = Sink::start(|n, _| {
+        if n == 0 {
+            Reply {
+                headers: vec![("retry-after", "1".into())],
+                ..Reply::status(429)
+            }
+        } else {
+            Reply::status(200)
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(
+        Arc::new(SqliteQueue::open(dir.path()).unwrap()),
+        rules(&target(&sink, "t", "retry 3 backoff 10ms..20ms")),
+        config(),
+    );
+    let id = running.enqueue(vec![job(JobKind::Notify, "t", None)]).await[0];
+    wait_state(&running.queue, id, JobState::Done).await;
+    let received = sink.received();
+    let gap = received[1].at - received[0].at;
+    assert!(
+        gap >= Duration::from_millis(950),
+        "waited {gap:?}, not the second Retry-After asked for"
+    );
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_hanging_target_times_out_and_is_retried() {
+    let sink = Sink::start(|n, _| Reply {
+        delay: if n == 0 {
+            Duration::from_secs(5)
+        } else {
+            Duration::ZERO
+        },
+        ..Reply::status(200)
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(
+        Arc::new(SqliteQueue::open(dir.path()).unwrap()),
+        rules(&target(
+            &sink,
+            "t",
+            "timeout 200ms retry 2 backoff 10ms..20ms",
+        )),
+        config(),
+    );
+    let id = running.enqueue(vec![job(JobKind::Notify, "t", None)]).await[0];
+    let done = wait_state(&running.queue, id, JobState::Done).await;
+    assert_eq!(done.attempts, 2);
+    let (_, attempts) = running.queue.get(id).await.unwrap();
+    assert_eq!(attempts[0].error.as_deref(), Some("timed out after 200ms"));
+    assert_eq!(attempts[0].status, None);
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn retries_are_spent_then_the_job_is_dead() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens on this port: connection refused every time.
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let text = format!(
+        "target t {{ post \"http://{free}/x?token=${{secret.s}}\" retry 2 backoff 10ms..20ms }}\n"
+    );
+    let running = start(
+        Arc::new(SqliteQueue::open(dir.path()).unwrap()),
+        rules(&text),
+        config(),
+    );
+    let id = running.enqueue(vec![job(JobKind::Notify, "t", None)]).await[0];
+    let dead = wait_state(&running.queue, id, JobState::Dead).await;
+    assert_eq!(dead.attempts, 3, "the first attempt and 2 retries");
+    let error = dead.last_error.unwrap();
+    assert!(error.starts_with("cannot connect: "), "{error}");
+    assert!(error.ends_with("; gave up after 3 attempts"), "{error}");
+    assert!(
+        !error.contains("test-secret") && !error.contains("token="),
+        "the URL and its token stay out: {error}"
+    );
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn fifty_concurrent_checks_while_none_is_in_flight_make_one_delivery() {
+    let sink = Sink::always(200).await;
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Arc::new(SqliteQueue::open(dir.path()).unwrap());
+    let enqueues: Vec<_> = (0..50)
+        .map(|_| {
+            let q = queue.clone();
+            tokio::spawn(async move {
+                q.enqueue(vec![job(JobKind::Check, "t", Some("acme/app"))])
+                    .await
+                    .unwrap()[0]
+            })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for e in enqueues {
+        ids.push(e.await.unwrap());
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "every request merged into one pending check");
+    let running = start(queue, rules(&target(&sink, "t", "")), config());
+    running.wake.notify_one();
+    wait_state(&running.queue, ids[0], JobState::Done).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let received = sink.received();
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0].header("x-hookgate-coalesced"), Some("50"));
+    assert!(received[0].body.is_empty());
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_check_requested_while_one_is_in_flight_runs_once_more_afterwards() {
+    let gate = Arc::new(Notify::new());
+    let g = gate.clone();
+    let sink = Sink::start(move |n, _| Reply {
+        gate: (n == 0).then(|| g.clone()),
+        ..Reply::status(200)
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(
+        Arc::new(SqliteQueue::open(dir.path()).unwrap()),
+        rules(&target(&sink, "t", "concurrency 4")),
+        config(),
+    );
+    let first = running.enqueue(vec![job(JobKind::Check, "t", None)]).await[0];
+    assert!(sink.wait_for(1, WAIT).await, "the first check is in flight");
+    let mut later = Vec::new();
+    for _ in 0..5 {
+        later.push(running.enqueue(vec![job(JobKind::Check, "t", None)]).await[0]);
+    }
+    later.dedup();
+    assert_eq!(later.len(), 1, "the five merge into one pending check");
+    assert_ne!(later[0], first);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        sink.received().len(),
+        1,
+        "not sent while the first is in flight, despite free concurrency"
+    );
+    gate.notify_one();
+    wait_state(&running.queue, later[0], JobState::Done).await;
+    let received = sink.received();
+    assert_eq!(received.len(), 2, "exactly one more check");
+    assert_eq!(received[1].header("x-hookgate-coalesced"), Some("5"));
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn the_rate_limit_is_honoured() {
+    let sink = Sink::always(200).await;
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(
+        Arc::new(SqliteQueue::open(dir.path()).unwrap()),
+        rules(&target(&sink, "t", "rate 2 per 1s")),
+        config(),
+    );
+    let ids = running
+        .enqueue((0..6).map(|_| job(JobKind::Notify, "t", None)).collect())
+        .await;
+    for id in &ids {
+        wait_state(&running.queue, *id, JobState::Done).await;
+    }
+    let at: Vec<Instant> = sink.received().iter().map(|r| r.at).collect();
+    assert_eq!(at.len(), 6);
+    // Two at once, then one every 500 ms: the sixth no sooner than 2 s after the first.
+    let span = at[5] - at[0];
+    assert!(
+        span >= Duration::from_millis(1900),
+        "6 deliveries at 2 per second took only {span:?}"
+    );
+    for w in at.windows(3) {
+        assert!(
+            w[2] - w[0] >= Duration::from_millis(450),
+            "three deliveries within {:?}",
+            w[2] - w[0]
+        );
+    }
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_slow_target_does_not_starve_the_others() {
+    let slow = Sink::start(|_, _| Reply {
+        delay: Duration::from_secs(3),
+        ..Reply::status(200)
+    })
+    .await;
+    let fast = Sink::always(200).await;
+    let dir = tempfile::tempdir().unwrap();
+    let targets = format!(
+        "{}{}",
+        target(&slow, "slow", "concurrency 2 timeout 10s"),
+        target(&fast, "t", "")
+    );
+    let running = start(
+        Arc::new(SqliteQueue::open(dir.path()).unwrap()),
+        rules(&format!(
+            "{targets}rule \"s\" {{ from acme notify slow }}\n"
+        )),
+        config(),
+    );
+    running
+        .enqueue(
+            (0..10)
+                .map(|_| job(JobKind::Notify, "slow", None))
+                .collect(),
+        )
+        .await;
+    let started = Instant::now();
+    running
+        .enqueue((0..40).map(|_| job(JobKind::Notify, "t", None)).collect())
+        .await;
+    assert!(fast.wait_for(40, WAIT).await);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the fast target waited {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        slow.received().len(),
+        2,
+        "the slow target has its 2 slots busy"
+    );
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn forward_re_signs_the_original_body() {
+    let sink = Sink::always(200).await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "secret s = env(\"S\")\nsecret fwd = env(\"FWD\")\nsource acme: github {{ secret s }}\n{}{}\
+         rule \"r\" {{ from acme forward t sign with fwd forward sw sign with fwd forward plain }}\n",
+        target(&sink, "t", "signature github"),
+        target(&sink, "sw", "signature standard_webhooks") + &target(&sink, "plain", ""),
+    );
+    let rules = compile(&text, &[("fwd", "It's a Secret to Everybody")]);
+    let raw = b"Hello, World!".to_vec();
+    let headers = vec![
+        ("X-GitHub-Event".into(), "push".into()),
+        ("X-GitHub-Delivery".into(), "g-1".into()),
+        ("X-Hub-Signature-256".into(), "sha256=original".into()),
+        ("Content-Type".into(), "text/plain".into()),
+        ("Host".into(), "hooks.example.com".into()),
+    ];
+    let event = hookgate::event::Event::new(&rules, 0, None, headers, vec![], json!({}));
+    let outcome = hookgate::eval::evaluate(&rules, &event);
+    let jobs = hookgate::dispatch::jobs_for(&rules, &event, &outcome, "g-1", &raw);
+    let running = start(
+        Arc::new(SqliteQueue::open(dir.path()).unwrap()),
+        rules,
+        config(),
+    );
+    running.enqueue(jobs).await;
+    assert!(sink.wait_for(3, WAIT).await);
+    let received = sink.received();
+    let by_path = |p: &str| received.iter().find(|r| r.path == p).unwrap().clone();
+    let github = by_path("/t");
+    assert_eq!(github.body, raw);
+    assert_eq!(github.header("x-github-event"), Some("push"));
+    assert_eq!(github.header("x-github-delivery"), Some("g-1"));
+    assert_eq!(github.header("content-type"), Some("text/plain"));
+    // The published GitHub test vector: this secret and body give this signature.
+    assert_eq!(
+        github.header("x-hub-signature-256"),
+        Some("sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17")
+    );
+    let sw = by_path("/sw");
+    let (id, ts) = (
+        sw.header("webhook-id").unwrap(),
+        sw.header("webhook-timestamp").unwrap(),
+    );
+    let key = hookgate::signature::standard_webhooks_key(b"It's a Secret to Everybody");
+    let mac = hookgate::signature::hmac(
+        hookgate::ruleset::HmacAlgorithm::Sha256,
+        &key,
+        &[id.as_bytes(), b".", ts.as_bytes(), b".", &raw],
+    );
+    assert_eq!(
+        sw.header("webhook-signature").unwrap(),
+        format!("v1,{}", hookgate::signature::base64(&mac))
+    );
+    let plain = by_path("/plain");
+    assert_eq!(
+        plain.header("x-hub-signature-256"),
+        Some("sha256=original"),
+        "without `sign with`, the original passes"
+    );
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn jobs_of_a_removed_target_are_dead_lettered() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::always(200).await;
+    let running = start(
+        Arc::new(SqliteQueue::open(dir.path()).unwrap()),
+        rules(&target(&sink, "t", "")),
+        config(),
+    );
+    let id = running
+        .enqueue(vec![job(JobKind::Notify, "gone", None)])
+        .await[0];
+    let dead = wait_state(&running.queue, id, JobState::Dead).await;
+    assert_eq!(
+        dead.last_error.as_deref(),
+        Some("target `gone` is not in the current rules")
+    );
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_finishes_or_returns_in_flight_deliveries() {
+    let dir = tempfile::tempdir().unwrap();
+    let slow = Sink::start(|n, _| Reply {
+        delay: Duration::from_millis(if n == 0 { 300 } else { 30_000 }),
+        ..Reply::status(200)
+    })
+    .await;
+    let queue = Arc::new(SqliteQueue::open(dir.path()).unwrap());
+    let config = DispatchConfig {
+        grace: Duration::from_millis(1500),
+        ..config()
+    };
+    let running = start(
+        queue,
+        rules(&target(&slow, "t", "concurrency 1 timeout 60s")),
+        config.clone(),
+    );
+    let first = running.enqueue(vec![job(JobKind::Notify, "t", None)]).await[0];
+    assert!(slow.wait_for(1, WAIT).await);
+    let queue = running.stop().await;
+    assert_eq!(
+        queue.get(first).await.unwrap().0.state,
+        JobState::Done,
+        "finished within the grace period"
+    );
+
+    // A delivery that outlasts the grace period goes back to pending, not lost.
+    let running = start(
+        queue,
+        rules(&target(&slow, "t", "concurrency 1 timeout 60s")),
+        config,
+    );
+    let second = running.enqueue(vec![job(JobKind::Notify, "t", None)]).await[0];
+    assert!(slow.wait_for(2, WAIT).await);
+    let queue = running.stop().await;
+    let (job, attempts) = queue.get(second).await.unwrap();
+    assert_eq!((job.state, job.attempts), (JobState::Pending, 0));
+    assert!(
+        attempts.is_empty(),
+        "a released job has no attempt recorded"
+    );
+}
