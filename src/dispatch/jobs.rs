@@ -94,9 +94,10 @@ pub fn jobs_for(
                         .iter()
                         .filter(|(name, _)| {
                             let n = name.as_str();
-                            !HOP.contains(&n)
-                                && !TOKENS.contains(&n)
-                                && !(sign_with.is_some() && SIGNATURES.contains(&n))
+                            let dropped = HOP.contains(&n)
+                                || TOKENS.contains(&n)
+                                || (sign_with.is_some() && SIGNATURES.contains(&n));
+                            !dropped
                         })
                         .cloned()
                         .collect();
