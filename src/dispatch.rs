@@ -14,7 +14,7 @@ mod jobs;
 
 pub use jobs::jobs_for;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -74,6 +74,11 @@ pub struct Dispatcher<Q> {
 struct TargetState {
     inflight: usize,
     bucket: Option<Bucket>,
+    /// Claimed jobs waiting for a free slot or a rate token: claiming ahead in batches keeps the
+    /// queue's round trips off the per-delivery path.
+    ready: VecDeque<Job>,
+    /// The last claim found nothing more due; set until something new is enqueued or the tick passes.
+    exhausted: bool,
 }
 
 /// A token bucket: `rate.count` tokens, refilled continuously over `rate.per`.
@@ -143,8 +148,21 @@ impl<Q: QueueBackend> Dispatcher<Q> {
         let mut tasks: JoinSet<(String, i64)> = JoinSet::new();
         let mut running: HashMap<tokio::task::Id, (String, i64)> = HashMap::new();
         let mut last_prune = Instant::now() - Duration::from_secs(3600);
+        let mut refresh = true;
+        let mut last_refresh = Instant::now();
         loop {
-            let next = self.schedule(&mut targets, &mut tasks, &mut running).await;
+            let rules = self.rules.load_full();
+            let mut sleep = self.config.tick;
+            if refresh || last_refresh.elapsed() >= self.config.tick {
+                sleep = self.refresh(&rules, &mut targets).await;
+                last_refresh = Instant::now();
+                refresh = false;
+            }
+            sleep = sleep.min(self.start_ready(&rules, &mut targets, &mut tasks, &mut running));
+            // Refill buffers running low; start what that brought.
+            if self.refill(&rules, &mut targets).await {
+                sleep = sleep.min(self.start_ready(&rules, &mut targets, &mut tasks, &mut running));
+            }
             if last_prune.elapsed() > Duration::from_secs(600) {
                 last_prune = Instant::now();
                 let before = now_ms() - self.config.retention.as_millis() as i64;
@@ -158,30 +176,30 @@ impl<Q: QueueBackend> Dispatcher<Q> {
                 biased;
                 () = &mut shutdown => break,
                 Some(done) = tasks.join_next_with_id() => {
-                    let finished = match done {
-                        Ok((id, _)) => running.remove(&id),
-                        Err(e) => running.remove(&e.id()),
-                    };
-                    if let Some((target, _)) = finished {
-                        if let Some(state) = targets.get_mut(&target) {
-                            state.inflight = state.inflight.saturating_sub(1);
-                        }
+                    finished(done, &mut running, &mut targets);
+                    // Take every other completion that is ready too, so one pass serves them all.
+                    while let Some(done) = tasks.try_join_next_with_id() {
+                        finished(done, &mut running, &mut targets);
                     }
                 }
-                () = self.wake.notified() => {}
-                () = tokio::time::sleep(next) => {}
+                () = self.wake.notified() => refresh = true,
+                () = tokio::time::sleep(sleep) => {}
             }
         }
-        self.drain(tasks, running).await;
+        let unstarted: Vec<i64> = targets
+            .values_mut()
+            .flat_map(|t| t.ready.drain(..))
+            .map(|j| j.id)
+            .collect();
+        self.drain(tasks, running, unstarted).await;
     }
 
-    /// One scheduling pass: claims and starts what capacity allows. Returns how long the loop may
-    /// sleep before something becomes due.
-    async fn schedule(
+    /// Asks the queue which targets have due work; clears their `exhausted` mark. Returns how long the
+    /// loop may sleep before the earliest not-yet-due job.
+    async fn refresh(
         &self,
+        rules: &Arc<RuleSet>,
         targets: &mut HashMap<String, TargetState>,
-        tasks: &mut JoinSet<(String, i64)>,
-        running: &mut HashMap<tokio::task::Id, (String, i64)>,
     ) -> Duration {
         let mut sleep = self.config.tick;
         let due = match self.shared.queue.due_targets().await {
@@ -191,19 +209,88 @@ impl<Q: QueueBackend> Dispatcher<Q> {
                 return sleep;
             }
         };
-        let rules = self.rules.load_full();
-        let now_wall = now_ms();
-        let now = Instant::now();
+        let now = now_ms();
         for (name, run_at) in due {
-            if run_at > now_wall {
-                sleep = sleep.min(Duration::from_millis((run_at - now_wall) as u64));
+            if run_at > now {
+                sleep = sleep.min(Duration::from_millis((run_at - now) as u64));
                 continue;
             }
-            let Some(target) = rules.target(&name) else {
+            if rules.target(&name).is_none() {
                 self.orphaned(&name).await;
                 continue;
+            }
+            targets.entry(name).or_default().exhausted = false;
+        }
+        sleep
+    }
+
+    /// Claims more for targets whose buffers run low. Returns whether anything was claimed.
+    async fn refill(
+        &self,
+        rules: &Arc<RuleSet>,
+        targets: &mut HashMap<String, TargetState>,
+    ) -> bool {
+        let mut claimed_any = false;
+        for (name, state) in targets.iter_mut() {
+            let Some(target) = rules.target(name) else {
+                continue;
             };
-            let state = targets.entry(name.clone()).or_default();
+            let capacity = (target.concurrency as usize * 2).min(CLAIM_BATCH);
+            if state.exhausted || state.ready.len() * 2 > capacity {
+                continue;
+            }
+            let mut want = capacity - state.ready.len();
+            if let Some(rate) = target.rate {
+                // A rate-limited target claims only what its tokens let start now: a buffered job
+                // waiting minutes for a token would outlive its claim.
+                let bucket = state.bucket.get_or_insert_with(|| Bucket::new(rate));
+                bucket.refill(Instant::now());
+                want = want.min(bucket.available().saturating_sub(state.ready.len()));
+                if want == 0 {
+                    continue;
+                }
+            }
+            // INVARIANT: at most two waves of `concurrency` wait in the buffer before a job starts, and
+            // its delivery takes at most `timeout`; the claim must outlast all three.
+            let visibility = target.timeout * 3 + Duration::from_secs(60);
+            match self.shared.queue.claim(name, want, visibility).await {
+                Ok(jobs) => {
+                    state.exhausted = jobs.len() < want;
+                    claimed_any |= !jobs.is_empty();
+                    state.ready.extend(jobs);
+                }
+                Err(e) => {
+                    state.exhausted = true;
+                    tracing::error!(target = %name, error = %e, "cannot claim jobs");
+                }
+            }
+        }
+        claimed_any
+    }
+
+    /// Starts buffered jobs as far as concurrency, rate limits and the global cap allow. Returns how
+    /// long until a rate-limited target gets its next token (or the tick).
+    fn start_ready(
+        &self,
+        rules: &Arc<RuleSet>,
+        targets: &mut HashMap<String, TargetState>,
+        tasks: &mut JoinSet<(String, i64)>,
+        running: &mut HashMap<tokio::task::Id, (String, i64)>,
+    ) -> Duration {
+        let mut sleep = self.config.tick;
+        let now = Instant::now();
+        for (name, state) in targets.iter_mut() {
+            if state.ready.is_empty() {
+                continue;
+            }
+            let Some(target) = rules.target(name) else {
+                // Removed by a reload while buffered: the next refresh dead-letters them.
+                for job in state.ready.drain(..) {
+                    let queue = self.shared.queue.clone();
+                    tokio::spawn(async move { queue.settle(job.id, None, Settle::Release).await });
+                }
+                continue;
+            };
             match (target.rate, &mut state.bucket) {
                 (Some(rate), Some(b)) if b.rate == rate => {}
                 (Some(rate), bucket) => *bucket = Some(Bucket::new(rate)),
@@ -213,30 +300,15 @@ impl<Q: QueueBackend> Dispatcher<Q> {
             let mut n = (target.concurrency as usize)
                 .saturating_sub(state.inflight)
                 .min(global_free)
-                .min(CLAIM_BATCH);
+                .min(state.ready.len());
             if let Some(bucket) = &mut state.bucket {
                 bucket.refill(now);
-                if bucket.available() == 0 && n > 0 {
+                if bucket.available() < n {
                     sleep = sleep.min(bucket.next_token_in());
                 }
                 n = n.min(bucket.available());
             }
-            if n == 0 {
-                continue;
-            }
-            let visibility = target.timeout + Duration::from_secs(60);
-            let jobs = match self.shared.queue.claim(&name, n, visibility).await {
-                Ok(jobs) => jobs,
-                Err(e) => {
-                    tracing::error!(target = %name, error = %e, "cannot claim jobs");
-                    continue;
-                }
-            };
-            if jobs.len() == CLAIM_BATCH {
-                // There may be more due than one pass claims: come straight back.
-                sleep = Duration::ZERO;
-            }
-            for job in jobs {
+            for job in state.ready.drain(..n) {
                 if let Some(bucket) = &mut state.bucket {
                     bucket.tokens -= 1.0;
                 }
@@ -287,7 +359,13 @@ impl<Q: QueueBackend> Dispatcher<Q> {
         &self,
         mut tasks: JoinSet<(String, i64)>,
         mut running: HashMap<tokio::task::Id, (String, i64)>,
+        unstarted: Vec<i64>,
     ) {
+        for id in unstarted {
+            if let Err(e) = self.shared.queue.settle(id, None, Settle::Release).await {
+                tracing::error!(job = id, error = %e, "cannot release job; it returns when its claim expires");
+            }
+        }
         let deadline = tokio::time::sleep(self.config.grace);
         tokio::pin!(deadline);
         while !tasks.is_empty() {
@@ -308,6 +386,23 @@ impl<Q: QueueBackend> Dispatcher<Q> {
             if let Err(e) = self.shared.queue.settle(id, None, Settle::Release).await {
                 tracing::error!(job = id, error = %e, "cannot release job; it returns when its claim expires");
             }
+        }
+    }
+}
+
+/// Books a finished delivery task.
+fn finished(
+    done: Result<(tokio::task::Id, (String, i64)), tokio::task::JoinError>,
+    running: &mut HashMap<tokio::task::Id, (String, i64)>,
+    targets: &mut HashMap<String, TargetState>,
+) {
+    let id = match &done {
+        Ok((id, _)) => *id,
+        Err(e) => e.id(),
+    };
+    if let Some((target, _)) = running.remove(&id) {
+        if let Some(state) = targets.get_mut(&target) {
+            state.inflight = state.inflight.saturating_sub(1);
         }
     }
 }
