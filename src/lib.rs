@@ -33,3 +33,4 @@ pub mod signature;
 pub mod source;
 mod syntax;
 pub mod testing;
+pub mod verify;

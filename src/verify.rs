@@ -1,0 +1,619 @@
+//! Is this request from the sender it claims to be? Each provider's scheme, exactly as
+//! `shared/docs/webhook-providers.md` describes it, over the raw request bytes, before any parsing.
+//!
+//! Every comparison is constant-time (`Mac::verify_slice` for HMACs, digests compared with `subtle` for
+//! tokens). Any of a source's secrets verifies, so secrets rotate without downtime. URL-token kinds
+//! (Docker Hub, Quay, `generic` without `token`) are verified by routing: their path is derived from the
+//! secret, so a request that reached the source carried the secret in its URL.
+
+use base64::Engine;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::providers::{Headers, ProviderKind};
+use crate::ruleset::{HmacAlgorithm, HmacOptions, SecretValue, Source, TokenLocation};
+use crate::signature;
+
+/// Why a request failed verification. Logged and counted; never sent back in detail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The signature or token header is absent or empty.
+    Missing,
+    /// Present but not in the scheme's format (prefix, encoding, algorithm).
+    Malformed,
+    /// Well-formed, but no secret produces it.
+    Mismatch,
+    /// The signed timestamp is outside the source's tolerance.
+    Stale,
+}
+
+impl Failure {
+    /// A label for metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Failure::Missing => "missing",
+            Failure::Malformed => "malformed",
+            Failure::Mismatch => "mismatch",
+            Failure::Stale => "stale",
+        }
+    }
+}
+
+/// What verification needs of the request.
+pub struct Request<'a> {
+    /// `(lowercase name, value)`.
+    pub headers: &'a Headers,
+    pub query: &'a Headers,
+    pub body: &'a [u8],
+    /// Unix seconds, for timestamped schemes.
+    pub now: i64,
+}
+
+impl Request<'_> {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, v)| n == name && !v.is_empty())
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Verifies a request for `source`.
+pub fn verify(source: &Source, req: &Request<'_>) -> Result<(), Failure> {
+    let secrets = &source.secrets;
+    match source.kind {
+        _ if secrets.is_empty() => Ok(()), // An `insecure` generic source.
+        ProviderKind::GitHub => github(secrets, req),
+        ProviderKind::GitLab => gitlab(secrets, req, source.tolerance.as_secs() as i64),
+        ProviderKind::Bitbucket | ProviderKind::BitbucketServer => prefixed_hex(
+            secrets,
+            req.header("x-hub-signature"),
+            "sha256=",
+            HmacAlgorithm::Sha256,
+            &[req.body],
+        ),
+        ProviderKind::Gitea | ProviderKind::Forgejo => gitea(secrets, req),
+        ProviderKind::DockerHub | ProviderKind::Quay => Ok(()),
+        ProviderKind::Harbor => token(secrets, req.header("authorization")),
+        ProviderKind::Slack => slack(secrets, req, source.tolerance.as_secs() as i64),
+        ProviderKind::StandardWebhooks => {
+            standard_webhooks(secrets, req, source.tolerance.as_secs() as i64)
+        }
+        ProviderKind::GenericHmac => match &source.hmac {
+            Some(options) => generic_hmac(secrets, req, options),
+            None => unreachable!("compile gives every generic_hmac source its options"),
+        },
+        ProviderKind::Generic => match &source.token {
+            Some(TokenLocation::Header(h)) => token(secrets, req.header(&h.to_ascii_lowercase())),
+            Some(TokenLocation::Query(q)) => token(
+                secrets,
+                req.query
+                    .iter()
+                    .find(|(n, v)| n == q && !v.is_empty())
+                    .map(|(_, v)| v.as_str()),
+            ),
+            Some(TokenLocation::Url) | None => Ok(()),
+        },
+    }
+}
+
+/// GitHub: `X-Hub-Signature-256: sha256=<hex>`, or the legacy `X-Hub-Signature: sha1=<hex>`.
+fn github(secrets: &[SecretValue], req: &Request<'_>) -> Result<(), Failure> {
+    match (
+        req.header("x-hub-signature-256"),
+        req.header("x-hub-signature"),
+    ) {
+        (Some(v), _) => prefixed_hex(
+            secrets,
+            Some(v),
+            "sha256=",
+            HmacAlgorithm::Sha256,
+            &[req.body],
+        ),
+        (None, Some(v)) => {
+            prefixed_hex(secrets, Some(v), "sha1=", HmacAlgorithm::Sha1, &[req.body])
+        }
+        (None, None) => Err(Failure::Missing),
+    }
+}
+
+/// GitLab: a `whsec_` signing token verifies the Standard-Webhooks-style signature; any other secret is
+/// the `X-Gitlab-Token`.
+fn gitlab(secrets: &[SecretValue], req: &Request<'_>, tolerance: i64) -> Result<(), Failure> {
+    let (signing, tokens): (Vec<SecretValue>, Vec<SecretValue>) = secrets
+        .iter()
+        .cloned()
+        .partition(|s| s.expose().starts_with(b"whsec_"));
+    let mut result = Err(Failure::Missing);
+    if !signing.is_empty() && req.header("webhook-signature").is_some() {
+        result = standard_webhooks(&signing, req, tolerance);
+        if result.is_ok() {
+            return result;
+        }
+    }
+    if !tokens.is_empty() && req.header("x-gitlab-token").is_some() {
+        result = token(&tokens, req.header("x-gitlab-token"));
+    }
+    result
+}
+
+/// Gitea and Forgejo: bare hex HMAC-SHA256 of the JSON. For form deliveries the JSON is the decoded
+/// `payload` field, not the body.
+fn gitea(secrets: &[SecretValue], req: &Request<'_>) -> Result<(), Failure> {
+    let header = [
+        "x-gitea-signature",
+        "x-forgejo-signature",
+        "x-gogs-signature",
+    ]
+    .iter()
+    .find_map(|h| req.header(h));
+    let json = form_payload(req).unwrap_or_else(|| req.body.to_vec());
+    match header {
+        Some(v) => prefixed_hex(secrets, Some(v), "", HmacAlgorithm::Sha256, &[&json]),
+        None => Err(Failure::Missing),
+    }
+}
+
+/// The `payload` field of a form-encoded body, if the request is a form.
+pub fn form_payload(req: &Request<'_>) -> Option<Vec<u8>> {
+    let form = req
+        .header("content-type")?
+        .starts_with("application/x-www-form-urlencoded");
+    if !form {
+        return None;
+    }
+    form_urlencoded::parse(req.body)
+        .find(|(k, _)| k == "payload")
+        .map(|(_, v)| v.into_owned().into_bytes())
+}
+
+/// Slack: `X-Slack-Signature: v0=<hex>` of `v0:{timestamp}:{body}`, timestamp within tolerance.
+fn slack(secrets: &[SecretValue], req: &Request<'_>, tolerance: i64) -> Result<(), Failure> {
+    let (Some(timestamp), Some(sig)) = (
+        req.header("x-slack-request-timestamp"),
+        req.header("x-slack-signature"),
+    ) else {
+        return Err(Failure::Missing);
+    };
+    fresh(timestamp, req.now, tolerance)?;
+    let prefix = format!("v0:{timestamp}:");
+    prefixed_hex(
+        secrets,
+        Some(sig),
+        "v0=",
+        HmacAlgorithm::Sha256,
+        &[prefix.as_bytes(), req.body],
+    )
+}
+
+/// Standard Webhooks: `webhook-signature: v1,<base64> [v1,<base64> ...]` of `{id}.{timestamp}.{body}`.
+fn standard_webhooks(
+    secrets: &[SecretValue],
+    req: &Request<'_>,
+    tolerance: i64,
+) -> Result<(), Failure> {
+    let (Some(id), Some(timestamp), Some(sigs)) = (
+        req.header("webhook-id"),
+        req.header("webhook-timestamp"),
+        req.header("webhook-signature"),
+    ) else {
+        return Err(Failure::Missing);
+    };
+    fresh(timestamp, req.now, tolerance)?;
+    let candidates: Vec<Vec<u8>> = sigs
+        .split(' ')
+        .filter_map(|s| s.strip_prefix("v1,"))
+        .filter_map(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
+        .collect();
+    if candidates.is_empty() {
+        return Err(Failure::Malformed);
+    }
+    let parts: [&[u8]; 5] = [id.as_bytes(), b".", timestamp.as_bytes(), b".", req.body];
+    let ok = secrets.iter().any(|s| {
+        let key = signature::standard_webhooks_key(s.expose());
+        candidates
+            .iter()
+            .any(|c| signature::verify(HmacAlgorithm::Sha256, &key, &parts, c))
+    });
+    if ok { Ok(()) } else { Err(Failure::Mismatch) }
+}
+
+/// Generic HMAC: by default Flux's `<alg>=<hex>` in `X-Signature`, the sender naming the algorithm;
+/// or a fixed algorithm, prefix and encoding.
+fn generic_hmac(
+    secrets: &[SecretValue],
+    req: &Request<'_>,
+    o: &HmacOptions,
+) -> Result<(), Failure> {
+    let value = req
+        .header(&o.header.to_ascii_lowercase())
+        .ok_or(Failure::Missing)?;
+    let (alg, digest) = match o.algorithm {
+        Some(alg) => (
+            alg,
+            value
+                .strip_prefix(o.prefix.as_str())
+                .ok_or(Failure::Malformed)?,
+        ),
+        None => {
+            let (name, digest) = value.split_once('=').ok_or(Failure::Malformed)?;
+            let alg = match name {
+                "sha1" => HmacAlgorithm::Sha1,
+                "sha256" => HmacAlgorithm::Sha256,
+                "sha512" => HmacAlgorithm::Sha512,
+                _ => return Err(Failure::Malformed),
+            };
+            (alg, digest)
+        }
+    };
+    let mac = if o.base64 {
+        base64::engine::general_purpose::STANDARD
+            .decode(digest)
+            .map_err(|_| Failure::Malformed)?
+    } else {
+        hex::decode(digest).map_err(|_| Failure::Malformed)?
+    };
+    check(secrets, alg, &[req.body], &mac)
+}
+
+/// `<prefix><lowercase hex>`: the prefix must be exactly as the scheme says.
+fn prefixed_hex(
+    secrets: &[SecretValue],
+    value: Option<&str>,
+    prefix: &str,
+    alg: HmacAlgorithm,
+    parts: &[&[u8]],
+) -> Result<(), Failure> {
+    let value = value.ok_or(Failure::Missing)?;
+    let digest = value.strip_prefix(prefix).ok_or(Failure::Malformed)?;
+    let mac = hex::decode(digest).map_err(|_| Failure::Malformed)?;
+    check(secrets, alg, parts, &mac)
+}
+
+fn check(
+    secrets: &[SecretValue],
+    alg: HmacAlgorithm,
+    parts: &[&[u8]],
+    mac: &[u8],
+) -> Result<(), Failure> {
+    // Every secret is tried, matched or not, so timing does not tell which one matched.
+    let matched = secrets.iter().fold(false, |ok, s| {
+        signature::verify(alg, s.expose(), parts, mac) | ok
+    });
+    if matched {
+        Ok(())
+    } else {
+        Err(Failure::Mismatch)
+    }
+}
+
+/// A plain token: equal to one of the secrets. Both sides are hashed first, so the comparison is
+/// constant-time and independent of their lengths.
+fn token(secrets: &[SecretValue], value: Option<&str>) -> Result<(), Failure> {
+    let value = value.ok_or(Failure::Missing)?;
+    let given = Sha256::digest(value.as_bytes());
+    let matched = secrets.iter().fold(subtle::Choice::from(0), |ok, s| {
+        ok | Sha256::digest(s.expose()).ct_eq(&given)
+    });
+    if bool::from(matched) {
+        Ok(())
+    } else {
+        Err(Failure::Mismatch)
+    }
+}
+
+/// A Unix-seconds timestamp within `tolerance` of `now`, in both directions.
+fn fresh(timestamp: &str, now: i64, tolerance: i64) -> Result<(), Failure> {
+    let ts: i64 = timestamp.trim().parse().map_err(|_| Failure::Malformed)?;
+    if (now - ts).abs() > tolerance {
+        Err(Failure::Stale)
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compile::{SecretRef, Secrets};
+
+    struct Fixed(&'static [(&'static str, &'static str)]);
+
+    impl Secrets for Fixed {
+        fn load(&self, name: &str, _: SecretRef<'_>) -> Result<SecretValue, String> {
+            let v = self
+                .0
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map_or("unused", |(_, v)| v);
+            Ok(SecretValue::new(name, v.as_bytes().to_vec()))
+        }
+    }
+
+    /// Verifies with the first source of `decl` (a source block) and the given secrets.
+    fn run(
+        decl: &str,
+        secrets: &'static [(&'static str, &'static str)],
+        headers: &[(&str, &str)],
+        body: &[u8],
+        now: i64,
+    ) -> Result<(), Failure> {
+        let names: String = secrets
+            .iter()
+            .map(|(n, _)| format!("secret {n} = env(\"X\")\n"))
+            .collect();
+        let text = format!(
+            "{names}{decl}\ntarget t {{ post \"http://127.0.0.1:9/\" }}\nrule \"r\" {{ from * notify t }}\n"
+        );
+        let loaded = crate::load::load_text("v.hook", None, text.as_bytes(), &Fixed(secrets));
+        let rules = loaded
+            .result
+            .unwrap_or_else(|d| panic!("{}", crate::cli::render(&d, &loaded.files, false)))
+            .rules;
+        let headers: Vec<(String, String)> = headers
+            .iter()
+            .map(|(n, v)| (n.to_ascii_lowercase(), v.to_string()))
+            .collect();
+        verify(
+            &rules.sources[0],
+            &Request {
+                headers: &headers,
+                query: &[],
+                body,
+                now,
+            },
+        )
+    }
+
+    const GH: &str = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
+
+    #[test]
+    fn github_signatures() {
+        let s: &[_] = &[("a", "It's a Secret to Everybody")];
+        let src = "source s: github { secret a }";
+        assert_eq!(
+            run(src, s, &[("X-Hub-Signature-256", GH)], b"Hello, World!", 0),
+            Ok(())
+        );
+        assert_eq!(
+            run(src, s, &[("X-Hub-Signature-256", GH)], b"Hello, World?", 0),
+            Err(Failure::Mismatch)
+        );
+        assert_eq!(
+            run(
+                src,
+                s,
+                &[("X-Hub-Signature-256", &GH.replace("sha256=", "sha1="))],
+                b"Hello, World!",
+                0
+            ),
+            Err(Failure::Malformed)
+        );
+        assert_eq!(
+            run(
+                src,
+                s,
+                &[("X-Hub-Signature-256", &GH[7..])],
+                b"Hello, World!",
+                0
+            ),
+            Err(Failure::Malformed),
+            "no prefix"
+        );
+        assert_eq!(
+            run(src, s, &[("X-Hub-Signature-256", "")], b"Hello, World!", 0),
+            Err(Failure::Missing)
+        );
+        assert_eq!(run(src, s, &[], b"Hello, World!", 0), Err(Failure::Missing));
+        let sha1 = format!(
+            "sha1={}",
+            hex::encode(signature::hmac(
+                HmacAlgorithm::Sha1,
+                b"It's a Secret to Everybody",
+                &[b"x"]
+            ))
+        );
+        assert_eq!(
+            run(src, s, &[("X-Hub-Signature", &sha1)], b"x", 0),
+            Ok(()),
+            "legacy SHA-1"
+        );
+        // Rotation: either secret verifies.
+        let two: &[_] = &[("old", "nope"), ("new", "It's a Secret to Everybody")];
+        assert_eq!(
+            run(
+                "source s: github { secret old, new }",
+                two,
+                &[("X-Hub-Signature-256", GH)],
+                b"Hello, World!",
+                0
+            ),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn tokens_slack_and_standard_webhooks() {
+        let s: &[_] = &[("a", "t0ken")];
+        assert_eq!(
+            run(
+                "source s: gitlab { secret a }",
+                s,
+                &[("X-Gitlab-Token", "t0ken")],
+                b"{}",
+                0
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            run(
+                "source s: gitlab { secret a }",
+                s,
+                &[("X-Gitlab-Token", "t0ken ")],
+                b"{}",
+                0
+            ),
+            Err(Failure::Mismatch)
+        );
+        assert_eq!(
+            run(
+                "source s: harbor { secret a }",
+                s,
+                &[("Authorization", "t0ken")],
+                b"{}",
+                0
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            run(
+                "source s: generic { secret a token header \"X-T\" }",
+                s,
+                &[("x-t", "t0ken")],
+                b"",
+                0
+            ),
+            Ok(())
+        );
+
+        let slack: &[_] = &[("a", "8f742231b10e8888abcd99yyyzzz85a5")];
+        let body = b"token=x";
+        let sig = format!(
+            "v0={}",
+            hex::encode(signature::hmac(
+                HmacAlgorithm::Sha256,
+                b"8f742231b10e8888abcd99yyyzzz85a5",
+                &[b"v0:1531420618:", body]
+            ))
+        );
+        let h = [
+            ("X-Slack-Request-Timestamp", "1531420618"),
+            ("X-Slack-Signature", sig.as_str()),
+        ];
+        assert_eq!(
+            run(
+                "source s: slack { secret a }",
+                slack,
+                &h,
+                body,
+                1531420618 + 299
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            run(
+                "source s: slack { secret a }",
+                slack,
+                &h,
+                body,
+                1531420618 + 301
+            ),
+            Err(Failure::Stale)
+        );
+        assert_eq!(
+            run(
+                "source s: slack { secret a }",
+                slack,
+                &h,
+                body,
+                1531420618 - 301
+            ),
+            Err(Failure::Stale),
+            "future too"
+        );
+
+        let sw: &[_] = &[("a", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")];
+        let h = [
+            ("webhook-id", "msg_p5jXN8AQM9LWM0D4loKWxJek"),
+            ("webhook-timestamp", "1614265330"),
+            (
+                "webhook-signature",
+                "v1,bm9wZQ== v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=",
+            ),
+        ];
+        let body = br#"{"test": 2432232314}"#;
+        assert_eq!(
+            run(
+                "source s: standard_webhooks { secret a }",
+                sw,
+                &h,
+                body,
+                1614265330
+            ),
+            Ok(()),
+            "any listed v1 matches"
+        );
+        assert_eq!(
+            run("source s: gitlab { secret a }", sw, &h, body, 1614265330),
+            Ok(()),
+            "a gitlab signing token"
+        );
+        assert_eq!(
+            run(
+                "source s: standard_webhooks { secret a }",
+                sw,
+                &h,
+                body,
+                1614265330 + 3600
+            ),
+            Err(Failure::Stale)
+        );
+    }
+
+    #[test]
+    fn generic_hmac_and_gitea_forms() {
+        let s: &[_] = &[("a", "k")];
+        let mac = |alg, data: &[u8]| hex::encode(signature::hmac(alg, b"k", &[data]));
+        let src = "source s: generic_hmac { secret a }";
+        assert_eq!(
+            run(
+                src,
+                s,
+                &[(
+                    "X-Signature",
+                    &format!("sha512={}", mac(HmacAlgorithm::Sha512, b"b"))
+                )],
+                b"b",
+                0
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            run(
+                src,
+                s,
+                &[(
+                    "X-Signature",
+                    &format!("md5={}", mac(HmacAlgorithm::Sha256, b"b"))
+                )],
+                b"b",
+                0
+            ),
+            Err(Failure::Malformed)
+        );
+        let fixed = "source s: generic_hmac { secret a header \"X-Sig\" algorithm sha256 encoding base64 prefix \"\" }";
+        let b64 = signature::base64(&signature::hmac(HmacAlgorithm::Sha256, b"k", &[b"b"]));
+        assert_eq!(run(fixed, s, &[("X-Sig", &b64)], b"b", 0), Ok(()));
+
+        // A Gitea form delivery signs the JSON in the `payload` field, not the form body.
+        let json = br#"{"ref":"refs/heads/main"}"#;
+        let form = format!(
+            "payload={}",
+            form_urlencoded::byte_serialize(json).collect::<String>()
+        );
+        let h = [
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("X-Gitea-Signature", &mac(HmacAlgorithm::Sha256, json)),
+        ];
+        assert_eq!(
+            run("source s: gitea { secret a }", s, &h, form.as_bytes(), 0),
+            Ok(())
+        );
+        let h = [("X-Gitea-Signature", "")];
+        assert_eq!(
+            run("source s: gitea { secret a }", s, &h, json, 0),
+            Err(Failure::Missing),
+            "empty means missing"
+        );
+    }
+}
