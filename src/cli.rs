@@ -45,6 +45,8 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the gateway: verify, match, enqueue, deliver; reload the rules when they change.
+    Serve(ServeArgs),
     /// Parse, compile and lint rules files; reads stdin when no file is given.
     Check {
         /// Rules files; each is checked with the files it includes.
@@ -101,6 +103,70 @@ enum Command {
     },
 }
 
+/// `gateway serve` flags; each also reads an environment variable.
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// The rules file.
+    #[arg(long, env = "HOOKGATE_RULES", default_value = "rules.hook")]
+    rules: PathBuf,
+    /// Address of the webhook port.
+    #[arg(long, env = "HOOKGATE_LISTEN", default_value = "0.0.0.0:8080")]
+    listen: std::net::SocketAddr,
+    /// Address of the admin port (health, metrics, status, reload); keep it cluster-internal.
+    #[arg(long, env = "HOOKGATE_ADMIN", default_value = "127.0.0.1:9090")]
+    admin: std::net::SocketAddr,
+    /// Directory of the queue database.
+    #[arg(long, env = "HOOKGATE_DATA", default_value = "data")]
+    data: PathBuf,
+    /// Largest request body, unless a source sets `max_body`.
+    #[arg(long, env = "HOOKGATE_MAX_BODY", default_value = "10MiB", value_parser = parse_size_arg)]
+    max_body: u64,
+    /// HTTP/1 request headers must arrive within this.
+    #[arg(long, env = "HOOKGATE_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration_arg)]
+    header_timeout: std::time::Duration,
+    /// A whole request (body, verification, enqueue) must complete within this.
+    #[arg(long, env = "HOOKGATE_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration_arg)]
+    request_timeout: std::time::Duration,
+    /// Connections served at once, per port.
+    #[arg(long, env = "HOOKGATE_MAX_CONNECTIONS", default_value_t = 1024)]
+    max_connections: usize,
+    /// A delivery id seen again within this is answered `duplicate` and runs nothing.
+    #[arg(long, env = "HOOKGATE_DEDUP_WINDOW", default_value = "24h", value_parser = parse_duration_arg)]
+    dedup_window: std::time::Duration,
+    /// Deliveries in flight across all targets.
+    #[arg(long, env = "HOOKGATE_MAX_INFLIGHT", default_value_t = 256)]
+    max_inflight: usize,
+    /// How long shutdown waits for in-flight requests and deliveries.
+    #[arg(long, env = "HOOKGATE_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration_arg)]
+    shutdown_grace: std::time::Duration,
+    /// Done and dead jobs are deleted after this.
+    #[arg(long, env = "HOOKGATE_RETENTION", default_value = "7d", value_parser = parse_duration_arg)]
+    retention: std::time::Duration,
+    /// Quiet time after a file change before reloading.
+    #[arg(long, env = "HOOKGATE_RELOAD_DEBOUNCE", default_value = "250ms", value_parser = parse_duration_arg)]
+    reload_debounce: std::time::Duration,
+    /// Log format; levels come from `RUST_LOG` (default `info`).
+    #[arg(long, env = "HOOKGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Pretty,
+    Json,
+}
+
+fn parse_size_arg(s: &str) -> Result<u64, String> {
+    crate::compile::parse_size(s)
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("invalid size `{s}` (e.g. `10MiB`)"))
+}
+
+fn parse_duration_arg(s: &str) -> Result<std::time::Duration, String> {
+    crate::compile::parse_duration(s)
+        .ok_or_else(|| format!("invalid duration `{s}` (e.g. `30s`, `24h`)"))
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Format {
     Human,
@@ -121,6 +187,7 @@ pub fn main() -> ExitCode {
         }
     };
     match args.command {
+        Command::Serve(args) => serve(args).into(),
         Command::Check {
             files,
             format,
@@ -515,4 +582,179 @@ fn explain(rules_path: &std::path::Path, request: &Request, format: Format) -> E
         }
     }
     Exit::Ok
+}
+
+fn serve(args: ServeArgs) -> Exit {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Pretty => builder.init(),
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return Exit::Errors;
+        }
+    };
+    runtime.block_on(run_server(args))
+}
+
+async fn run_server(args: ServeArgs) -> Exit {
+    use std::sync::Arc;
+
+    use crate::dispatch::{DispatchConfig, Dispatcher};
+    use crate::queue::sqlite::SqliteQueue;
+    use crate::reload::RuleStore;
+    use crate::server::{ServerConfig, State};
+
+    let store = match RuleStore::load(&args.rules) {
+        Ok(store) => Arc::new(store),
+        Err(diagnostics) => {
+            eprint!("{diagnostics}");
+            eprintln!(
+                "error: the rules in `{}` do not load; nothing started",
+                args.rules.display()
+            );
+            return Exit::Errors;
+        }
+    };
+    let queue = match SqliteQueue::open(&args.data) {
+        Ok(q) => Arc::new(q),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Exit::Errors;
+        }
+    };
+    let (hooks, admin) = match (
+        tokio::net::TcpListener::bind(args.listen).await,
+        tokio::net::TcpListener::bind(args.admin).await,
+    ) {
+        (Ok(h), Ok(a)) => (h, a),
+        (Err(e), _) => {
+            eprintln!("error: cannot listen on {}: {e}", args.listen);
+            return Exit::Errors;
+        }
+        (_, Err(e)) => {
+            eprintln!("error: cannot listen on {}: {e}", args.admin);
+            return Exit::Errors;
+        }
+    };
+    let dispatch_config = DispatchConfig {
+        max_inflight: args.max_inflight,
+        grace: args.shutdown_grace,
+        retention: args.retention,
+        ..DispatchConfig::default()
+    };
+    let dispatcher = Dispatcher::new(queue.clone(), store.handle(), dispatch_config);
+    let state = Arc::new(State {
+        store: store.clone(),
+        queue,
+        wake: dispatcher.waker(),
+        config: ServerConfig {
+            max_body: args.max_body,
+            header_timeout: args.header_timeout,
+            request_timeout: args.request_timeout,
+            max_connections: args.max_connections,
+            dedup_window: args.dedup_window,
+            shutdown_grace: args.shutdown_grace,
+        },
+        limits: Default::default(),
+    });
+    let status = store.status();
+    tracing::info!(
+        listen = %args.listen,
+        admin = %args.admin,
+        rules = %args.rules.display(),
+        hash = %status.hash,
+        data = %args.data.display(),
+        "hookgate serving"
+    );
+
+    let stop = tokio_util_like::Stop::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(crate::server::serve_hooks(
+        hooks,
+        state.clone(),
+        stop.wait(),
+    ));
+    tasks.spawn(crate::server::serve_admin(
+        admin,
+        state.clone(),
+        stop.wait(),
+    ));
+    tasks.spawn(crate::reload::watch(
+        store.clone(),
+        args.reload_debounce,
+        stop.wait(),
+    ));
+    let dispatcher_stop = tokio_util_like::Stop::new();
+    let dispatcher_task = tokio::spawn(dispatcher.run(dispatcher_stop.wait()));
+
+    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: cannot handle signals: {e}");
+            return Exit::Errors;
+        }
+    };
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: cannot handle signals: {e}");
+            return Exit::Errors;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading the rules");
+                let s = store.clone();
+                let _ = tokio::task::spawn_blocking(move || s.reload()).await;
+            }
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    tracing::info!("shutting down: no new requests; finishing those in flight");
+    stop.trigger();
+    while tasks.join_next().await.is_some() {}
+    // Requests are done, so nothing more is enqueued; let deliveries finish or return to the queue.
+    dispatcher_stop.trigger();
+    let _ = dispatcher_task.await;
+    tracing::info!("stopped; the queue keeps what was not delivered");
+    Exit::Ok
+}
+
+/// A shutdown signal many tasks can wait on.
+mod tokio_util_like {
+    use std::sync::Arc;
+
+    use tokio::sync::watch;
+
+    pub(super) struct Stop(Arc<watch::Sender<bool>>);
+
+    impl Stop {
+        pub(super) fn new() -> Stop {
+            Stop(Arc::new(watch::channel(false).0))
+        }
+
+        pub(super) fn trigger(&self) {
+            let _ = self.0.send(true);
+        }
+
+        pub(super) fn wait(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+            let mut rx = self.0.subscribe();
+            async move {
+                let _ = rx.wait_for(|stopped| *stopped).await;
+            }
+        }
+    }
 }

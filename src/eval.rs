@@ -22,7 +22,7 @@ use crate::ruleset::{
 };
 
 /// What an event leads to.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Outcome {
     /// Indices into `RuleSet::rules` of the matching rules, in declaration order.
     pub matched: Vec<usize>,

@@ -181,8 +181,26 @@ pub enum QueueError {
     NotDead(i64, String),
 }
 
+/// The result of [`QueueBackend::accept`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Accepted {
+    /// The delivery id was seen within the window: nothing was enqueued.
+    Duplicate,
+    /// The jobs' ids (empty when the delivery matched nothing).
+    Enqueued(Vec<i64>),
+}
+
 /// A durable queue of jobs.
 pub trait QueueBackend: Send + Sync + 'static {
+    /// Records a delivery and enqueues its jobs in one durable step. With `seen = Some((source,
+    /// delivery id))`, a delivery already recorded within `window` is a duplicate: nothing is enqueued.
+    fn accept(
+        &self,
+        seen: Option<(String, String)>,
+        window: Duration,
+        jobs: Vec<NewJob>,
+    ) -> impl Future<Output = Result<Accepted, QueueError>> + Send;
+
     /// Stores jobs; returns their ids once they are durable. A `check` whose (target, key) already has
     /// a pending job merges into it (returning that job's id) instead of adding one.
     fn enqueue(

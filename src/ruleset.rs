@@ -48,6 +48,11 @@ pub struct Rule {
 }
 
 impl RuleSet {
+    /// The index of the source serving a URL path.
+    pub fn source_index(&self, path: &str) -> Option<usize> {
+        self.by_path.get(path).copied()
+    }
+
     /// The source serving a URL path.
     pub fn source_for(&self, path: &str) -> Option<&Source> {
         self.by_path.get(path).map(|&i| &self.sources[i])

@@ -18,7 +18,8 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehav
 use tokio::sync::{mpsc, oneshot};
 
 use crate::queue::{
-    Attempt, Job, JobKind, JobState, NewJob, QueueBackend, QueueError, Settle, Stats, now_ms,
+    Accepted, Attempt, Job, JobKind, JobState, NewJob, QueueBackend, QueueError, Settle, Stats,
+    now_ms,
 };
 
 /// The most operations committed together.
@@ -64,6 +65,13 @@ const MIGRATIONS: &[&str] = &[
         error       TEXT,
         PRIMARY KEY (job_id, attempt)
     );",
+    // 2: delivery ids seen, for deduplication.
+    "CREATE TABLE deliveries (
+        source   TEXT    NOT NULL,
+        delivery TEXT    NOT NULL,
+        seen_at  INTEGER NOT NULL,
+        PRIMARY KEY (source, delivery)
+    ) WITHOUT ROWID;",
 ];
 
 const JOB_COLUMNS: &str = "id, kind, target, key, source, event, delivery, rule, action, body, headers, sign_with, \
@@ -73,6 +81,12 @@ type Reply<T> = oneshot::Sender<Result<T, QueueError>>;
 
 enum Op {
     Enqueue(Vec<NewJob>, Reply<Vec<i64>>),
+    Accept {
+        seen: Option<(String, String)>,
+        window: Duration,
+        jobs: Vec<NewJob>,
+        reply: Reply<Accepted>,
+    },
     DueTargets(Reply<Vec<(String, i64)>>),
     Claim {
         target: String,
@@ -150,6 +164,21 @@ fn storage(e: rusqlite::Error) -> QueueError {
 }
 
 impl QueueBackend for SqliteQueue {
+    async fn accept(
+        &self,
+        seen: Option<(String, String)>,
+        window: Duration,
+        jobs: Vec<NewJob>,
+    ) -> Result<Accepted, QueueError> {
+        self.call(|reply| Op::Accept {
+            seen,
+            window,
+            jobs,
+            reply,
+        })
+        .await
+    }
+
     async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<Vec<i64>, QueueError> {
         self.call(|reply| Op::Enqueue(jobs, reply)).await
     }
@@ -309,6 +338,7 @@ fn fail(op: Op, message: &str) {
     }
     match op {
         Op::Enqueue(_, r) => send(r, message),
+        Op::Accept { reply, .. } => send(reply, message),
         Op::DueTargets(r) => send(r, message),
         Op::Claim { reply, .. } => send(reply, message),
         Op::Settle { reply, .. } => send(reply, message),
@@ -345,6 +375,34 @@ fn apply(tx: &mut Transaction<'_>, op: Op) -> Answer {
             reply,
             guarded(tx, |t| jobs.iter().map(|j| insert(t, j, now)).collect()),
         ),
+        Op::Accept {
+            seen,
+            window,
+            jobs,
+            reply,
+        } => {
+            answer(
+                reply,
+                guarded(tx, |t| {
+                    if let Some((source, delivery)) = &seen {
+                        let last: Option<i64> = t
+                    .prepare_cached("SELECT seen_at FROM deliveries WHERE source = ?1 AND delivery = ?2")?
+                    .query_row(params![source, delivery], |r| r.get(0))
+                    .optional()?;
+                        if last.is_some_and(|at| at >= now - window.as_millis() as i64) {
+                            return Ok(Accepted::Duplicate);
+                        }
+                        t.prepare_cached("INSERT OR REPLACE INTO deliveries (source, delivery, seen_at) VALUES (?1, ?2, ?3)")?
+                    .execute(params![source, delivery, now])?;
+                    }
+                    Ok(Accepted::Enqueued(
+                        jobs.iter()
+                            .map(|j| insert(t, j, now))
+                            .collect::<rusqlite::Result<_>>()?,
+                    ))
+                }),
+            )
+        }
         Op::DueTargets(reply) => answer(reply, guarded(tx, |t| due_targets(t, now))),
         Op::Claim {
             target,
@@ -431,6 +489,7 @@ fn apply(tx: &mut Transaction<'_>, op: Op) -> Answer {
                     "DELETE FROM attempts WHERE job_id NOT IN (SELECT id FROM jobs)",
                     [],
                 )?;
+                t.execute("DELETE FROM deliveries WHERE seen_at < ?1", [before])?;
                 Ok(n as u64)
             }),
         ),
@@ -896,6 +955,27 @@ mod tests {
             assert_eq!(q.prune(now_ms() - 60_000).await.unwrap(), 0, "too recent");
             assert_eq!(q.prune(now_ms() + 1).await.unwrap(), 1);
             assert!(matches!(q.get(id).await, Err(QueueError::NoSuchJob(_))));
+        });
+    }
+
+    #[test]
+    fn deliveries_are_deduplicated_within_the_window_atomically_with_their_jobs() {
+        let dir = tempfile::tempdir().unwrap();
+        rt().block_on(async {
+            let q = SqliteQueue::open(dir.path()).unwrap();
+            let seen = || Some(("acme".to_string(), "d-1".to_string()));
+            let day = Duration::from_secs(86_400);
+            let first = q.accept(seen(), day, vec![job(JobKind::Notify, "t", None)]).await.unwrap();
+            assert!(matches!(first, Accepted::Enqueued(ref ids) if ids.len() == 1));
+            assert_eq!(q.accept(seen(), day, vec![job(JobKind::Notify, "t", None)]).await.unwrap(), Accepted::Duplicate);
+            assert_eq!(q.stats().await.unwrap().pending, 1, "the duplicate enqueued nothing");
+            let other = Some(("other".to_string(), "d-1".to_string()));
+            assert!(matches!(q.accept(other, day, vec![]).await.unwrap(), Accepted::Enqueued(ref ids) if ids.is_empty()));
+            // Outside the window it is a new delivery again.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            assert!(matches!(q.accept(seen(), Duration::from_millis(1), vec![]).await.unwrap(), Accepted::Enqueued(_)));
+            // No id, no deduplication.
+            assert!(matches!(q.accept(None, day, vec![]).await.unwrap(), Accepted::Enqueued(_)));
         });
     }
 

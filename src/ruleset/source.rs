@@ -132,6 +132,10 @@ impl Source {
         self.kind
     }
 
+    pub fn max_body(&self) -> Option<u64> {
+        self.max_body
+    }
+
     pub fn paths(&self) -> &SourcePaths {
         &self.paths
     }

@@ -1,0 +1,196 @@
+//! Prometheus metrics: one registry for the process, rendered as text on the admin port's `/metrics`.
+//!
+//! Labels are bounded by the rules file (sources, rules, targets) and by small fixed sets (status codes,
+//! failure reasons, outcomes); nothing from a request body or URL becomes a label.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    verification_failures: IntCounterVec,
+    rule_matches: IntCounterVec,
+    actions_enqueued: IntCounterVec,
+    deliveries: IntCounterVec,
+    delivery_seconds: HistogramVec,
+    request_seconds: HistogramVec,
+    queue_jobs: IntGaugeVec,
+    reloads: IntCounterVec,
+    config_info: IntGaugeVec,
+    config_generation: IntGauge,
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let registry = Registry::new();
+    let counter = |name: &str, help: &str, labels: &[&str]| {
+        let c = IntCounterVec::new(Opts::new(name, help), labels)
+            .unwrap_or_else(|e| unreachable!("valid metric: {e}"));
+        registry
+            .register(Box::new(c.clone()))
+            .unwrap_or_else(|e| unreachable!("registered once: {e}"));
+        c
+    };
+    let histogram = |name: &str, help: &str, labels: &[&str]| {
+        let buckets = vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ];
+        let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+            .unwrap_or_else(|e| unreachable!("valid metric: {e}"));
+        registry
+            .register(Box::new(h.clone()))
+            .unwrap_or_else(|e| unreachable!("registered once: {e}"));
+        h
+    };
+    let requests = counter(
+        "hookgate_requests_total",
+        "Webhook requests answered, by source and status code.",
+        &["source", "status"],
+    );
+    let verification_failures = counter(
+        "hookgate_verification_failures_total",
+        "Requests rejected by signature or token verification, by source and reason.",
+        &["source", "reason"],
+    );
+    let rule_matches = counter(
+        "hookgate_rule_matches_total",
+        "Deliveries a rule matched.",
+        &["rule"],
+    );
+    let actions_enqueued = counter(
+        "hookgate_actions_enqueued_total",
+        "Actions durably enqueued, by kind.",
+        &["kind"],
+    );
+    let deliveries = counter(
+        "hookgate_deliveries_total",
+        "Delivery attempts, by target and outcome.",
+        &["target", "outcome"],
+    );
+    let delivery_seconds = histogram(
+        "hookgate_delivery_duration_seconds",
+        "Duration of delivery attempts.",
+        &["target"],
+    );
+    let request_seconds = histogram(
+        "hookgate_request_duration_seconds",
+        "Time to answer webhook requests.",
+        &["source"],
+    );
+    let queue_jobs = IntGaugeVec::new(
+        Opts::new("hookgate_queue_jobs", "Jobs in the queue, by state."),
+        &["state"],
+    )
+    .unwrap_or_else(|e| unreachable!("valid metric: {e}"));
+    registry
+        .register(Box::new(queue_jobs.clone()))
+        .unwrap_or_else(|e| unreachable!("registered once: {e}"));
+    let reloads = counter(
+        "hookgate_reloads_total",
+        "Rules reloads, by result (success, failure, unchanged).",
+        &["result"],
+    );
+    let config_info = IntGaugeVec::new(
+        Opts::new(
+            "hookgate_config_info",
+            "The hash of the rules now serving (value 1).",
+        ),
+        &["hash"],
+    )
+    .unwrap_or_else(|e| unreachable!("valid metric: {e}"));
+    registry
+        .register(Box::new(config_info.clone()))
+        .unwrap_or_else(|e| unreachable!("registered once: {e}"));
+    let config_generation = IntGauge::new(
+        "hookgate_config_generation",
+        "Successful rules loads since start.",
+    )
+    .unwrap_or_else(|e| unreachable!("valid metric: {e}"));
+    registry
+        .register(Box::new(config_generation.clone()))
+        .unwrap_or_else(|e| unreachable!("registered once: {e}"));
+    Metrics {
+        registry,
+        requests,
+        verification_failures,
+        rule_matches,
+        actions_enqueued,
+        deliveries,
+        delivery_seconds,
+        request_seconds,
+        queue_jobs,
+        reloads,
+        config_info,
+        config_generation,
+    }
+});
+
+pub fn request(source: &str, status: u16, seconds: f64) {
+    METRICS
+        .requests
+        .with_label_values(&[source, &status.to_string()])
+        .inc();
+    METRICS
+        .request_seconds
+        .with_label_values(&[source])
+        .observe(seconds);
+}
+
+pub fn verification_failure(source: &str, reason: &str) {
+    METRICS
+        .verification_failures
+        .with_label_values(&[source, reason])
+        .inc();
+}
+
+pub fn rule_matched(rule: &str) {
+    METRICS.rule_matches.with_label_values(&[rule]).inc();
+}
+
+pub fn enqueued(kind: &str) {
+    METRICS.actions_enqueued.with_label_values(&[kind]).inc();
+}
+
+pub fn delivery(target: &str, outcome: &str, seconds: f64) {
+    METRICS
+        .deliveries
+        .with_label_values(&[target, outcome])
+        .inc();
+    METRICS
+        .delivery_seconds
+        .with_label_values(&[target])
+        .observe(seconds);
+}
+
+pub fn queue(stats: &crate::queue::Stats) {
+    for (state, n) in [
+        ("pending", stats.pending),
+        ("inflight", stats.inflight),
+        ("done", stats.done),
+        ("dead", stats.dead),
+    ] {
+        METRICS.queue_jobs.with_label_values(&[state]).set(n as i64);
+    }
+}
+
+pub fn reload(result: &str) {
+    METRICS.reloads.with_label_values(&[result]).inc();
+}
+
+pub fn config_loaded(hash: &str, generation: u64) {
+    METRICS.config_info.reset();
+    METRICS.config_info.with_label_values(&[hash]).set(1);
+    METRICS.config_generation.set(generation as i64);
+}
+
+/// The registry in Prometheus text format.
+pub fn render() -> String {
+    let mut out = Vec::new();
+    // Encoding gathered metrics into memory cannot fail.
+    let _ = TextEncoder::new().encode(&METRICS.registry.gather(), &mut out);
+    String::from_utf8(out).unwrap_or_default()
+}
