@@ -507,3 +507,150 @@ fn explain_rejects_bad_input_clearly() {
     );
     assert_eq!(code(&out), 2);
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    Some(response)
+}
+
+#[test]
+fn serve_refuses_rules_that_do_not_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.hook");
+    std::fs::write(
+        &rules,
+        "secret s = env(\"HOOKGATE_TEST_UNSET_VARIABLE\")\nsource a: github { secret s }\n",
+    )
+    .unwrap();
+    let out = gateway()
+        .args([
+            "serve",
+            "--rules",
+            rules.to_str().unwrap(),
+            "--data",
+            dir.path().join("data").to_str().unwrap(),
+        ])
+        .env_remove("HOOKGATE_TEST_UNSET_VARIABLE")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 1);
+    let err = stderr(&out);
+    assert!(err.contains("rules::secret_unavailable"), "{err}");
+    assert!(
+        err.contains("environment variable `HOOKGATE_TEST_UNSET_VARIABLE` is not set"),
+        "{err}"
+    );
+}
+
+#[test]
+fn serve_runs_reloads_on_sighup_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.hook");
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "s").unwrap();
+    let text = |name: &str| {
+        format!(
+            "secret s = file(\"{}\")\nsource {name}: github {{ secret s }}\ntarget t {{ post \"http://127.0.0.1:9/\" }}\nrule \"r\" {{ from {name} notify t }}\n",
+            secret.display()
+        )
+    };
+    std::fs::write(&rules, text("a")).unwrap();
+    let (hooks, admin) = (free_port(), free_port());
+    let mut child = gateway()
+        .args([
+            "serve",
+            "--rules",
+            rules.to_str().unwrap(),
+            "--data",
+            dir.path().join("data").to_str().unwrap(),
+        ])
+        .env("HOOKGATE_LISTEN", format!("127.0.0.1:{hooks}"))
+        .env("HOOKGATE_ADMIN", format!("127.0.0.1:{admin}"))
+        .env("HOOKGATE_LOG_FORMAT", "json")
+        .env("HOOKGATE_RELOAD_DEBOUNCE", "10s") // Only SIGHUP reloads within this test.
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let health = loop {
+        if let Some(r) = http_get(admin, "/healthz") {
+            break r;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gateway did not come up"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    assert!(
+        http_get(hooks, "/hook/a")
+            .unwrap()
+            .starts_with("HTTP/1.1 405"),
+        "GET on a source path"
+    );
+    std::fs::write(&rules, text("b")).unwrap();
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let status = http_get(admin, "/status").unwrap_or_default();
+        if status.contains("\"generation\":2") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGHUP did not reload: {status}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        http_get(hooks, "/hook/b")
+            .unwrap()
+            .starts_with("HTTP/1.1 405"),
+        "the new source serves"
+    );
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "a clean exit on SIGTERM");
+    let logs = String::from_utf8_lossy(&out.stderr);
+    let first: serde_json::Value =
+        serde_json::from_str(logs.lines().next().unwrap()).expect("JSON logs");
+    assert_eq!(first["message"], "hookgate serving");
+    assert!(
+        logs.contains("rules reloaded") && logs.contains("shutting down"),
+        "{logs}"
+    );
+}
