@@ -575,7 +575,7 @@ fn serve_runs_reloads_on_sighup_and_stops_on_sigterm() {
     };
     std::fs::write(&rules, text("a")).unwrap();
     let (hooks, admin) = (free_port(), free_port());
-    let mut child = gateway()
+    let child = gateway()
         .args([
             "serve",
             "--rules",

@@ -240,10 +240,11 @@ async fn every_provider_verifies_a_real_payload_and_its_notify_reaches_the_sink(
     let k = "s3cret";
     let ts = now().to_string();
 
+    type Signer = Box<dyn Fn(&[u8]) -> Vec<(String, String)>>;
     struct Case {
         path: String,
         fixture: &'static str,
-        sign: Box<dyn Fn(&[u8]) -> Vec<(String, String)>>,
+        sign: Signer,
         /// Replaces the body sent (Gitea's form delivery).
         body: Option<Vec<u8>>,
         event: Value,
