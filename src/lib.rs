@@ -23,6 +23,7 @@ pub mod dispatch;
 pub mod eval;
 pub mod event;
 pub mod explain;
+pub mod extract;
 pub mod load;
 pub mod metrics;
 pub mod providers;

@@ -441,6 +441,18 @@ mod tests {
     }
 }
 
+/// Whether this kind names its event in headers (or not at all), so the event is known before the
+/// body is parsed.
+pub fn event_from_headers(kind: ProviderKind) -> bool {
+    !matches!(
+        kind,
+        ProviderKind::Quay
+            | ProviderKind::Harbor
+            | ProviderKind::Slack
+            | ProviderKind::StandardWebhooks
+    )
+}
+
 /// Headers as the pure stages see them: `(lowercase name, value)` pairs, in arrival order.
 pub type Headers = [(String, String)];
 

@@ -598,6 +598,20 @@ async fn rotation_duplicates_and_no_match() {
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["matched"], json!([]));
     assert_eq!(response_headers["x-hookgate-matched"], "0");
+    // It matched nothing, so its id was not remembered: the same delivery again is not a duplicate.
+    let (status, answer, _) = gw.post("/hook/acme", &headers, &body).await;
+    assert_eq!((status, &answer["matched"]), (200, &json!([])), "{answer}");
+    // The index decided that without parsing the body into a tree; invalid JSON is still refused.
+    let bad = b"{\"ref\": \"refs/heads/master\",";
+    let mut bad_headers = fixture("github/push-tag-deleted-octokit").1;
+    bad_headers.push(h(
+        "X-Hub-Signature-256",
+        format!(
+            "sha256={}",
+            hex_mac(HmacAlgorithm::Sha256, "new-secret", &[bad])
+        ),
+    ));
+    assert_eq!(gw.post("/hook/acme", &bad_headers, bad).await.0, 400);
     assert!(sink.wait_for(1, WAIT).await);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(sink.received().len(), 1, "the duplicate ran nothing");

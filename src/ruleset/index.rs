@@ -99,14 +99,45 @@ impl SourceIndex {
 
     /// Rules that may match an event, ascending.
     pub(crate) fn candidates(&self, event: Option<&str>, payload: &Value) -> Vec<usize> {
+        self.candidates_with(event, |steps| walk(steps, payload))
+    }
+
+    /// As [`SourceIndex::candidates`], reading the indexed paths through `lookup` (which may come
+    /// from [`crate::extract::extract`] instead of a parsed payload).
+    pub fn candidates_with<'v>(
+        &self,
+        event: Option<&str>,
+        lookup: impl Fn(&[Step]) -> Option<&'v Value>,
+    ) -> Vec<usize> {
         let mut out = Vec::new();
         if let Some(bucket) = event.and_then(|e| self.by_event.get(e)) {
-            bucket.collect(payload, &mut out);
+            bucket.collect(&lookup, &mut out);
         }
-        self.any_event.collect(payload, &mut out);
+        self.any_event.collect(&lookup, &mut out);
         out.sort_unstable();
         out.dedup();
         out
+    }
+
+    /// The paths the index reads for `event`, when they alone decide the candidates: `None` if some rule
+    /// for it is always scanned (so the payload must be parsed anyway).
+    pub fn key_paths(&self, event: Option<&str>) -> Option<Vec<&[Step]>> {
+        let buckets = event
+            .and_then(|e| self.by_event.get(e))
+            .into_iter()
+            .chain([&self.any_event]);
+        let mut paths: Vec<&[Step]> = Vec::new();
+        for bucket in buckets {
+            if !bucket.scan.is_empty() {
+                return None;
+            }
+            for keyed in &bucket.keyed {
+                if !paths.contains(&keyed.steps.as_slice()) {
+                    paths.push(&keyed.steps);
+                }
+            }
+        }
+        Some(paths)
     }
 
     /// (indexed paths, rules always scanned), for the canonical dump and the benchmarks.
@@ -174,15 +205,13 @@ impl Bucket {
         bucket
     }
 
-    fn collect(&self, payload: &Value, out: &mut Vec<usize>) {
+    fn collect<'v>(&self, lookup: &impl Fn(&[Step]) -> Option<&'v Value>, out: &mut Vec<usize>) {
         out.extend_from_slice(&self.scan);
         for keyed in &self.keyed {
-            let hits = walk(&keyed.steps, payload)
-                .and_then(key_of)
-                .and_then(|k| match k {
-                    Ok(s) => keyed.strings.get(s),
-                    Err(k) => keyed.others.get(&k),
-                });
+            let hits = lookup(&keyed.steps).and_then(key_of).and_then(|k| match k {
+                Ok(s) => keyed.strings.get(s),
+                Err(k) => keyed.others.get(&k),
+            });
             if let Some(ids) = hits {
                 out.extend_from_slice(ids);
             }

@@ -179,6 +179,41 @@ async fn process(
         );
         return Err(Reject::Unauthorized);
     }
+    // Fast path: when the event is known from the headers and the source's index alone decides which
+    // rules could match, read just the indexed paths; if no rule can match, the body is never parsed
+    // into a tree (it is still checked to be JSON).
+    if !is_form(&req.headers) && crate::providers::event_from_headers(source.kind) {
+        let (name, provided) =
+            crate::providers::identify(source.kind, &req.headers, &req.query, &Value::Null);
+        let filtered = source
+            .events
+            .as_ref()
+            .is_some_and(|accepted| name.as_ref().is_none_or(|n| !accepted.contains(n)));
+        let keys = if filtered {
+            Some(Vec::new())
+        } else {
+            source.index.key_paths(name.as_deref())
+        };
+        if let Some(keys) = keys {
+            let values = crate::extract::extract(req.body, &keys).map_err(|_| not_json())?;
+            let lookup = |steps: &[crate::ruleset::Step]| {
+                keys.iter()
+                    .position(|k| *k == steps)
+                    .and_then(|i| values[i].as_ref())
+            };
+            if filtered
+                || source
+                    .index
+                    .candidates_with(name.as_deref(), lookup)
+                    .is_empty()
+            {
+                let delivery = provided.unwrap_or_else(|| format!("hg-{}", uuid::Uuid::new_v4()));
+                span.record("delivery", delivery.as_str());
+                return Ok(no_match(&delivery, filtered));
+            }
+        }
+    }
+
     // Form deliveries (GitHub, Gitea) carry the JSON in the `payload` field; Slack slash commands and
     // interactivity are forms too.
     let payload: Value = match verify::form_payload(&check) {
@@ -231,6 +266,11 @@ async fn process(
     } else {
         evaluate(rules, &event)
     };
+    if outcome.actions.is_empty() {
+        // Nothing to run, nothing to store: not even the delivery id, so that a redelivery after the
+        // rules were fixed does run.
+        return Ok(no_match(&delivery, filtered));
+    }
     let jobs = jobs_for(rules, &event, &outcome, &delivery, req.body);
     let matched: Vec<&str> = outcome
         .matched
@@ -256,17 +296,6 @@ async fn process(
                 &json!({ "delivery": delivery, "duplicate": true }),
             ))
         }
-        Ok(Accepted::Enqueued(_)) if n == 0 => {
-            tracing::info!(filtered, "no rule matched");
-            let mut body = json!({ "delivery": delivery, "matched": [], "actions": 0 });
-            if filtered {
-                body["ignored"] = json!("the source does not accept this event");
-            }
-            let mut r = json_response(StatusCode::OK, &body);
-            r.headers_mut()
-                .insert("x-hookgate-matched", HeaderValue::from_static("0"));
-            Ok(r)
-        }
         Ok(Accepted::Enqueued(_)) => {
             state.wake.notify_one();
             for rule in &matched {
@@ -285,6 +314,19 @@ async fn process(
             Ok(r)
         }
     }
+}
+
+/// The 200 for a delivery that runs nothing.
+fn no_match(delivery: &str, filtered: bool) -> Response<Full<Bytes>> {
+    tracing::info!(filtered, "no rule matched");
+    let mut body = json!({ "delivery": delivery, "matched": [], "actions": 0 });
+    if filtered {
+        body["ignored"] = json!("the source does not accept this event");
+    }
+    let mut r = json_response(StatusCode::OK, &body);
+    r.headers_mut()
+        .insert("x-hookgate-matched", HeaderValue::from_static("0"));
+    r
 }
 
 fn is_form(headers: &[(String, String)]) -> bool {

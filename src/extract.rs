@@ -1,0 +1,182 @@
+//! Reads a few simple paths out of a JSON body without building the whole tree.
+//!
+//! One pass of serde_json over the bytes: values on the requested paths are deserialized, everything
+//! else is skipped (`IgnoredAny`), and the whole document is still checked for syntax. The server uses it
+//! to consult a source's rule index before paying for a full parse: when no rule can be a candidate, the
+//! full `Value` tree is never built.
+
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::Value;
+
+use crate::ruleset::Step;
+
+/// The values at `paths` (each `None` when absent), or the syntax error of `body`.
+pub fn extract(body: &[u8], paths: &[&[Step]]) -> Result<Vec<Option<Value>>, serde_json::Error> {
+    let mut found = vec![None; paths.len()];
+    let wanted: Vec<(usize, &[Step])> = paths.iter().copied().enumerate().collect();
+    let mut de = serde_json::Deserializer::from_slice(body);
+    Seed {
+        wanted: &wanted,
+        found: &mut found,
+    }
+    .deserialize(&mut de)?;
+    de.end()?;
+    Ok(found)
+}
+
+/// The paths still wanted below the current value (with the steps left), and where results go.
+struct Seed<'a, 'b> {
+    wanted: &'a [(usize, &'a [Step])],
+    found: &'b mut Vec<Option<Value>>,
+}
+
+impl<'de> DeserializeSeed<'de> for Seed<'_, '_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        if self.wanted.is_empty() {
+            <IgnoredAny as serde::Deserialize>::deserialize(d)?;
+            return Ok(());
+        }
+        // A path that ends here wants this whole value.
+        if self.wanted.iter().any(|(_, rest)| rest.is_empty()) {
+            let value = <Value as serde::Deserialize>::deserialize(d)?;
+            for (i, rest) in self.wanted {
+                let v = crate::eval::walk(rest, &value).cloned();
+                self.found[*i] = v;
+            }
+            return Ok(());
+        }
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Seed<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("JSON")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            let below: Vec<(usize, &[Step])> = self
+                .wanted
+                .iter()
+                .filter_map(|(i, rest)| match rest.split_first() {
+                    Some((Step::Key(k), tail)) if *k == key => Some((*i, tail)),
+                    _ => None,
+                })
+                .collect();
+            map.next_value_seed(Seed {
+                wanted: &below,
+                found: self.found,
+            })?;
+        }
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        // Negative indices count from the end, which a single forward pass cannot know: collect then.
+        if self
+            .wanted
+            .iter()
+            .any(|(_, rest)| matches!(rest.first(), Some(Step::Index(i)) if *i < 0))
+        {
+            let mut items = Vec::new();
+            while let Some(v) = seq.next_element::<Value>()? {
+                items.push(v);
+            }
+            let array = Value::Array(items);
+            for (i, rest) in self.wanted {
+                self.found[*i] = crate::eval::walk(rest, &array).cloned();
+            }
+            return Ok(());
+        }
+        let mut n: i64 = 0;
+        loop {
+            let below: Vec<(usize, &[Step])> = self
+                .wanted
+                .iter()
+                .filter_map(|(i, rest)| match rest.split_first() {
+                    Some((Step::Index(k), tail)) if *k == n => Some((*i, tail)),
+                    _ => None,
+                })
+                .collect();
+            if seq
+                .next_element_seed(Seed {
+                    wanted: &below,
+                    found: self.found,
+                })?
+                .is_none()
+            {
+                return Ok(());
+            }
+            n += 1;
+        }
+    }
+
+    // Scalars where the path wanted an object or array: the path selects nothing.
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn key(s: &str) -> Step {
+        Step::Key(s.into())
+    }
+
+    #[test]
+    fn finds_values_on_paths_and_agrees_with_a_full_parse() {
+        let body = br#"{"ref": "refs/heads/main", "repository": {"full_name": "acme/app", "tags": ["a", "b", {"x": 1}]},
+                        "n": 1.5, "escaped\u0041": "yes"}"#;
+        let full: Value = serde_json::from_slice(body).unwrap();
+        let paths: Vec<Vec<Step>> = vec![
+            vec![key("repository"), key("full_name")],
+            vec![key("ref")],
+            vec![key("repository"), key("tags"), Step::Index(2), key("x")],
+            vec![key("repository"), key("tags"), Step::Index(-1)],
+            vec![key("missing")],
+            vec![key("ref"), key("deeper")],
+            vec![key("escapedA")],
+            vec![],
+        ];
+        let refs: Vec<&[Step]> = paths.iter().map(Vec::as_slice).collect();
+        let found = extract(body, &refs).unwrap();
+        for (path, got) in paths.iter().zip(&found) {
+            assert_eq!(got.as_ref(), crate::eval::walk(path, &full), "{path:?}");
+        }
+        assert_eq!(found[0], Some(json!("acme/app")));
+        assert_eq!(found[6], Some(json!("yes")), "escaped keys are decoded");
+    }
+
+    #[test]
+    fn syntax_errors_are_errors_even_where_nothing_is_wanted() {
+        assert!(extract(br#"{"a": 1, "b": [1, 2,]}"#, &[&[key("a")]]).is_err());
+        assert!(extract(br#"{"a": 1} trailing"#, &[&[key("a")]]).is_err());
+        assert!(extract(b"not json", &[]).is_err());
+        assert!(extract(b"[1, 2]", &[&[Step::Index(1)]]).unwrap() == vec![Some(json!(2))]);
+    }
+}
