@@ -52,6 +52,8 @@ impl Default for DispatchConfig {
 
 /// The most jobs claimed for one target in one pass.
 const CLAIM_BATCH: usize = 128;
+/// The shortest time between two reads of which targets are due.
+const MIN_REFRESH_GAP: Duration = Duration::from_millis(20);
 /// The longest `Retry-After` honoured.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
@@ -153,10 +155,15 @@ impl<Q: QueueBackend> Dispatcher<Q> {
         loop {
             let rules = self.rules.load_full();
             let mut sleep = self.config.tick;
-            if refresh || last_refresh.elapsed() >= self.config.tick {
+            // Every enqueue wakes the loop; under a stream of them, ask the queue at most every
+            // MIN_REFRESH_GAP, so the queue's thread serves requests, not the scheduler.
+            let since = last_refresh.elapsed();
+            if (refresh && since >= MIN_REFRESH_GAP) || since >= self.config.tick {
                 sleep = self.refresh(&rules, &mut targets).await;
                 last_refresh = Instant::now();
                 refresh = false;
+            } else if refresh {
+                sleep = MIN_REFRESH_GAP - since;
             }
             sleep = sleep.min(self.start_ready(&rules, &mut targets, &mut tasks, &mut running));
             // Refill buffers running low; start what that brought.
