@@ -64,6 +64,20 @@ impl Gateway {
         rules: &str,
         secrets: &[(&str, &str)],
     ) -> Gateway {
+        let config = ServerConfig {
+            dedup_window: Duration::from_secs(3600),
+            ..ServerConfig::default()
+        };
+        Gateway::start_with(dir, rules_file, rules, secrets, config).await
+    }
+
+    async fn start_with(
+        dir: tempfile::TempDir,
+        rules_file: &Path,
+        rules: &str,
+        secrets: &[(&str, &str)],
+        config: ServerConfig,
+    ) -> Gateway {
         let mut text = String::new();
         for (name, value) in secrets {
             let path = dir.path().join(format!("secret-{name}"));
@@ -89,10 +103,7 @@ impl Gateway {
             store: store.clone(),
             queue,
             wake: dispatcher.waker(),
-            config: ServerConfig {
-                dedup_window: Duration::from_secs(3600),
-                ..ServerConfig::default()
-            },
+            config,
             limits: Default::default(),
         });
         let hooks = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -863,5 +874,77 @@ async fn configmap_swaps_reload_and_broken_files_keep_the_old_rules() {
     assert_eq!(reload.status(), 200);
     let answer: Value = serde_json::from_str(&reload.text().await.unwrap()).unwrap();
     assert_eq!(answer, json!({"result": "unchanged"}));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn http2_slow_clients_and_timeouts() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sink = Sink::always(200).await;
+    let rules = format!(
+        "source acme: generic {{ secret k token header \"X-Token\" }}\ntarget t {{ post \"{}\" }}\nrule \"r\" {{ from acme notify t }}\n",
+        sink.url("/")
+    );
+    let config = ServerConfig {
+        header_timeout: Duration::from_millis(300),
+        request_timeout: Duration::from_millis(500),
+        ..ServerConfig::default()
+    };
+    let gw = Gateway::start_with(
+        tempfile::tempdir().unwrap(),
+        Path::new("rules.hook"),
+        &rules,
+        &[("k", "s")],
+        config,
+    )
+    .await;
+
+    // HTTP/2 with prior knowledge (h2c) is served like HTTP/1.1.
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let response = h2
+        .post(format!("{}/hook/acme", gw.hooks))
+        .header("X-Token", "s")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (response.version(), response.status().as_u16()),
+        (reqwest::Version::HTTP_2, 202)
+    );
+
+    let addr = gw.hooks.trim_start_matches("http://").to_string();
+    // Headers that never finish: the connection is closed after the header timeout.
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"POST /hook/acme HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut buf))
+        .await
+        .expect("closed, not left open");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "closed after {:?}",
+        started.elapsed()
+    );
+
+    // A body that never finishes: 408 after the request timeout.
+    let mut stuck = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    stuck
+        .write_all(b"POST /hook/acme HTTP/1.1\r\nHost: x\r\nX-Token: s\r\nContent-Length: 100\r\n\r\n{\"partial\":")
+        .await
+        .unwrap();
+    let mut answer = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), stuck.read(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     gw.stop().await;
 }

@@ -549,8 +549,9 @@ fn due_targets(t: &Connection, now: i64) -> rusqlite::Result<Vec<(String, i64)>>
     }
     // Answered from the `(state, target, run_at)` index alone. A check blocked by an in-flight sibling
     // still counts as due here; `claim` skips it.
-    let mut stmt =
-        t.prepare_cached("SELECT target, MIN(run_at) FROM jobs WHERE state = 'pending' GROUP BY target")?;
+    let mut stmt = t.prepare_cached(
+        "SELECT target, MIN(run_at) FROM jobs WHERE state = 'pending' GROUP BY target",
+    )?;
     stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect()
 }
@@ -819,7 +820,11 @@ mod tests {
                     .unwrap()
                     .is_empty()
             );
-            assert_eq!(q.due_targets().await.unwrap().len(), 1, "due, but not claimable:");
+            assert_eq!(
+                q.due_targets().await.unwrap().len(),
+                1,
+                "due, but not claimable:"
+            );
             q.settle(a[0], None, Settle::Ack).await.unwrap();
             let next = q.claim("ci", 10, Duration::from_secs(60)).await.unwrap();
             assert_eq!(next.iter().map(|j| j.id).collect::<Vec<_>>(), vec![c[0]]);
