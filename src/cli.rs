@@ -68,31 +68,7 @@ enum Command {
         paths: Vec<PathBuf>,
     },
     /// Show why each rule does or does not match a delivery.
-    Explain {
-        /// The rules file.
-        #[arg(long)]
-        rules: PathBuf,
-        /// The source the delivery arrives at.
-        #[arg(long)]
-        source: String,
-        /// The event name; by default taken from the headers as the source's kind says.
-        #[arg(long)]
-        event: Option<String>,
-        /// A request header, `Name: value`; repeatable.
-        #[arg(long = "header", value_name = "NAME: VALUE")]
-        headers: Vec<String>,
-        /// Headers from a JSON object file (`{"X-GitHub-Event": "push", ...}`).
-        #[arg(long, value_name = "FILE")]
-        headers_file: Option<PathBuf>,
-        /// A query parameter, `name=value`; repeatable.
-        #[arg(long = "query", value_name = "NAME=VALUE")]
-        query: Vec<String>,
-        /// The JSON payload file, or `-` for standard input.
-        payload: PathBuf,
-        /// Output format.
-        #[arg(long, value_enum, default_value_t = Format::Human)]
-        format: Format,
-    },
+    Explain(ExplainArgs),
     /// Print the URL of each source's webhook.
     Urls {
         /// The rules file.
@@ -101,6 +77,34 @@ enum Command {
         #[arg(long, default_value = "")]
         base: String,
     },
+}
+
+/// `gateway explain` flags: a delivery described on the command line.
+#[derive(Debug, clap::Args)]
+struct ExplainArgs {
+    /// The rules file.
+    #[arg(long)]
+    rules: PathBuf,
+    /// The source the delivery arrives at.
+    #[arg(long)]
+    source: String,
+    /// The event name; by default taken from the headers as the source's kind says.
+    #[arg(long)]
+    event: Option<String>,
+    /// A request header, `Name: value`; repeatable.
+    #[arg(long = "header", value_name = "NAME: VALUE")]
+    headers: Vec<String>,
+    /// Headers from a JSON object file (`{"X-GitHub-Event": "push", ...}`).
+    #[arg(long, value_name = "FILE")]
+    headers_file: Option<PathBuf>,
+    /// A query parameter, `name=value`; repeatable.
+    #[arg(long = "query", value_name = "NAME=VALUE")]
+    query: Vec<String>,
+    /// The JSON payload file, or `-` for standard input.
+    payload: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Human)]
+    format: Format,
 }
 
 /// `gateway serve` flags; each also reads an environment variable.
@@ -196,26 +200,7 @@ pub fn main() -> ExitCode {
         } => check(&files, format, deny_warnings, resolve_secrets).into(),
         Command::Urls { file, base } => urls(&file, &base).into(),
         Command::Test { paths } => test(&paths).into(),
-        Command::Explain {
-            rules,
-            source,
-            event,
-            headers,
-            headers_file,
-            query,
-            payload,
-            format,
-        } => {
-            let request = Request {
-                source,
-                event,
-                headers,
-                headers_file,
-                query,
-                payload,
-            };
-            explain(&rules, &request, format).into()
-        }
+        Command::Explain(args) => explain(&args).into(),
     }
 }
 
@@ -462,17 +447,8 @@ fn test(paths: &[PathBuf]) -> Exit {
     }
 }
 
-/// A delivery described on the command line, for `explain`.
-struct Request {
-    source: String,
-    event: Option<String>,
-    headers: Vec<String>,
-    headers_file: Option<PathBuf>,
-    query: Vec<String>,
-    payload: PathBuf,
-}
-
-fn explain(rules_path: &std::path::Path, request: &Request, format: Format) -> Exit {
+fn explain(request: &ExplainArgs) -> Exit {
+    let rules_path = request.rules.as_path();
     let Some(loaded) = load_for_use(rules_path) else {
         return Exit::Errors;
     };
@@ -560,7 +536,7 @@ fn explain(rules_path: &std::path::Path, request: &Request, format: Format) -> E
         payload,
     );
     let explanation = crate::explain::explain(rules, &event);
-    match format {
+    match request.format {
         Format::Json => println!(
             "{}",
             serde_json::to_string_pretty(&explanation).unwrap_or_default()

@@ -79,9 +79,23 @@ pub fn headers(test: &RuleTest) -> Result<Vec<(String, String)>, String> {
     Ok(out)
 }
 
+/// The event a test describes: its source, event, headers (file and lines), query and payload.
+pub fn event(rules: &RuleSet, test: &RuleTest) -> Result<Event, String> {
+    let payload = payload(test)?;
+    let headers = headers(test)?;
+    Ok(Event::new(
+        rules,
+        test.source,
+        test.event.clone(),
+        headers,
+        test.query.clone(),
+        payload,
+    ))
+}
+
 fn run_one(rules: &RuleSet, test: &RuleTest) -> TestResult {
-    let (payload, headers) = match payload(test).and_then(|p| Ok((p, headers(test)?))) {
-        Ok(loaded) => loaded,
+    let event = match event(rules, test) {
+        Ok(event) => event,
         Err(e) => {
             return TestResult {
                 name: test.name.clone(),
@@ -90,14 +104,6 @@ fn run_one(rules: &RuleSet, test: &RuleTest) -> TestResult {
             };
         }
     };
-    let event = Event::new(
-        rules,
-        test.source,
-        test.event.clone(),
-        headers,
-        test.query.clone(),
-        payload,
-    );
     let outcome = eval::evaluate(rules, &event);
     let mut failures = Vec::new();
 

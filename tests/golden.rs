@@ -232,16 +232,7 @@ fn eval_fixtures_pass_and_match_their_outputs() {
 /// What one test's delivery produced, in a stable text form.
 fn describe(rules: &hookgate::ruleset::RuleSet, test: &hookgate::rule_test::RuleTest) -> String {
     use hookgate::eval::PlannedKind;
-    let payload = hookgate::testing::payload(test).unwrap();
-    let headers = hookgate::testing::headers(test).unwrap();
-    let event = hookgate::event::Event::new(
-        rules,
-        test.source,
-        test.event.clone(),
-        headers,
-        test.query.clone(),
-        payload,
-    );
+    let event = hookgate::testing::event(rules, test).unwrap();
     let outcome = hookgate::eval::evaluate(rules, &event);
     let mut out = format!(
         "test {:?}\n  event {:?}, delivery {:?}\n",
