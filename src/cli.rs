@@ -654,7 +654,7 @@ async fn run_server(args: ServeArgs) -> Exit {
         "hookgate serving"
     );
 
-    let stop = tokio_util_like::Stop::new();
+    let stop = shutdown::Stop::new();
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(crate::server::serve_hooks(
         hooks,
@@ -671,7 +671,7 @@ async fn run_server(args: ServeArgs) -> Exit {
         args.reload_debounce,
         stop.wait(),
     ));
-    let dispatcher_stop = tokio_util_like::Stop::new();
+    let dispatcher_stop = shutdown::Stop::new();
     let dispatcher_task = tokio::spawn(dispatcher.run(dispatcher_stop.wait()));
 
     let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
@@ -710,7 +710,7 @@ async fn run_server(args: ServeArgs) -> Exit {
 }
 
 /// A shutdown signal many tasks can wait on.
-mod tokio_util_like {
+mod shutdown {
     use std::sync::Arc;
 
     use tokio::sync::watch;
