@@ -389,15 +389,20 @@ fn apply(tx: &mut Transaction<'_>, op: Op) -> Answer {
                 reply,
                 guarded(tx, |t| {
                     if let Some((source, delivery)) = &seen {
-                        let last: Option<i64> = t
-                    .prepare_cached("SELECT seen_at FROM deliveries WHERE source = ?1 AND delivery = ?2")?
-                    .query_row(params![source, delivery], |r| r.get(0))
-                    .optional()?;
-                        if last.is_some_and(|at| at >= now - window.as_millis() as i64) {
+                        // One statement: insert the id, or refresh it only if its last sighting is
+                        // outside the window; a row comes back exactly when the delivery is new.
+                        let fresh: Option<i64> = t
+                            .prepare_cached(
+                                "INSERT INTO deliveries (source, delivery, seen_at) VALUES (?1, ?2, ?3)
+                                 ON CONFLICT (source, delivery) DO UPDATE SET seen_at = excluded.seen_at
+                                 WHERE seen_at < ?4
+                                 RETURNING seen_at",
+                            )?
+                            .query_row(params![source, delivery, now, now - window.as_millis() as i64], |r| r.get(0))
+                            .optional()?;
+                        if fresh.is_none() {
                             return Ok(Accepted::Duplicate);
                         }
-                        t.prepare_cached("INSERT OR REPLACE INTO deliveries (source, delivery, seen_at) VALUES (?1, ?2, ?3)")?
-                    .execute(params![source, delivery, now])?;
                     }
                     Ok(Accepted::Enqueued(
                         jobs.iter()
