@@ -173,6 +173,7 @@ pub(crate) fn compile(
     }
     for source in &mut sources {
         source.index = crate::ruleset::SourceIndex::build(&rules, &source.rules);
+        source.reads = crate::ruleset::paths_read(&rules, &source.rules);
     }
     let secrets = cx
         .secret_values
@@ -801,6 +802,7 @@ impl<'a> Cx<'a> {
             token,
             rules: Vec::new(),
             index: Default::default(),
+            reads: None,
         })
     }
 

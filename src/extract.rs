@@ -26,6 +26,36 @@ pub fn extract(body: &[u8], paths: &[&[Step]]) -> Result<Vec<Option<Value>>, ser
     Ok(found)
 }
 
+/// A payload holding only `values` at `paths` (with the objects along the way). Rules that read only
+/// these paths evaluate on it exactly as on the whole payload.
+pub fn sparse(paths: &[&[Step]], values: &[Option<Value>]) -> Value {
+    let mut root = Value::Object(serde_json::Map::new());
+    for (steps, value) in paths.iter().zip(values) {
+        let Some(value) = value else { continue };
+        if steps.is_empty() {
+            return value.clone();
+        }
+        insert(&mut root, steps, value.clone());
+    }
+    root
+}
+
+/// Sets `value` at key path `steps`, creating objects on the way. A value already there for a shorter
+/// path is the whole subtree and already holds the deeper value.
+fn insert(node: &mut Value, steps: &[Step], value: Value) {
+    let (Some((Step::Key(key), rest)), Value::Object(map)) = (steps.split_first(), node) else {
+        return;
+    };
+    if rest.is_empty() {
+        map.insert(key.clone(), value);
+    } else {
+        let child = map
+            .entry(key.clone())
+            .or_insert_with(|| Value::Object(serde_json::Map::new()));
+        insert(child, rest, value);
+    }
+}
+
 /// The paths still wanted below the current value (with the steps left), and where results go.
 struct Seed<'a, 'b> {
     wanted: &'a [(usize, &'a [Step])],

@@ -12,6 +12,7 @@ mod target;
 
 pub use action::{Action, StrPiece, StrTemplate, Template};
 pub use index::SourceIndex;
+pub(crate) use index::paths_read;
 pub use matcher::{
     CompareOp, JsonPath, Matcher, Operand, Predicate, PredicateOp, Quantifier, Step,
 };

@@ -177,3 +177,87 @@ fn random_rule_sets_do_match_sometimes() {
         "matched {matched}, unmatched {unmatched}"
     );
 }
+
+/// Rules with bodies that read the payload too, so `reads` covers templates.
+fn rules_text(rules: &[(Option<&'static str>, Option<String>)]) -> String {
+    let mut text = String::from(
+        "secret s = env(\"S\")\nsource src: github { secret s }\ntarget t { post \"http://127.0.0.1:9/\" }\n",
+    );
+    for (i, (on, when)) in rules.iter().enumerate() {
+        text.push_str(&format!("rule \"r{i}\" {{ from src "));
+        if let Some(on) = on {
+            text.push_str(&format!("on {on} "));
+        }
+        if let Some(when) = when {
+            text.push_str(&format!("when {when} "));
+        }
+        text.push_str("notify t {\"a\": $.a, \"cd\": \"${$.c.d}\", \"b\": [$.b, event]} queue check t key \"${$['c']}\" }\n");
+    }
+    text
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+    /// When every rule of a source reads only simple paths, evaluating on a payload holding just those
+    /// paths (what the server builds from one extraction pass) gives exactly the full outcome.
+    #[test]
+    fn sparse_payloads_evaluate_like_full_ones(
+        rules in prop::collection::vec(rule(), 1..12),
+        payloads in prop::collection::vec(payload(), 1..6),
+    ) {
+        // Only simple paths, so that (nearly) every case takes the sparse path.
+        let simple: Vec<(Option<&'static str>, Option<String>)> = rules
+            .into_iter()
+            .map(|(on, when)| {
+                let when = when.map(|w| {
+                    w.replace("$.list[*]", "$.a").replace("$..d", "$.c.d").replace("$.list[0]", "$.b").replace("$.list[-1]", "$['b']")
+                });
+                (on, when)
+            })
+            .collect();
+        let text = rules_text(&simple);
+        let compiled = hookgate::load::load_text("p.hook", None, text.as_bytes(), &PlaceholderSecrets).result.unwrap();
+        let source = &compiled.rules.sources()[0];
+        let reads = source.reads();
+        prop_assert!(reads.is_some(), "simple rules must qualify:\n{}", text);
+        let Some(reads) = reads else { return Ok(()) };
+        let paths: Vec<&[hookgate::ruleset::Step]> = reads.iter().map(Vec::as_slice).collect();
+        for payload in payloads {
+            let bytes = serde_json::to_vec(&payload).unwrap();
+            let values = hookgate::extract::extract(&bytes, &paths).unwrap();
+            let sparse = hookgate::extract::sparse(&paths, &values);
+            for name in [Some("push"), Some("create"), None] {
+                let full = Event::new(&compiled.rules, 0, name.map(String::from), vec![], vec![], payload.clone());
+                let thin = Event::new(&compiled.rules, 0, name.map(String::from), vec![], vec![], sparse.clone());
+                prop_assert_eq!(evaluate(&compiled.rules, &full), evaluate(&compiled.rules, &thin), "rules:\n{}\npayload: {}\nsparse: {}", text, payload, sparse);
+            }
+        }
+    }
+}
+
+/// The sparse path is not vacuous: simple rule sets qualify, `payload contains` too, and a wildcard
+/// or a bare `payload` does not.
+#[test]
+fn which_sources_qualify_for_sparse_payloads() {
+    let reads = |when: &str| {
+        let text = rules_text(&[(None, Some(when.to_string()))]);
+        let compiled =
+            hookgate::load::load_text("p.hook", None, text.as_bytes(), &PlaceholderSecrets)
+                .result
+                .unwrap();
+        compiled.rules.sources()[0].reads().map(|r| r.len())
+    };
+    assert_eq!(
+        reads("$.a == 1 and payload contains {\"c\": {\"d\": 2}, \"b\": true}"),
+        Some(4),
+        "$.a, $.b, $.c, $.c.d"
+    );
+    assert_eq!(reads("$.list[*] == 1"), None);
+    assert_eq!(
+        reads("$.list[0] == 1"),
+        None,
+        "indices are not supported by the sparse builder"
+    );
+    assert_eq!(reads("payload == {}"), None);
+}

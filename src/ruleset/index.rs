@@ -314,3 +314,103 @@ mod tests {
         );
     }
 }
+
+/// The payload paths the rules `ids` read, when all of them are simple key paths: then evaluating those
+/// rules on a payload that holds only these paths gives the same results as on the whole payload.
+/// `None` when any rule reads a JSONPath with wildcards, filters or indices, or the whole `payload`
+/// other than through `payload contains {object}` (which reads only the object's paths).
+pub(crate) fn paths_read(rules: &[Rule], ids: &[usize]) -> Option<Vec<Vec<Step>>> {
+    use crate::ruleset::{Action, StrPiece, StrTemplate, Template};
+    fn operand(o: &Operand, out: &mut Vec<Vec<Step>>) -> Option<()> {
+        match o {
+            Operand::Path(p) => {
+                let steps = p.simple.as_ref()?;
+                if steps.iter().any(|s| matches!(s, Step::Index(_))) {
+                    return None;
+                }
+                out.push(steps.clone());
+                Some(())
+            }
+            Operand::Payload => None,
+            Operand::Literal(_)
+            | Operand::Event
+            | Operand::Source
+            | Operand::Delivery
+            | Operand::Header(_)
+            | Operand::Query(_) => Some(()),
+        }
+    }
+    fn string(t: &StrTemplate, out: &mut Vec<Vec<Step>>) -> Option<()> {
+        t.pieces.iter().try_for_each(|p| match p {
+            StrPiece::Operand(o) => operand(o, out),
+            StrPiece::Text(_) | StrPiece::Secret(_) => Some(()),
+        })
+    }
+    fn template(t: &Template, out: &mut Vec<Vec<Step>>) -> Option<()> {
+        match t {
+            Template::Operand(o) => operand(o, out),
+            Template::String(s) => string(s, out),
+            Template::Object(members) => members.iter().try_for_each(|(_, v)| template(v, out)),
+            Template::Array(items) => items.iter().try_for_each(|v| template(v, out)),
+        }
+    }
+    /// The paths an object literal's leaves sit at, below `prefix`.
+    fn object_paths(prefix: Vec<Step>, v: &Value, out: &mut Vec<Vec<Step>>) {
+        match v {
+            Value::Object(map) if !map.is_empty() => {
+                for (k, child) in map {
+                    let mut steps = prefix.clone();
+                    steps.push(Step::Key(k.clone()));
+                    object_paths(steps, child, out);
+                }
+            }
+            _ => out.push(prefix),
+        }
+    }
+    fn matcher(m: &Matcher, out: &mut Vec<Vec<Step>>) -> Option<()> {
+        match m {
+            Matcher::And(items) | Matcher::Or(items) => {
+                items.iter().try_for_each(|m| matcher(m, out))
+            }
+            Matcher::Not(inner) => matcher(inner, out),
+            Matcher::Predicate(p) => {
+                match (&p.subject, &p.op) {
+                    // `payload contains {...}` compares only the object's keys, level by level.
+                    (Operand::Payload, PredicateOp::Contains(Operand::Literal(v)))
+                        if v.is_object() && !v.as_object().is_some_and(|m| m.is_empty()) =>
+                    {
+                        object_paths(Vec::new(), v, out)
+                    }
+                    (subject, _) => operand(subject, out)?,
+                }
+                match &p.op {
+                    PredicateOp::Contains(o)
+                    | PredicateOp::StartsWith(o)
+                    | PredicateOp::EndsWith(o)
+                    | PredicateOp::Compare(_, o)
+                    | PredicateOp::In(o) => operand(o, out),
+                    PredicateOp::Matches { .. } | PredicateOp::Exists => Some(()),
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for &i in ids {
+        let rule = &rules[i];
+        if let Some(when) = &rule.when {
+            matcher(when, &mut out)?;
+        }
+        for action in &rule.actions {
+            match action {
+                Action::Notify { body: Some(t), .. } => template(t, &mut out)?,
+                Action::Check { key: Some(k), .. } => string(k, &mut out)?,
+                Action::Notify { body: None, .. }
+                | Action::Check { key: None, .. }
+                | Action::Forward { .. } => {}
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    Some(out)
+}

@@ -19,7 +19,7 @@ pub struct JsonPath {
 }
 
 /// One step of a simple path.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Step {
     Key(String),
     /// An array index; negative counts from the end, as in RFC 9535.

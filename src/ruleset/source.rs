@@ -121,6 +121,8 @@ pub struct Source {
     pub(crate) rules: Vec<usize>,
     /// Narrows `rules` to the candidates for one event.
     pub(crate) index: crate::ruleset::SourceIndex,
+    /// Every payload path its rules read, when all are simple key paths (see `index::paths_read`).
+    pub(crate) reads: Option<Vec<Vec<crate::ruleset::Step>>>,
 }
 
 impl Source {
@@ -130,6 +132,11 @@ impl Source {
 
     pub fn kind(&self) -> ProviderKind {
         self.kind
+    }
+
+    /// The payload paths its rules read, when all are simple (see `index::paths_read`).
+    pub fn reads(&self) -> Option<&[Vec<crate::ruleset::Step>]> {
+        self.reads.as_deref()
     }
 
     pub fn max_body(&self) -> Option<u64> {

@@ -180,8 +180,10 @@ async fn process(
         return Err(Reject::Unauthorized);
     }
     // Fast path: when the event is known from the headers and the source's index alone decides which
-    // rules could match, read just the indexed paths; if no rule can match, the body is never parsed
-    // into a tree (it is still checked to be JSON).
+    // rules could match, read just the indexed paths (and, if every rule reads only simple paths, those
+    // too) in one validating pass. No candidate: answered without a parse tree. Candidates: evaluated on
+    // a sparse payload holding exactly the paths the rules read, when that suffices.
+    let mut prepared: Option<Value> = None;
     if !is_form(&req.headers) && crate::providers::event_from_headers(source.kind) {
         let (name, provided) =
             crate::providers::identify(source.kind, &req.headers, &req.query, &Value::Null);
@@ -195,9 +197,16 @@ async fn process(
             source.index.key_paths(name.as_deref())
         };
         if let Some(keys) = keys {
-            let values = crate::extract::extract(req.body, &keys).map_err(|_| not_json())?;
+            let mut paths = keys.clone();
+            for p in source.reads().unwrap_or_default() {
+                if !paths.contains(&p.as_slice()) {
+                    paths.push(p);
+                }
+            }
+            let values = crate::extract::extract(req.body, &paths).map_err(|_| not_json())?;
             let lookup = |steps: &[crate::ruleset::Step]| {
-                keys.iter()
+                paths
+                    .iter()
                     .position(|k| *k == steps)
                     .and_then(|i| values[i].as_ref())
             };
@@ -211,19 +220,25 @@ async fn process(
                 span.record("delivery", delivery.as_str());
                 return Ok(no_match(&delivery, filtered));
             }
+            if source.reads().is_some() {
+                prepared = Some(crate::extract::sparse(&paths, &values));
+            }
         }
     }
 
     // Form deliveries (GitHub, Gitea) carry the JSON in the `payload` field; Slack slash commands and
     // interactivity are forms too.
-    let payload: Value = match verify::form_payload(&check) {
-        Some(json) => serde_json::from_slice(&json).map_err(|_| not_json())?,
-        None if is_form(&req.headers) => Value::Object(
-            form_urlencoded::parse(req.body)
-                .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
-                .collect(),
-        ),
-        None => serde_json::from_slice(req.body).map_err(|_| not_json())?,
+    let payload: Value = match prepared {
+        Some(sparse) => sparse,
+        None => match verify::form_payload(&check) {
+            Some(json) => serde_json::from_slice(&json).map_err(|_| not_json())?,
+            None if is_form(&req.headers) => Value::Object(
+                form_urlencoded::parse(req.body)
+                    .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
+                    .collect(),
+            ),
+            None => serde_json::from_slice(req.body).map_err(|_| not_json())?,
+        },
     };
 
     // Slack verifies a Request URL by asking for its challenge back (after we checked the signature).
