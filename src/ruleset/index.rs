@@ -279,42 +279,6 @@ fn contained_leaves<'a>(prefix: Vec<Step>, object: &'a Value, out: &mut Vec<Leaf
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use serde_json::json;
-
-    use crate::compile::PlaceholderSecrets;
-
-    #[test]
-    fn concourse_style_rules_are_found_by_one_lookup() {
-        let mut text = String::from(
-            "secret s = env(\"S\")\nsource src: github { secret s }\ntarget t { post \"http://127.0.0.1:9/\" }\n",
-        );
-        for i in 0..500 {
-            // `ref` comes first but is the same everywhere; `full_name` is the selective leaf.
-            text.push_str(&format!(
-                "rule \"r{i}\" {{ from src on \"push\" when $.ref == \"refs/heads/main\" and payload contains {{\"repository\": {{\"full_name\": \"acme/r{i}\"}}}} notify t }}\n"
-            ));
-        }
-        text.push_str("rule \"any push\" { from src on \"push\" when $.ref starts with \"refs/tags/\" notify t }\n");
-        text.push_str("rule \"anything\" { from src notify t }\n");
-        let rules = crate::load::load_text("i.hook", None, text.as_bytes(), &PlaceholderSecrets)
-            .result
-            .unwrap()
-            .rules;
-        let index = &rules.sources[0].index;
-        let payload = json!({"ref": "refs/heads/main", "repository": {"full_name": "acme/r42"}});
-        assert_eq!(index.candidates(Some("push"), &payload), vec![42, 500, 501]);
-        assert_eq!(index.candidates(Some("create"), &payload), vec![501]);
-        assert_eq!(index.candidates(None, &json!({})), vec![501]);
-        assert_eq!(
-            index.shape(),
-            (1, 2),
-            "one indexed path; two rules always scanned"
-        );
-    }
-}
-
 /// The payload paths the rules `ids` read, when all of them are simple key paths: then evaluating those
 /// rules on a payload that holds only these paths gives the same results as on the whole payload.
 /// `None` when any rule reads a JSONPath with wildcards, filters or indices, or the whole `payload`
@@ -413,4 +377,40 @@ pub(crate) fn paths_read(rules: &[Rule], ids: &[usize]) -> Option<Vec<Vec<Step>>
     out.sort();
     out.dedup();
     Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use crate::compile::PlaceholderSecrets;
+
+    #[test]
+    fn concourse_style_rules_are_found_by_one_lookup() {
+        let mut text = String::from(
+            "secret s = env(\"S\")\nsource src: github { secret s }\ntarget t { post \"http://127.0.0.1:9/\" }\n",
+        );
+        for i in 0..500 {
+            // `ref` comes first but is the same everywhere; `full_name` is the selective leaf.
+            text.push_str(&format!(
+                "rule \"r{i}\" {{ from src on \"push\" when $.ref == \"refs/heads/main\" and payload contains {{\"repository\": {{\"full_name\": \"acme/r{i}\"}}}} notify t }}\n"
+            ));
+        }
+        text.push_str("rule \"any push\" { from src on \"push\" when $.ref starts with \"refs/tags/\" notify t }\n");
+        text.push_str("rule \"anything\" { from src notify t }\n");
+        let rules = crate::load::load_text("i.hook", None, text.as_bytes(), &PlaceholderSecrets)
+            .result
+            .unwrap()
+            .rules;
+        let index = &rules.sources[0].index;
+        let payload = json!({"ref": "refs/heads/main", "repository": {"full_name": "acme/r42"}});
+        assert_eq!(index.candidates(Some("push"), &payload), vec![42, 500, 501]);
+        assert_eq!(index.candidates(Some("create"), &payload), vec![501]);
+        assert_eq!(index.candidates(None, &json!({})), vec![501]);
+        assert_eq!(
+            index.shape(),
+            (1, 2),
+            "one indexed path; two rules always scanned"
+        );
+    }
 }
