@@ -115,19 +115,7 @@ proptest! {
         rules in prop::collection::vec(rule(), 1..30),
         payloads in prop::collection::vec(payload(), 1..6),
     ) {
-        let mut text = String::from(
-            "secret s = env(\"S\")\nsource src: github { secret s }\ntarget t { post \"http://127.0.0.1:9/\" }\n",
-        );
-        for (i, (on, when)) in rules.iter().enumerate() {
-            text.push_str(&format!("rule \"r{i}\" {{ from src "));
-            if let Some(on) = on {
-                text.push_str(&format!("on {on} "));
-            }
-            if let Some(when) = when {
-                text.push_str(&format!("when {when} "));
-            }
-            text.push_str("notify t }\n");
-        }
+        let text = rules_text(&rules, "notify t");
         let loaded = hookgate::load::load_text("p.hook", None, text.as_bytes(), &PlaceholderSecrets);
         let compiled = match loaded.result {
             Ok(c) => c,
@@ -178,8 +166,11 @@ fn random_rule_sets_do_match_sometimes() {
     );
 }
 
-/// Rules with bodies that read the payload too, so `reads` covers templates.
-fn rules_text(rules: &[(Option<&'static str>, Option<String>)]) -> String {
+/// Actions whose bodies and keys read the payload too, so `reads` covers templates.
+const READING_ACTIONS: &str = "notify t {\"a\": $.a, \"cd\": \"${$.c.d}\", \"b\": [$.b, event]} queue check t key \"${$['c']}\"";
+
+/// A rules file with one source, one target, and a rule per `(on, when)` running `actions`.
+fn rules_text(rules: &[(Option<&'static str>, Option<String>)], actions: &str) -> String {
     let mut text = String::from(
         "secret s = env(\"S\")\nsource src: github { secret s }\ntarget t { post \"http://127.0.0.1:9/\" }\n",
     );
@@ -191,7 +182,7 @@ fn rules_text(rules: &[(Option<&'static str>, Option<String>)]) -> String {
         if let Some(when) = when {
             text.push_str(&format!("when {when} "));
         }
-        text.push_str("notify t {\"a\": $.a, \"cd\": \"${$.c.d}\", \"b\": [$.b, event]} queue check t key \"${$['c']}\" }\n");
+        text.push_str(&format!("{actions} }}\n"));
     }
     text
 }
@@ -216,7 +207,7 @@ proptest! {
                 (on, when)
             })
             .collect();
-        let text = rules_text(&simple);
+        let text = rules_text(&simple, READING_ACTIONS);
         let compiled = hookgate::load::load_text("p.hook", None, text.as_bytes(), &PlaceholderSecrets).result.unwrap();
         let source = &compiled.rules.sources()[0];
         let reads = source.reads();
@@ -241,7 +232,7 @@ proptest! {
 #[test]
 fn which_sources_qualify_for_sparse_payloads() {
     let reads = |when: &str| {
-        let text = rules_text(&[(None, Some(when.to_string()))]);
+        let text = rules_text(&[(None, Some(when.to_string()))], READING_ACTIONS);
         let compiled =
             hookgate::load::load_text("p.hook", None, text.as_bytes(), &PlaceholderSecrets)
                 .result
