@@ -139,6 +139,14 @@ impl Source {
         self.reads.as_deref()
     }
 
+    /// Whether the source's `events` list lets an event with this name through (all do without one;
+    /// none without a name does with one).
+    pub fn accepts_event(&self, name: Option<&str>) -> bool {
+        self.events
+            .as_ref()
+            .is_none_or(|accepted| name.is_some_and(|n| accepted.iter().any(|e| e == n)))
+    }
+
     pub fn max_body(&self) -> Option<u64> {
         self.max_body
     }

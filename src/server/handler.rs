@@ -187,10 +187,7 @@ async fn process(
     if !is_form(&req.headers) && crate::providers::event_from_headers(source.kind) {
         let (name, provided) =
             crate::providers::identify(source.kind, &req.headers, &req.query, &Value::Null);
-        let filtered = source
-            .events
-            .as_ref()
-            .is_some_and(|accepted| name.as_ref().is_none_or(|n| !accepted.contains(n)));
+        let filtered = !source.accepts_event(name.as_deref());
         let keys = if filtered {
             Some(Vec::new())
         } else {
@@ -271,11 +268,7 @@ async fn process(
         span.record("event", name.as_str());
     }
 
-    let filtered = match (&source.events, &event.name) {
-        (Some(accepted), Some(name)) => !accepted.contains(name),
-        (Some(_), None) => true,
-        (None, _) => false,
-    };
+    let filtered = !source.accepts_event(event.name.as_deref());
     let outcome = if filtered {
         Default::default()
     } else {
