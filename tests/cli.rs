@@ -276,11 +276,15 @@ fn urls_without_the_secret_of_a_url_token_source_fails() {
 
 #[test]
 fn test_passes_on_the_shipped_examples() {
-    let out = run(&["test", "rules.example", "tests/rules/eval"]);
+    let out = run(&["test", "tests/rules/example.hook", "tests/rules/eval"]);
     let stdout = String::from_utf8(out.stdout.clone()).unwrap();
     assert_eq!(code(&out), 0, "{stdout}{}", stderr(&out));
     assert!(
         stdout.contains("✓ a push to main of acme/app syncs and checks"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("✓ do-not-deploy stops the forward"),
         "{stdout}"
     );
     assert!(
