@@ -305,7 +305,8 @@ fn token(secrets: &[SecretValue], value: Option<&str>) -> Result<(), Failure> {
 /// A Unix-seconds timestamp within `tolerance` of `now`, in both directions.
 fn fresh(timestamp: &str, now: i64, tolerance: i64) -> Result<(), Failure> {
     let ts: i64 = timestamp.trim().parse().map_err(|_| Failure::Malformed)?;
-    if (now - ts).abs() > tolerance {
+    // `abs_diff`, not `(now - ts).abs()`: a timestamp such as `-9223372036854775808` must not overflow.
+    if now.abs_diff(ts) > tolerance.unsigned_abs() {
         Err(Failure::Stale)
     } else {
         Ok(())
