@@ -246,7 +246,9 @@ async fn hook_inner(state: &State, req: Request<Incoming>) -> Response<Full<Byte
 /// A path as logged: at most 100 characters (a URL-token path is the credential; it is never logged whole).
 fn truncate(path: &str) -> String {
     if path.len() > 24 && path.starts_with("/hook/") {
-        return format!("{}…", &path[..14]);
+        // `get`, not indexing: a multi-byte character at the cut must not panic (hyper only admits ASCII
+        // paths today, but this must not depend on it).
+        return format!("{}…", path.get(..14).unwrap_or("/hook/"));
     }
     path.chars().take(100).collect()
 }
