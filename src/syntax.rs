@@ -48,8 +48,10 @@ fn syntax_error(file: FileId, text: &str) -> Diagnostic {
     // pest may stop inside a word (`pathx` matched `path`, then failed): blame the whole word, with
     // what was expected where it starts, found by parsing again with the word blanked out.
     let word_start = text[..failure.pos]
-        .rfind(|c: char| !is_word_char(c))
-        .map_or(0, |i| i + 1);
+        .char_indices()
+        .rev()
+        .find(|&(_, c)| !is_word_char(c))
+        .map_or(0, |(i, c)| i + c.len_utf8());
     if word_start < failure.pos && text[failure.pos..].starts_with(is_word_char) {
         let word_end = text[failure.pos..]
             .find(|c: char| !is_word_char(c))
