@@ -36,7 +36,11 @@ impl Event {
     ) -> Event {
         let headers: Vec<(String, String)> = headers
             .into_iter()
-            .map(|(n, v)| (n.to_ascii_lowercase(), v))
+            .map(|(mut n, v)| {
+                // In place: names from hyper are already lowercase, so this usually changes nothing.
+                n.make_ascii_lowercase();
+                (n, v)
+            })
             .collect();
         let (found, delivery) =
             providers::identify(rules.sources[source].kind, &headers, &query, &payload);

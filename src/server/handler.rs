@@ -139,7 +139,7 @@ pub async fn handle(
     let source = &rules.sources[req.source];
     let span = tracing::info_span!("request", source = %source.name, delivery = tracing::field::Empty, event = tracing::field::Empty);
     let _guard = span.enter();
-    let response = match process(state, rules, &req, &span).await {
+    let response = match process(state, rules, req, &span).await {
         Ok(response) => response,
         Err(reject) => reject.response(),
     };
@@ -154,7 +154,7 @@ pub async fn handle(
 async fn process(
     state: &State,
     rules: &Arc<RuleSet>,
-    req: &Incoming<'_>,
+    req: Incoming<'_>,
     span: &tracing::Span,
 ) -> Result<Response<Full<Bytes>>, Reject> {
     let source = &rules.sources[req.source];
@@ -250,14 +250,7 @@ async fn process(
         ));
     }
 
-    let event = Event::new(
-        rules,
-        req.source,
-        None,
-        req.headers.clone(),
-        req.query.clone(),
-        payload,
-    );
+    let event = Event::new(rules, req.source, None, req.headers, req.query, payload);
     // A provider that sends no delivery id gets one, so actions can still be told apart.
     let provided = event.delivery.clone();
     let delivery = provided
