@@ -552,10 +552,18 @@ fn due_targets(t: &Connection, now: i64) -> rusqlite::Result<Vec<(String, i64)>>
     for id in expired {
         to_pending(t, id, now, now, false)?;
     }
-    // Answered from the `(state, target, run_at)` index alone. A check blocked by an in-flight sibling
-    // still counts as due here; `claim` skips it.
+    // A skip scan of the `(state, target, run_at)` index: one seek per distinct pending target for its
+    // name and one for its earliest `run_at`, so the cost follows the number of targets, not of pending
+    // jobs (a `GROUP BY` reads every pending entry, and the dispatcher asks this often). A check blocked
+    // by an in-flight sibling still counts as due here; `claim` skips it.
     let mut stmt = t.prepare_cached(
-        "SELECT target, MIN(run_at) FROM jobs WHERE state = 'pending' GROUP BY target",
+        "WITH RECURSIVE targets(name) AS (
+             SELECT (SELECT MIN(target) FROM jobs WHERE state = 'pending')
+             UNION ALL
+             SELECT (SELECT MIN(target) FROM jobs WHERE state = 'pending' AND target > name)
+             FROM targets WHERE name IS NOT NULL)
+         SELECT name, (SELECT MIN(run_at) FROM jobs WHERE state = 'pending' AND target = name)
+         FROM targets WHERE name IS NOT NULL",
     )?;
     stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect()
@@ -783,6 +791,42 @@ mod tests {
             let stats = q.stats().await.unwrap();
             assert_eq!((stats.pending, stats.inflight), (2, 0));
             assert_eq!(stats.pending_by_target, vec![("t".to_string(), 2)]);
+        });
+    }
+
+    #[test]
+    fn due_targets_give_each_target_with_pending_jobs_its_earliest_due_time() {
+        let dir = tempfile::tempdir().unwrap();
+        rt().block_on(async {
+            let q = SqliteQueue::open(dir.path()).unwrap();
+            assert!(q.due_targets().await.unwrap().is_empty());
+            let mut ids = Vec::new();
+            for target in ["c", "a", "b", "a", "c", "a"] {
+                ids.extend(
+                    q.enqueue(vec![job(JobKind::Notify, target, None)])
+                        .await
+                        .unwrap(),
+                );
+            }
+            // `a`'s first job retries in an hour: `a` is due at its next job's time, not then.
+            let first_a = q.claim("a", 1, Duration::from_secs(60)).await.unwrap();
+            q.settle(
+                first_a[0].id,
+                None,
+                Settle::Retry {
+                    delay: Duration::from_secs(3600),
+                },
+            )
+            .await
+            .unwrap();
+            // `b`'s only job is in flight: `b` is not due.
+            q.claim("b", 1, Duration::from_secs(60)).await.unwrap();
+            let due = q.due_targets().await.unwrap();
+            let names: Vec<&str> = due.iter().map(|(t, _)| t.as_str()).collect();
+            assert_eq!(names, ["a", "c"]);
+            let created = q.get(ids[3]).await.unwrap().0.run_at;
+            assert_eq!(due[0].1, created, "a's earliest pending job");
+            assert!(due.iter().all(|(_, at)| *at <= now_ms()));
         });
     }
 
