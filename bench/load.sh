@@ -3,7 +3,7 @@
 # checks the HMAC-SHA256 and parses the JSON, both driven by wrk with the same 7.3 KB signed GitHub push.
 # Servers are pinned to core 1, wrk to core 0. Prints requests/s and the ratios.
 #
-#   bench/load.sh                 # DURATION=10s CONNECTIONS=32 by default; ACTION=... (see below)
+#   bench/load.sh                 # DURATION=10s (seconds) CONNECTIONS=32 by default; ACTION=... (see below)
 #   PROFILE_GATEWAY="perf record -g -o gw.data --" bench/load.sh   # profile the gateway; SKIP_MISS=1
 #
 # Needs wrk (apt-get install -y wrk) and ../shared/fixtures beside the checkout.
@@ -64,17 +64,29 @@ wait_port() { for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev
 load() { # URL SCRIPT -> requests/s
   taskset -c 0 wrk -t1 -c"$CONNECTIONS" -d"$DURATION" -s "$2" "$1" | awk '/Requests\/sec/ {print $2}'
 }
+# CPU time (user + system, in clock ticks) used so far by process $1's threads, grouped by thread name.
+threads() { for t in /proc/"$1"/task/*; do echo "$(tr ' ' _ < "$t/comm") $(awk '{print $14 + $15}' "$t/stat")"; done \
+  | awk '{n[$1] += $2} END {for (k in n) print k, n[k]}' | sort; }
+# CPU microseconds per request by thread name between two `threads` snapshots: BEFORE AFTER REQUESTS.
+per_request() { join "$1" "$2" | awk -v n="$3" -v hz="$(getconf CLK_TCK)" \
+  '{ us = ($3 - $2) * 1e6 / hz / n; if (us >= 0.5) printf "  %-16s %5.1f us/request\n", $1, us }'; }
 
 taskset -c 1 target/release/examples/minimal-server 127.0.0.1:18181 "$SECRET" & pids+=($!)
 wait_port 18181
+threads "${pids[-1]}" > "$work/m0"
 minimal=$(load http://127.0.0.1:18181/hook/acme "$work/miss.lua")
+threads "${pids[-1]}" > "$work/m1"
 kill "${pids[-1]}"
 
 RUST_LOG=warn ${PROFILE_GATEWAY:-} taskset -c 1 target/release/gateway serve --rules "$work/rules.hook" --listen 127.0.0.1:18182 \
   --admin 127.0.0.1:18183 --data "$work/data" & pids+=($!)
 wait_port 18182
+gw=${pids[-1]}
+threads "$gw" > "$work/t0"
 miss=$([ -n "${SKIP_MISS:-}" ] && echo 1 || load http://127.0.0.1:18182/hook/acme "$work/miss.lua")
+threads "$gw" > "$work/t1"
 hit=$(load http://127.0.0.1:18182/hook/acme "$work/hit.lua")
+threads "$gw" > "$work/t2"
 queued=$(curl -s http://127.0.0.1:18183/status | python3 -c 'import json,sys; q=json.load(sys.stdin)["queue"]; print(q["pending"] + q["inflight"] + q["done"] + q["dead"])')
 kill "${pids[-1]}"
 
@@ -82,3 +94,10 @@ echo "wrk -t1 -c$CONNECTIONS -d$DURATION, servers on one core, $(wc -c < "$PAYLO
 printf 'minimal server (HMAC + JSON parse):      %10.0f req/s\n' "$minimal"
 printf 'gateway, no rule matches:                %10.0f req/s  (%.2fx)\n' "$miss" "$(echo "$miss / $minimal" | bc -l)"
 printf 'gateway, one rule matches (durable 202): %10.0f req/s  (%.2fx)  jobs queued: %s\n' "$hit" "$(echo "$hit / $minimal" | bc -l)" "$queued"
+# Where the gateway's core went, per request (skipped when profiling: $! is then the profiler).
+if [ -z "${PROFILE_GATEWAY:-}" ]; then
+  secs=${DURATION%s}
+  echo "minimal server CPU per request:"; per_request "$work/m0" "$work/m1" "$(echo "$minimal * $secs" | bc)"
+  [ -n "${SKIP_MISS:-}" ] || { echo "gateway CPU per request, no match:"; per_request "$work/t0" "$work/t1" "$(echo "$miss * $secs" | bc)"; }
+  echo "gateway CPU per request, match:"; per_request "$work/t1" "$work/t2" "$(echo "$hit * $secs" | bc)"
+fi
