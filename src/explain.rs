@@ -192,17 +192,17 @@ fn trace(m: &Matcher, event: &Event) -> ClauseTrace {
             let mut differences = Vec::new();
             if let (false, PredicateOp::Contains(Operand::Literal(want)), Some(got)) =
                 (result, &p.op, subject.first())
+                && want.is_object()
+                && got.is_object()
             {
-                if want.is_object() && got.is_object() {
-                    let base = match &p.subject {
-                        Operand::Path(path) => path.text().to_string(),
-                        _ => "$".to_string(),
-                    };
-                    differ(&base, got, want, &mut differences);
-                    // The differences say more than a truncated dump of the whole payload.
-                    if matches!(p.subject, Operand::Payload) {
-                        values.clear();
-                    }
+                let base = match &p.subject {
+                    Operand::Path(path) => path.text().to_string(),
+                    _ => "$".to_string(),
+                };
+                differ(&base, got, want, &mut differences);
+                // The differences say more than a truncated dump of the whole payload.
+                if matches!(p.subject, Operand::Payload) {
+                    values.clear();
                 }
             }
             ClauseTrace {

@@ -58,12 +58,12 @@ fn run(path: &Path) -> Outcome {
         Err(d) => d,
     };
     let mut text = hookgate::cli::render(diags, &loaded.files, false);
-    if let Ok(compiled) = &loaded.result {
-        if diags.is_empty() {
-            text = compiled.rules.to_string();
-            for test in &compiled.tests {
-                text.push_str(&format!("test {:?}\n", test.name));
-            }
+    if let Ok(compiled) = &loaded.result
+        && diags.is_empty()
+    {
+        text = compiled.rules.to_string();
+        for test in &compiled.tests {
+            text.push_str(&format!("test {:?}\n", test.name));
         }
     }
     Outcome {

@@ -74,15 +74,15 @@ impl Cx<'_> {
             }
             Op::In(v) => {
                 let operand = self.operand(v);
-                if let Some(Operand::Literal(lit)) = &operand {
-                    if !lit.is_array() {
-                        self.invalid_operand(
-                            v.span,
-                            "`in` takes an array".into(),
-                            "write `in [\"a\", \"b\"]`",
-                        );
-                        return None;
-                    }
+                if let Some(Operand::Literal(lit)) = &operand
+                    && !lit.is_array()
+                {
+                    self.invalid_operand(
+                        v.span,
+                        "`in` takes an array".into(),
+                        "write `in [\"a\", \"b\"]`",
+                    );
+                    return None;
                 }
                 operand.map(PredicateOp::In)
             }
@@ -122,15 +122,15 @@ impl Cx<'_> {
 
     fn string_operand(&mut self, v: &Value, op: &str) -> Option<Operand> {
         let operand = self.operand(v)?;
-        if let Operand::Literal(lit) = &operand {
-            if !lit.is_string() {
-                self.invalid_operand(
-                    v.span,
-                    format!("`{op}` takes a string, not `{lit}`"),
-                    "quote the text",
-                );
-                return None;
-            }
+        if let Operand::Literal(lit) = &operand
+            && !lit.is_string()
+        {
+            self.invalid_operand(
+                v.span,
+                format!("`{op}` takes a string, not `{lit}`"),
+                "quote the text",
+            );
+            return None;
         }
         Some(operand)
     }

@@ -246,13 +246,14 @@ fn required_leaves<'a>(m: &'a Matcher, out: &mut Vec<Leaf<'a>>) {
             });
         }
         PredicateOp::In(Operand::Literal(v)) => {
-            if let Value::Array(items) = &**v {
-                if !items.is_empty() && items.iter().all(|i| key_of(i).is_some()) {
-                    out.push(Leaf {
-                        steps: prefix,
-                        values: items.iter().collect(),
-                    });
-                }
+            if let Value::Array(items) = &**v
+                && !items.is_empty()
+                && items.iter().all(|i| key_of(i).is_some())
+            {
+                out.push(Leaf {
+                    steps: prefix,
+                    values: items.iter().collect(),
+                });
             }
         }
         PredicateOp::Contains(Operand::Literal(v)) if v.is_object() => {
