@@ -125,9 +125,15 @@ struct ServeArgs {
     /// Largest request body, unless a source sets `max_body`.
     #[arg(long, env = "HOOKGATE_MAX_BODY", default_value = "10MiB", value_parser = parse_size_arg)]
     max_body: u64,
-    /// HTTP/1 request headers must arrive within this.
+    /// Bytes of request bodies being read at once, over all requests; past it, 503 with Retry-After.
+    #[arg(long, env = "HOOKGATE_MAX_BODY_IN_FLIGHT", default_value = "64MiB", value_parser = parse_size_arg)]
+    max_body_in_flight: u64,
+    /// HTTP/1 request headers must arrive within this, and a new connection must start a request within it.
     #[arg(long, env = "HOOKGATE_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration_arg)]
     header_timeout: std::time::Duration,
+    /// An idle keep-alive connection (HTTP/1 between requests, HTTP/2 without streams) closes after this.
+    #[arg(long, env = "HOOKGATE_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration_arg)]
+    idle_timeout: std::time::Duration,
     /// A whole request (body, verification, enqueue) must complete within this.
     #[arg(long, env = "HOOKGATE_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration_arg)]
     request_timeout: std::time::Duration,
@@ -561,15 +567,7 @@ fn explain(request: &ExplainArgs) -> Exit {
 }
 
 fn serve(args: ServeArgs) -> Exit {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match args.log_format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Pretty => builder.init(),
-    }
+    let _logs = init_logs(args.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -582,6 +580,42 @@ fn serve(args: ServeArgs) -> Exit {
     };
     runtime.block_on(run_server(args))
 }
+
+/// Sets up logging for `serve`: levels from `RUST_LOG` (default `info`), lines written by a thread of
+/// their own through a buffer, so a request never waits on stderr and bursts of lines share a write.
+/// Colour only on a terminal. The guard flushes what is left when dropped.
+fn init_logs(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(LOG_BUFFERED_LINES)
+        .thread_name("hookgate-logs")
+        .finish(std::io::BufWriter::with_capacity(
+            64 << 10,
+            std::io::stderr(),
+        ));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .with_ansi(ansi);
+    match format {
+        // One object per line. The tracing target (a module path) is left out: it would repeat the
+        // `target` key of delivery lines, and operators do not need it.
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_target(false)
+            .with_span_list(false)
+            .init(),
+        LogFormat::Pretty => builder.init(),
+    }
+    guard
+}
+
+/// Log lines waiting for the writer thread; beyond it new lines are dropped rather than slowing
+/// requests down.
+const LOG_BUFFERED_LINES: usize = 128_000;
 
 async fn run_server(args: ServeArgs) -> Exit {
     use std::sync::Arc;
@@ -606,6 +640,15 @@ async fn run_server(args: ServeArgs) -> Exit {
         Ok(q) => Arc::new(q),
         Err(e) => {
             eprintln!("error: {e}");
+            match e {
+                crate::queue::QueueError::Locked { .. } => eprintln!(
+                    "  help: stop the other gateway, or give this one its own `--data` directory"
+                ),
+                crate::queue::QueueError::Damaged { .. } => eprintln!(
+                    "  help: keep the file, and recover what it holds as docs/delivery.md says (\"A damaged queue\")"
+                ),
+                _ => {}
+            }
             return Exit::Errors;
         }
     };
@@ -630,20 +673,21 @@ async fn run_server(args: ServeArgs) -> Exit {
         ..DispatchConfig::default()
     };
     let dispatcher = Dispatcher::new(queue.clone(), store.handle(), dispatch_config);
-    let state = Arc::new(State {
-        store: store.clone(),
-        queue,
-        wake: dispatcher.waker(),
-        config: ServerConfig {
+    let state = Arc::new(State::new(
+        store.clone(),
+        queue.clone(),
+        dispatcher.waker(),
+        ServerConfig {
             max_body: args.max_body,
+            max_body_in_flight: args.max_body_in_flight,
             header_timeout: args.header_timeout,
+            idle_timeout: args.idle_timeout,
             request_timeout: args.request_timeout,
             max_connections: args.max_connections,
             dedup_window: args.dedup_window,
             shutdown_grace: args.shutdown_grace,
         },
-        limits: Default::default(),
-    });
+    ));
     let status = store.status();
     tracing::info!(
         listen = %args.listen,
@@ -705,6 +749,9 @@ async fn run_server(args: ServeArgs) -> Exit {
     // Requests are done, so nothing more is enqueued; let deliveries finish or return to the queue.
     dispatcher_stop.trigger();
     let _ = dispatcher_task.await;
+    if let Err(e) = queue.close().await {
+        tracing::warn!(error = %e, "closing the queue failed");
+    }
     tracing::info!("stopped; the queue keeps what was not delivered");
     Exit::Ok
 }

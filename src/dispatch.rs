@@ -407,10 +407,10 @@ fn finished(
         Ok((id, _)) => *id,
         Err(e) => e.id(),
     };
-    if let Some((target, _)) = running.remove(&id) {
-        if let Some(state) = targets.get_mut(&target) {
-            state.inflight = state.inflight.saturating_sub(1);
-        }
+    if let Some((target, _)) = running.remove(&id)
+        && let Some(state) = targets.get_mut(&target)
+    {
+        state.inflight = state.inflight.saturating_sub(1);
     }
 }
 
@@ -437,18 +437,29 @@ async fn deliver<Q: QueueBackend>(
         Settle::DeadLetter => "dead",
         Settle::Release => "released",
     };
-    tracing::info!(
-        job = id,
-        target = %target_name,
-        kind = job.kind.as_str(),
-        delivery = %job.delivery,
-        attempt = attempt_no,
-        status = status.map(u64::from),
-        error = error.as_deref(),
-        duration_ms,
-        outcome,
-        "delivery attempt"
-    );
+    crate::metrics::delivery(&target_name, outcome, duration_ms as f64 / 1000.0);
+    macro_rules! attempt_line {
+        ($level:expr) => {
+            tracing::event!(
+                $level,
+                job = id,
+                target = %target_name,
+                kind = job.kind.as_str(),
+                delivery = %job.delivery,
+                attempt = attempt_no,
+                status = status.map(u64::from),
+                error = error.as_deref(),
+                duration_ms,
+                outcome,
+                "delivery attempt"
+            )
+        };
+    }
+    // A dead letter needs a person: it is a warning, the rest is routine.
+    match settle {
+        Settle::DeadLetter => attempt_line!(tracing::Level::WARN),
+        _ => attempt_line!(tracing::Level::INFO),
+    }
     let attempt = Attempt {
         attempt: attempt_no,
         started_at,

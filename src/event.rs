@@ -34,23 +34,36 @@ impl Event {
         query: Vec<(String, String)>,
         payload: Value,
     ) -> Event {
-        let headers: Vec<(String, String)> = headers
-            .into_iter()
-            .map(|(mut n, v)| {
-                // In place: names from hyper are already lowercase, so this usually changes nothing.
-                n.make_ascii_lowercase();
-                (n, v)
-            })
-            .collect();
+        let headers = lowercase(headers);
         let (found, delivery) =
             providers::identify(rules.sources[source].kind, &headers, &query, &payload);
-        let source_name = rules.sources[source].name.clone();
-        Event {
+        Event::with_identity(
+            rules,
             source,
-            source_name,
-            name: name.or(found),
+            name.or(found),
             delivery,
             headers,
+            query,
+            payload,
+        )
+    }
+
+    /// Builds an event whose name and delivery id were already worked out (by `prepare`).
+    pub fn with_identity(
+        rules: &RuleSet,
+        source: usize,
+        name: Option<String>,
+        delivery: Option<String>,
+        headers: Vec<(String, String)>,
+        query: Vec<(String, String)>,
+        payload: Value,
+    ) -> Event {
+        Event {
+            source,
+            source_name: rules.sources[source].name.clone(),
+            name,
+            delivery,
+            headers: lowercase(headers),
             query,
             payload,
         }
@@ -70,4 +83,15 @@ impl Event {
             .filter(move |(n, _)| n == name)
             .map(|(_, v)| v.as_str())
     }
+}
+
+/// Header names lowercased in place: names from hyper already are, so this usually changes nothing.
+fn lowercase(headers: Vec<(String, String)>) -> Vec<(String, String)> {
+    headers
+        .into_iter()
+        .map(|(mut n, v)| {
+            n.make_ascii_lowercase();
+            (n, v)
+        })
+        .collect()
 }

@@ -1,13 +1,18 @@
 //! Reads a few simple paths out of a JSON body without building the whole tree.
 //!
 //! One pass of serde_json over the bytes: values on the requested paths are deserialized, everything
-//! else is skipped (`IgnoredAny`), and the whole document is still checked for syntax. The server uses it
-//! to consult a source's rule index before paying for a full parse: when no rule can be a candidate, the
-//! full `Value` tree is never built.
+//! else is visited and dropped, and the whole document is checked exactly as a full parse into a `Value`
+//! checks it. The server uses it to consult a source's rule index before paying for a full parse: when no
+//! rule can be a candidate, the full `Value` tree is never built.
+//!
+//! INVARIANT: `extract` accepts exactly the bytes `serde_json::from_slice::<Value>` accepts, and finds at
+//! each path what a walk of that `Value` finds. Two details make it so: skipped values go through
+//! `deserialize_any` (serde's `IgnoredAny` would skip strings without checking their UTF-8 and nesting
+//! without its depth limit), and a repeated key replaces what an earlier one held, as it does in a `Value`.
 
 use std::fmt;
 
-use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
 use crate::ruleset::Step;
@@ -67,8 +72,7 @@ impl<'de> DeserializeSeed<'de> for Seed<'_, '_> {
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
         if self.wanted.is_empty() {
-            <IgnoredAny as serde::Deserialize>::deserialize(d)?;
-            return Ok(());
+            return Skip.deserialize(d);
         }
         // A path that ends here wants this whole value.
         if self.wanted.iter().any(|(_, rest)| rest.is_empty()) {
@@ -100,6 +104,10 @@ impl<'de> Visitor<'de> for Seed<'_, '_> {
                     _ => None,
                 })
                 .collect();
+            // A repeated key replaces the earlier value whole, as in a `Value`: forget what it held.
+            for (i, _) in &below {
+                self.found[*i] = None;
+            }
             map.next_value_seed(Seed {
                 wanted: &below,
                 found: self.found,
@@ -169,6 +177,56 @@ impl<'de> Visitor<'de> for Seed<'_, '_> {
     }
 }
 
+/// Visits a value and keeps nothing, checking it as a `Value` parse would.
+struct Skip;
+
+impl<'de> DeserializeSeed<'de> for Skip {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(Skip)
+    }
+}
+
+impl<'de> Visitor<'de> for Skip {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("JSON")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while map.next_key_seed(Skip)?.is_some() {
+            map.next_value_seed(Skip)?;
+        }
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(Skip)?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,5 +266,44 @@ mod tests {
         assert!(extract(br#"{"a": 1} trailing"#, &[&[key("a")]]).is_err());
         assert!(extract(b"not json", &[]).is_err());
         assert!(extract(b"[1, 2]", &[&[Step::Index(1)]]).unwrap() == vec![Some(json!(2))]);
+    }
+
+    /// Bodies a full parse refuses are refused even where no path reads: the answer must not depend on
+    /// which fields the rules happen to read.
+    #[test]
+    fn refuses_what_a_full_parse_refuses_in_skipped_fields() {
+        let deep = format!(
+            "{{\"ref\": \"x\", \"y\": {}1{}}}",
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        let bodies: Vec<Vec<u8>> = vec![
+            b"{\"ref\": \"x\", \"y\": \"\xff\xfe\"}".to_vec(),
+            b"{\"ref\": \"x\", \"\xff\": 1}".to_vec(),
+            deep.into_bytes(),
+        ];
+        for body in bodies {
+            assert!(serde_json::from_slice::<Value>(&body).is_err());
+            assert!(extract(&body, &[&[key("ref")]]).is_err(), "{body:?}");
+            assert!(extract(&body, &[]).is_err(), "{body:?}");
+        }
+    }
+
+    #[test]
+    fn a_repeated_key_replaces_the_earlier_value() {
+        let body = br#"{"a": {"b": 1}, "a": {"c": 2}, "d": 1, "d": [2]}"#;
+        let full: Value = serde_json::from_slice(body).unwrap();
+        let paths: Vec<Vec<Step>> = vec![
+            vec![key("a"), key("b")],
+            vec![key("a"), key("c")],
+            vec![key("a")],
+            vec![key("d")],
+        ];
+        let refs: Vec<&[Step]> = paths.iter().map(Vec::as_slice).collect();
+        let found = extract(body, &refs).unwrap();
+        for (path, got) in paths.iter().zip(&found) {
+            assert_eq!(got.as_ref(), crate::eval::walk(path, &full), "{path:?}");
+        }
+        assert_eq!(found[0], None);
     }
 }

@@ -26,6 +26,7 @@ pub mod explain;
 pub mod extract;
 pub mod load;
 pub mod metrics;
+pub mod prepare;
 pub mod providers;
 pub mod queue;
 pub mod reload;

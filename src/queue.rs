@@ -175,6 +175,10 @@ pub enum QueueError {
     Storage(String),
     #[error("the queue is closed")]
     Closed,
+    #[error("another gateway is using the data directory `{dir}`{}", if holder.is_empty() { String::new() } else { format!(" (process {holder})") })]
+    Locked { dir: String, holder: String },
+    #[error("the queue database `{path}` is damaged: {detail}")]
+    Damaged { path: String, detail: String },
     #[error("no job {0}")]
     NoSuchJob(i64),
     #[error("job {0} is {1}, not dead; only dead jobs can be requeued")]

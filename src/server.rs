@@ -1,28 +1,40 @@
 //! The hook and admin HTTP servers: hyper glue, limits, graceful shutdown.
 //!
 //! `serve` takes its listener and its shutdown future, so tests bind `127.0.0.1:0` and stop it when
-//! they like. The hook port routes by path, enforces the body limit while reading, and hands complete
-//! requests to `handler`; the admin port serves `admin`. Connections are capped by a semaphore (excess
-//! connections wait in the kernel's accept queue), HTTP/1 headers must arrive within a timeout, and each
-//! request must complete within another. On shutdown both ports stop accepting and let in-flight
-//! requests finish.
+//! they like. The hook port routes by path, checks the credentials the headers carry, enforces the body
+//! limits while reading, and hands complete requests to `handler`; the admin port serves `admin`.
+//!
+//! Limits, each with a default (flags of `gateway serve`, `docs/operations.md`):
+//! - **Connections** are capped per port. A connection is *idle* while no request of it is being served:
+//!   before its first request, between keep-alive requests, an HTTP/2 connection without streams. An idle
+//!   connection is closed after `header_timeout` if it never started a request (whatever it sent: nothing,
+//!   one byte, an HTTP/2 preface) and after `idle_timeout` between requests. At the cap, a new connection
+//!   evicts the longest-idle one, so idle connections can never keep a request out.
+//! - **Time**: HTTP/1 headers within `header_timeout`; a whole request within `request_timeout`.
+//! - **Memory**: a body over its source's `max_body` is refused (from `Content-Length` and while reading);
+//!   the bytes of all bodies being read at once stay within `max_body_in_flight`, past which requests are
+//!   answered 503 with `Retry-After`; a request whose signature or token header is missing, malformed or
+//!   stale is refused before its body is read.
 
 pub mod admin;
 pub mod handler;
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{Method, Request, Response};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tracing::Instrument;
 
 use crate::queue::sqlite::SqliteQueue;
 use crate::reload::RuleStore;
@@ -33,8 +45,13 @@ use handler::Reject;
 pub struct ServerConfig {
     /// Largest body, unless the source sets `max_body`.
     pub max_body: u64,
-    /// HTTP/1 request headers must arrive within this.
+    /// Bytes of request bodies being read at once, over all requests; past it, 503.
+    pub max_body_in_flight: u64,
+    /// HTTP/1 request headers must arrive within this, and a connection must start its first request
+    /// within it.
     pub header_timeout: Duration,
+    /// An idle keep-alive connection (HTTP/1 between requests, HTTP/2 without streams) closes after this.
+    pub idle_timeout: Duration,
     /// Whole requests, body and enqueue included, must complete within this.
     pub request_timeout: Duration,
     /// Connections served at once, per port.
@@ -49,7 +66,9 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             max_body: 10 << 20,
+            max_body_in_flight: 64 << 20,
             header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
             request_timeout: handler::DEFAULT_REQUEST_TIMEOUT,
             max_connections: 1024,
             dedup_window: Duration::from_secs(24 * 3600),
@@ -66,6 +85,30 @@ pub struct State {
     pub wake: Arc<Notify>,
     pub config: ServerConfig,
     pub limits: handler::SourceLimits,
+    /// The body budget: one permit per byte being read (`max_body_in_flight`).
+    pub body_budget: Arc<Semaphore>,
+}
+
+impl State {
+    /// Builds the state, with a body budget of `config.max_body_in_flight` bytes.
+    pub fn new(
+        store: Arc<RuleStore>,
+        queue: Arc<SqliteQueue>,
+        wake: Arc<Notify>,
+        config: ServerConfig,
+    ) -> State {
+        let budget = usize::try_from(config.max_body_in_flight)
+            .unwrap_or(usize::MAX)
+            .min(Semaphore::MAX_PERMITS);
+        State {
+            store,
+            queue,
+            wake,
+            config,
+            limits: Default::default(),
+            body_budget: Arc::new(Semaphore::new(budget)),
+        }
+    }
 }
 
 type Handler = fn(
@@ -97,6 +140,90 @@ pub async fn serve_admin(
     .await;
 }
 
+/// One connection's standing, shared by its task, its service and the accept loop.
+struct Conn {
+    /// Requests being served.
+    active: AtomicUsize,
+    /// Milliseconds since the server started when the connection last became idle.
+    idle_since: AtomicU64,
+    /// Whether a request has started on it yet.
+    served: AtomicUsize,
+    /// Asks the connection to close if it is idle (eviction).
+    evict: Notify,
+}
+
+/// The connections of one port, for eviction.
+struct Conns {
+    epoch: Instant,
+    next: AtomicU64,
+    all: Mutex<HashMap<u64, Arc<Conn>>>,
+}
+
+impl Conns {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn add(&self) -> (u64, Arc<Conn>) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let conn = Arc::new(Conn {
+            active: AtomicUsize::new(0),
+            idle_since: AtomicU64::new(self.now_ms()),
+            served: AtomicUsize::new(0),
+            evict: Notify::new(),
+        });
+        lock(&self.all).insert(id, conn.clone());
+        (id, conn)
+    }
+
+    fn remove(&self, id: u64) {
+        lock(&self.all).remove(&id);
+    }
+
+    /// Asks the longest-idle connection to close; false if none is idle.
+    fn evict_idle(&self) -> bool {
+        let all = lock(&self.all);
+        let idlest = all
+            .values()
+            .filter(|c| c.active.load(Ordering::Acquire) == 0)
+            .min_by_key(|c| c.idle_since.load(Ordering::Relaxed));
+        match idlest {
+            Some(conn) => {
+                conn.evict.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Counts a request as active on its connection until dropped.
+struct Active {
+    conn: Arc<Conn>,
+    conns: Arc<Conns>,
+}
+
+impl Active {
+    fn start(conn: Arc<Conn>, conns: Arc<Conns>) -> Active {
+        conn.active.fetch_add(1, Ordering::AcqRel);
+        conn.served.store(1, Ordering::Relaxed);
+        Active { conn, conns }
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.conn
+            .idle_since
+            .store(self.conns.now_ms(), Ordering::Relaxed);
+        self.conn.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 async fn serve(
     listener: TcpListener,
     state: Arc<State>,
@@ -104,21 +231,27 @@ async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(state.config.max_connections));
+    let config = &state.config;
+    let slots = Arc::new(Semaphore::new(config.max_connections));
+    let conns = Arc::new(Conns {
+        epoch: Instant::now(),
+        next: AtomicU64::new(0),
+        all: Mutex::new(HashMap::new()),
+    });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(state.config.header_timeout);
+        .header_read_timeout(config.header_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_STREAMS)
+        .max_header_list_size(MAX_HEADER_LIST);
+    let builder = Arc::new(builder);
     loop {
-        let permit = tokio::select! {
-            () = &mut shutdown => break,
-            permit = slots.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
         let (stream, peer) = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
@@ -129,27 +262,89 @@ async fn serve(
                     continue;
                 }
             },
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+        };
+        // At the cap, make room by closing an idle connection; wait at most a header timeout for it.
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                let evicted = conns.evict_idle();
+                let wait =
+                    tokio::time::timeout(config.header_timeout, slots.clone().acquire_owned());
+                match wait.await {
+                    Ok(Ok(p)) => p,
+                    _ => {
+                        tracing::warn!(%peer, evicted, limit = config.max_connections, "connection refused: at the connection limit");
+                        continue;
+                    }
+                }
+            }
         };
         let _ = stream.set_nodelay(true);
-        let state = state.clone();
-        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let state = state.clone();
-            async move { Ok::<_, Infallible>(handler(state, req).await) }
-        });
-        let conn = graceful.watch(
-            builder
-                .serve_connection(TokioIo::new(stream), service)
-                .into_owned(),
+        let (id, conn) = conns.add();
+        let service = {
+            let (state, conn, conns) = (state.clone(), conn.clone(), conns.clone());
+            hyper::service::service_fn(move |req: Request<Incoming>| {
+                let active = Active::start(conn.clone(), conns.clone());
+                let state = state.clone();
+                async move {
+                    let response = handler(state, req).await;
+                    drop(active);
+                    Ok::<_, Infallible>(response)
+                }
+            })
+        };
+        let (builder, conns, mut stop, timeouts) = (
+            builder.clone(),
+            conns.clone(),
+            stop_rx.clone(),
+            (config.header_timeout, config.idle_timeout),
         );
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+        tasks.spawn(async move {
+            let served = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(served);
+            let mut stopping = false;
+            loop {
+                // Idle connections close at their deadline; busy ones are left to the request timeout.
+                let idle = conn.active.load(Ordering::Acquire) == 0;
+                let limit = if conn.served.load(Ordering::Relaxed) == 0 { timeouts.0 } else { timeouts.1 };
+                let since = conn.idle_since.load(Ordering::Relaxed);
+                let deadline = conns.epoch + Duration::from_millis(since) + limit;
+                tokio::select! {
+                    result = served.as_mut() => {
+                        if let Err(e) = result {
+                            tracing::debug!(%peer, error = %e, "connection ended with an error");
+                        }
+                        break;
+                    }
+                    () = tokio::time::sleep_until(deadline.into()), if idle => {
+                        if conn.active.load(Ordering::Acquire) == 0
+                            && conn.idle_since.load(Ordering::Relaxed) == since
+                        {
+                            tracing::debug!(%peer, "idle connection closed");
+                            break;
+                        }
+                    }
+                    () = conn.evict.notified() => {
+                        if conn.active.load(Ordering::Acquire) == 0 {
+                            tracing::debug!(%peer, "idle connection evicted at the connection limit");
+                            break;
+                        }
+                    }
+                    _ = stop.changed(), if !stopping => {
+                        stopping = true;
+                        served.as_mut().graceful_shutdown();
+                    }
+                }
             }
+            conns.remove(id);
             drop(permit);
         });
     }
     drop(listener);
-    if tokio::time::timeout(state.config.shutdown_grace, graceful.shutdown())
+    let _ = stop_tx.send(true);
+    let grace = state.config.shutdown_grace;
+    if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
         .await
         .is_err()
     {
@@ -157,29 +352,59 @@ async fn serve(
     }
 }
 
-/// Routes a hook request, reads its body within the limits, and hands it to the handler.
-async fn hook(state: Arc<State>, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    let timeout = state.config.request_timeout;
-    match tokio::time::timeout(timeout, hook_inner(&state, req)).await {
-        Ok(response) => response,
-        Err(_) => {
-            tracing::info!(reason = "request timeout", "request rejected");
-            Reject::Timeout.response()
-        }
-    }
-}
+/// HTTP/2 streams served at once on one connection.
+const MAX_STREAMS: u32 = 64;
+/// The largest HTTP/2 header block.
+const MAX_HEADER_LIST: u32 = 64 << 10;
 
-async fn hook_inner(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
+/// Routes a hook request and answers it within the request timeout, in a span that every log line of
+/// the request carries; counts it.
+async fn hook(state: Arc<State>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let started = Instant::now();
     // One snapshot for the whole request: a reload meanwhile does not change what it sees.
     let rules = state.store.snapshot();
-    let path = req.uri().path();
-    let Some(index) = rules.source_index(path) else {
+    let routed = rules.source_index(req.uri().path());
+    let label = routed.map_or("", |i| rules.sources()[i].name());
+    let span = tracing::info_span!(
+        "request",
+        source = label,
+        event = tracing::field::Empty,
+        delivery = tracing::field::Empty,
+    );
+    let timeout = state.config.request_timeout;
+    let response = async {
+        match tokio::time::timeout(timeout, hook_inner(&state, &rules, routed, req)).await {
+            Ok(response) => response,
+            Err(_) => {
+                tracing::info!(reason = "request timeout", "request rejected");
+                Reject::Timeout.response()
+            }
+        }
+    }
+    .instrument(span)
+    .await;
+    crate::metrics::request(
+        label,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    response
+}
+
+async fn hook_inner(
+    state: &State,
+    rules: &Arc<crate::ruleset::RuleSet>,
+    routed: Option<usize>,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let Some(index) = routed else {
+        let path = req.uri().path();
         tracing::info!(path = %truncate(path), reason = "no source at this path", "request rejected");
         return Reject::NotFound.response();
     };
     let source = &rules.sources()[index];
     if req.method() != Method::POST {
-        tracing::info!(source = %source.name(), method = %req.method(), reason = "method not allowed", "request rejected");
+        tracing::info!(method = %req.method(), reason = "method not allowed", "request rejected");
         return Reject::MethodNotAllowed.response();
     }
     let limit = source.max_body().unwrap_or(state.config.max_body);
@@ -188,19 +413,10 @@ async fn hook_inner(state: &State, req: Request<Incoming>) -> Response<Full<Byte
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
-        tracing::info!(source = %source.name(), limit, reason = "body too large", "request rejected");
+        tracing::info!(limit, reason = "body too large", "request rejected");
         return Reject::TooLarge.response();
     }
-    let headers: Vec<(String, String)> = req
-        .headers()
-        .iter()
-        .map(|(n, v)| {
-            (
-                n.as_str().to_string(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .collect();
+    let headers = header_pairs(req.headers());
     let query: Vec<(String, String)> = req
         .uri()
         .query()
@@ -210,29 +426,29 @@ async fn hook_inner(state: &State, req: Request<Incoming>) -> Response<Full<Byte
                 .collect()
         })
         .unwrap_or_default();
-    let body = match Limited::new(req.into_body(), limit as usize)
-        .collect()
-        .await
-    {
-        Ok(collected) => collected.to_bytes(),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            tracing::info!(source = %source.name(), limit, reason = "body too large", "request rejected");
-            return Reject::TooLarge.response();
-        }
-        Err(e) => {
-            tracing::info!(source = %source.name(), error = %e, reason = "body not received", "request rejected");
-            return handler::json_response(
-                http::StatusCode::BAD_REQUEST,
-                &serde_json::json!({"error": "incomplete body"}),
-            );
-        }
+    // Credentials first: a request without a well-formed signature or token is refused unread.
+    let precheck = crate::verify::Request {
+        headers: &headers,
+        query: &query,
+        body: &[],
+        now: crate::queue::now_ms() / 1000,
+        headers_only: true,
+    };
+    if let Err(failure) = crate::verify::verify(source, &precheck) {
+        crate::metrics::verification_failure(source.name(), failure.as_str());
+        tracing::info!(
+            reason = failure.as_str(),
+            "request rejected: verification failed"
+        );
+        return Reject::Unauthorized.response();
+    }
+    let (body, _budget) = match read_body(state, req.into_body(), declared, limit).await {
+        Ok(read) => read,
+        Err(reject) => return reject.response(),
     };
     handler::handle(
         state,
-        &rules,
+        rules,
         handler::Incoming {
             source: index,
             headers,
@@ -241,6 +457,82 @@ async fn hook_inner(state: &State, req: Request<Incoming>) -> Response<Full<Byte
         },
     )
     .await
+}
+
+/// Reads a body of at most `limit` bytes, holding a permit from the body budget for every byte read (or
+/// declared) until the request is done.
+async fn read_body(
+    state: &State,
+    mut body: Incoming,
+    declared: Option<u64>,
+    limit: u64,
+) -> Result<(Bytes, Option<OwnedSemaphorePermit>), Reject> {
+    let budget = &state.body_budget;
+    let take = |n: u64, held: &mut Option<OwnedSemaphorePermit>| -> Result<(), Reject> {
+        if n == 0 {
+            return Ok(());
+        }
+        let n = u32::try_from(n).map_err(|_| Reject::TooLarge)?;
+        match budget.clone().try_acquire_many_owned(n) {
+            Ok(p) => {
+                match held {
+                    Some(h) => h.merge(p),
+                    None => *held = Some(p),
+                }
+                Ok(())
+            }
+            Err(_) => {
+                tracing::warn!(
+                    budget = state.config.max_body_in_flight,
+                    reason = "body budget exhausted",
+                    "request rejected"
+                );
+                Err(Reject::Overloaded)
+            }
+        }
+    };
+    let mut held = None;
+    // A declared length is reserved up front; a chunked body reserves as its frames arrive.
+    let mut reserved = declared.unwrap_or(0);
+    take(reserved, &mut held)?;
+    let mut buf = BytesMut::with_capacity(reserved as usize);
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::info!(error = %e, reason = "body not received", "request rejected");
+                return Err(Reject::IncompleteBody);
+            }
+        };
+        let Ok(data) = frame.into_data() else {
+            continue; // Trailers.
+        };
+        let after = buf.len() as u64 + data.len() as u64;
+        if after > limit {
+            tracing::info!(limit, reason = "body too large", "request rejected");
+            return Err(Reject::TooLarge);
+        }
+        if after > reserved {
+            take(after - reserved, &mut held)?;
+            reserved = after;
+        }
+        buf.extend_from_slice(&data);
+    }
+    Ok((buf.freeze(), held))
+}
+
+/// Request headers as the pipeline sees them: lowercase names, values decoded as UTF-8 (invalid bytes
+/// become U+FFFD; `prepare` refuses a delivery id that lost bytes that way).
+fn header_pairs(headers: &http::HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
 }
 
 /// A path as logged: at most 100 characters (a URL-token path is the credential; it is never logged whole).

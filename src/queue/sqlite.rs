@@ -12,6 +12,7 @@
 //! Inspect by hand with `sqlite3 DATA/hookgate.db` (see `docs/delivery.md`).
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
@@ -106,6 +107,8 @@ enum Op {
     Get(i64, Reply<(Job, Vec<Attempt>)>),
     Stats(Reply<Stats>),
     Prune(i64, Reply<u64>),
+    /// Checkpoint, close, stop the writer.
+    Close(Reply<()>),
 }
 
 /// The SQLite queue. Cheap to share behind an `Arc`; dropping it stops the writer thread after it has
@@ -113,11 +116,17 @@ enum Op {
 pub struct SqliteQueue {
     tx: mpsc::Sender<Op>,
     path: PathBuf,
+    /// The writer thread, joined by [`SqliteQueue::close`].
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl SqliteQueue {
     /// Opens (creating if needed) `DIR/hookgate.db`, migrates it, and returns jobs left in flight by a
     /// previous process to pending, so they are delivered again (at-least-once).
+    ///
+    /// One process at a time: `DIR/hookgate.lock` is locked exclusively for as long as the queue is open,
+    /// and a second process fails here at once. A database that fails SQLite's `quick_check` is refused
+    /// (`QueueError::Damaged`), never silently replaced by an empty one.
     pub fn open(dir: &Path) -> Result<SqliteQueue, QueueError> {
         std::fs::create_dir_all(dir).map_err(|e| {
             QueueError::Storage(format!(
@@ -126,10 +135,15 @@ impl SqliteQueue {
                 crate::load::io_reason(&e)
             ))
         })?;
+        let lock = lock_dir(dir)?;
         let path = dir.join("hookgate.db");
+        let damaged = |e: rusqlite::Error| QueueError::Damaged {
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        };
         let mut conn = Connection::open(&path).map_err(storage)?;
         conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(storage)?;
+            .map_err(damaged)?;
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(storage)?;
         conn.pragma_update(None, "busy_timeout", 5000)
@@ -137,14 +151,36 @@ impl SqliteQueue {
         // 32 MiB of page cache: the hot part of the queue (indexes, recent jobs) stays in memory.
         conn.pragma_update(None, "cache_size", -32_768)
             .map_err(storage)?;
+        check_integrity(&conn).map_err(|detail| QueueError::Damaged {
+            path: path.display().to_string(),
+            detail,
+        })?;
         migrate(&mut conn)?;
         recover_inflight(&mut conn)?;
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("hookgate-queue".into())
-            .spawn(move || writer(conn, rx))
+            .spawn(move || {
+                writer(conn, rx);
+                drop(lock); // Released only once the connection is closed.
+            })
             .map_err(|e| QueueError::Storage(format!("cannot start the queue thread: {e}")))?;
-        Ok(SqliteQueue { tx, path })
+        Ok(SqliteQueue {
+            tx,
+            path,
+            writer: Mutex::new(Some(writer)),
+        })
+    }
+
+    /// Finishes what was sent, checkpoints the WAL into the database file, closes it and releases the
+    /// data directory. Operations after this fail with [`QueueError::Closed`].
+    pub async fn close(&self) -> Result<(), QueueError> {
+        let result = self.call(Op::Close).await;
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(handle) = writer {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+        result
     }
 
     pub fn path(&self) -> &Path {
@@ -160,6 +196,23 @@ impl SqliteQueue {
             mpsc::error::TrySendError::Closed(_) => QueueError::Closed,
         })?;
         rx.await.map_err(|_| QueueError::Closed)?
+    }
+}
+
+/// Dropping the last handle closes the queue as [`SqliteQueue::close`] does, waiting for the writer, so
+/// the data directory is free again when `drop` returns.
+impl Drop for SqliteQueue {
+    fn drop(&mut self) {
+        let writer = self
+            .writer
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let Some(handle) = writer else { return };
+        let (reply, _) = oneshot::channel();
+        if self.tx.try_send(Op::Close(reply)).is_ok() {
+            let _ = handle.join();
+        }
     }
 }
 
@@ -284,8 +337,10 @@ fn recover_inflight(conn: &mut Connection) -> Result<(), QueueError> {
     tx.commit().map_err(storage)
 }
 
-/// The writer thread: batches, applies, commits, answers.
+/// The writer thread: batches, applies, commits, answers. Ends on `Close` (or when every sender is
+/// gone), after checkpointing the WAL, with the connection closed.
 fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Op>) {
+    let mut closing: Option<Reply<()>> = None;
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -294,21 +349,120 @@ fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Op>) {
                 Err(_) => break,
             }
         }
-        let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
-            Ok(tx) => tx,
-            Err(e) => {
-                let message = e.to_string();
-                batch.into_iter().for_each(|op| fail(op, &message));
-                continue;
+        // Operations sent before `Close` are applied; `Close` ends the loop after this batch.
+        if let Some(at) = batch.iter().position(|op| matches!(op, Op::Close(_))) {
+            let rest = batch.split_off(at);
+            for op in rest {
+                match op {
+                    Op::Close(reply) if closing.is_none() => closing = Some(reply),
+                    other => fail_closed(other),
+                }
             }
-        };
-        let mut tx = tx;
-        let answers: Vec<Answer> = batch.into_iter().map(|op| apply(&mut tx, op)).collect();
-        let committed = tx.commit().map_err(|e| e.to_string());
-        for answer in answers {
-            answer(committed.as_ref().err().map(String::as_str));
+        }
+        if !batch.is_empty() {
+            apply_batch(&mut conn, batch);
+        }
+        if closing.is_some() {
+            break;
         }
     }
+    rx.close();
+    while let Ok(op) = rx.try_recv() {
+        fail_closed(op);
+    }
+    let result = conn
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .map_err(storage)
+        .and_then(|()| conn.close().map_err(|(_, e)| storage(e)));
+    if let Err(e) = &result {
+        tracing::warn!(error = %e, "the queue did not close cleanly; SQLite recovers it at the next start");
+    }
+    if let Some(reply) = closing {
+        let _ = reply.send(result);
+    }
+}
+
+fn apply_batch(conn: &mut Connection, batch: Vec<Op>) {
+    let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => {
+            let message = e.to_string();
+            batch.into_iter().for_each(|op| fail(op, &message));
+            return;
+        }
+    };
+    let mut tx = tx;
+    let answers: Vec<Answer> = batch.into_iter().map(|op| apply(&mut tx, op)).collect();
+    let committed = tx.commit().map_err(|e| e.to_string());
+    for answer in answers {
+        answer(committed.as_ref().err().map(String::as_str));
+    }
+}
+
+/// Takes `DIR/hookgate.lock` exclusively, or says which process holds it.
+fn lock_dir(dir: &Path) -> Result<std::fs::File, QueueError> {
+    use std::io::{Read, Seek, Write};
+    let path = dir.join("hookgate.lock");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| {
+            QueueError::Storage(format!(
+                "cannot open `{}`: {}",
+                path.display(),
+                crate::load::io_reason(&e)
+            ))
+        })?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            return Err(QueueError::Locked {
+                dir: dir.display().to_string(),
+                holder: holder.trim().to_string(),
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(QueueError::Storage(format!(
+                "cannot lock `{}`: {}",
+                path.display(),
+                crate::load::io_reason(&e)
+            )));
+        }
+    }
+    // Who holds it, for the message a second process prints. Best effort: the lock is what counts.
+    let _ = file.set_len(0);
+    let _ = file.seek(std::io::SeekFrom::Start(0));
+    let _ = write!(file, "{}", std::process::id());
+    Ok(file)
+}
+
+/// SQLite's `quick_check`: `Err` with what it found when the database is damaged.
+fn check_integrity(conn: &Connection) -> Result<(), String> {
+    let mut stmt = conn
+        .prepare("PRAGMA quick_check")
+        .map_err(|e| e.to_string())?;
+    let found: Vec<String> = stmt
+        .query_map([], |r| r.get(0))
+        .and_then(|rows| rows.collect())
+        .map_err(|e| e.to_string())?;
+    match found.as_slice() {
+        [ok] if ok == "ok" => Ok(()),
+        problems => Err(problems
+            .iter()
+            .take(3)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("; ")),
+    }
+}
+
+fn fail_closed(op: Op) {
+    fail(op, "the queue is closed");
 }
 
 /// Sends an operation's result once the batch's commit is known (`Some(error)` if it failed).
@@ -351,6 +505,7 @@ fn fail(op: Op, message: &str) {
         Op::Get(_, r) => send(r, message),
         Op::Stats(r) => send(r, message),
         Op::Prune(_, r) => send(r, message),
+        Op::Close(r) => send(r, message),
     }
 }
 
@@ -487,6 +642,7 @@ fn apply(tx: &mut Transaction<'_>, op: Op) -> Answer {
             Some(id),
         ),
         Op::Stats(reply) => answer(reply, guarded(tx, stats)),
+        Op::Close(_) => unreachable!("the writer takes `Close` out of its batch"),
         Op::Prune(before, reply) => answer(
             reply,
             guarded(tx, |t| {

@@ -1,4 +1,4 @@
-//! One webhook request: verify, parse, evaluate, durably enqueue, answer.
+//! One webhook request: verify, prepare, evaluate, durably enqueue, answer.
 //!
 //! Takes the request's head and its complete body as bytes (the hyper glue in `server.rs` has already
 //! routed it and enforced the body limit) and one rules snapshot for the whole request. Every rejection
@@ -16,7 +16,8 @@ use serde_json::{Value, json};
 use crate::dispatch::jobs_for;
 use crate::eval::evaluate;
 use crate::event::Event;
-use crate::queue::{Accepted, QueueBackend};
+use crate::prepare::{Malformed, Options, Prepared, View, prepare};
+use crate::queue::{Accepted, NewJob, QueueBackend};
 use crate::ruleset::{Rate, RuleSet};
 use crate::server::State;
 use crate::verify;
@@ -38,9 +39,13 @@ pub enum Reject {
     MethodNotAllowed,
     TooLarge,
     Unauthorized,
-    NotJson,
+    Malformed(Malformed),
     RateLimited,
     QueueUnavailable,
+    /// The bodies being read already use the whole body budget.
+    Overloaded,
+    /// The connection ended or failed before the whole body arrived.
+    IncompleteBody,
     Timeout,
 }
 
@@ -51,9 +56,10 @@ impl Reject {
             Reject::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Reject::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Reject::Unauthorized => StatusCode::UNAUTHORIZED,
-            Reject::NotJson => StatusCode::BAD_REQUEST,
+            Reject::Malformed(_) => StatusCode::BAD_REQUEST,
             Reject::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            Reject::QueueUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Reject::QueueUnavailable | Reject::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Reject::IncompleteBody => StatusCode::BAD_REQUEST,
             Reject::Timeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
@@ -64,9 +70,11 @@ impl Reject {
             Reject::MethodNotAllowed => "method not allowed",
             Reject::TooLarge => "body too large",
             Reject::Unauthorized => "unauthorized",
-            Reject::NotJson => "body is not JSON",
+            Reject::Malformed(m) => m.as_str(),
             Reject::RateLimited => "rate limited",
             Reject::QueueUnavailable => "queue unavailable, retry later",
+            Reject::Overloaded => "too many requests in flight, retry later",
+            Reject::IncompleteBody => "incomplete body",
             Reject::Timeout => "request timed out",
         }
     }
@@ -79,7 +87,7 @@ impl Reject {
                 r.headers_mut()
                     .insert(http::header::ALLOW, HeaderValue::from_static("POST"));
             }
-            Reject::RateLimited | Reject::QueueUnavailable => {
+            Reject::RateLimited | Reject::QueueUnavailable | Reject::Overloaded => {
                 r.headers_mut()
                     .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
@@ -129,47 +137,40 @@ impl SourceLimits {
     }
 }
 
-/// Handles a routed webhook request with a complete body.
+/// Handles a routed webhook request with a complete body: rate limit → verify → prepare → evaluate →
+/// accept. Runs inside the request's span (the glue in `server.rs` creates it); records the event and
+/// delivery id on it once they are known.
 pub async fn handle(
     state: &State,
     rules: &Arc<RuleSet>,
     req: Incoming<'_>,
 ) -> Response<Full<Bytes>> {
-    let started = Instant::now();
-    let source = &rules.sources[req.source];
-    let span = tracing::info_span!("request", source = %source.name, delivery = tracing::field::Empty, event = tracing::field::Empty);
-    let _guard = span.enter();
-    let response = match process(state, rules, req, &span).await {
+    match process(state, rules, req).await {
         Ok(response) => response,
         Err(reject) => reject.response(),
-    };
-    crate::metrics::request(
-        &source.name,
-        response.status().as_u16(),
-        started.elapsed().as_secs_f64(),
-    );
-    response
+    }
 }
 
 async fn process(
     state: &State,
     rules: &Arc<RuleSet>,
     req: Incoming<'_>,
-    span: &tracing::Span,
 ) -> Result<Response<Full<Bytes>>, Reject> {
     let source = &rules.sources[req.source];
-    if let Some(rate) = source.rate {
-        if !state.limits.allow(&source.name, rate) {
-            tracing::info!(reason = "rate limited", "request rejected");
-            return Err(Reject::RateLimited);
-        }
+    if let Some(rate) = source.rate
+        && !state.limits.allow(&source.name, rate)
+    {
+        tracing::info!(reason = "rate limited", "request rejected");
+        return Err(Reject::RateLimited);
     }
-    let now = crate::queue::now_ms() / 1000;
+
+    // Verify: over the raw bytes, before anything reads them.
     let check = verify::Request {
         headers: &req.headers,
         query: &req.query,
         body: req.body,
-        now,
+        now: crate::queue::now_ms() / 1000,
+        headers_only: false,
     };
     if let Err(failure) = verify::verify(source, &check) {
         crate::metrics::verification_failure(&source.name, failure.as_str());
@@ -179,106 +180,58 @@ async fn process(
         );
         return Err(Reject::Unauthorized);
     }
-    // Fast path: when the event is known from the headers and the source's index alone decides which
-    // rules could match, read just the indexed paths (and, if every rule reads only simple paths, those
-    // too) in one validating pass. No candidate: answered without a parse tree. Candidates: evaluated on
-    // a sparse payload holding exactly the paths the rules read, when that suffices.
-    let mut prepared: Option<Value> = None;
-    if !is_form(&req.headers) && crate::providers::event_from_headers(source.kind) {
-        let (name, provided) =
-            crate::providers::identify(source.kind, &req.headers, &req.query, &Value::Null);
-        let filtered = !source.accepts_event(name.as_deref());
-        let keys = if filtered {
-            Some(Vec::new())
-        } else {
-            source.index.key_paths(name.as_deref())
-        };
-        if let Some(keys) = keys {
-            let mut paths = keys.clone();
-            for p in source.reads().unwrap_or_default() {
-                if !paths.contains(&p.as_slice()) {
-                    paths.push(p);
-                }
-            }
-            let values = crate::extract::extract(req.body, &paths).map_err(|_| not_json())?;
-            let lookup = |steps: &[crate::ruleset::Step]| {
-                paths
-                    .iter()
-                    .position(|k| *k == steps)
-                    .and_then(|i| values[i].as_ref())
-            };
-            if filtered
-                || source
-                    .index
-                    .candidates_with(name.as_deref(), lookup)
-                    .is_empty()
-            {
-                let delivery = provided.unwrap_or_else(|| format!("hg-{}", uuid::Uuid::new_v4()));
-                span.record("delivery", delivery.as_str());
-                return Ok(no_match(&delivery, filtered));
-            }
-            if source.reads().is_some() {
-                prepared = Some(crate::extract::sparse(&paths, &values));
-            }
-        }
-    }
 
-    // Form deliveries (GitHub, Gitea) carry the JSON in the `payload` field; Slack slash commands and
-    // interactivity are forms too.
-    let payload: Value = match prepared {
-        Some(sparse) => sparse,
-        None => match verify::form_payload(&check) {
-            Some(json) => serde_json::from_slice(&json).map_err(|_| not_json())?,
-            None if is_form(&req.headers) => Value::Object(
-                form_urlencoded::parse(req.body)
-                    .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
-                    .collect(),
-            ),
-            None => serde_json::from_slice(req.body).map_err(|_| not_json())?,
-        },
-    };
-
-    // Slack verifies a Request URL by asking for its challenge back (after we checked the signature).
-    if source.kind == crate::providers::ProviderKind::Slack
-        && payload.get("type").and_then(Value::as_str) == Some("url_verification")
-    {
-        let challenge = payload.get("challenge").cloned().unwrap_or(Value::Null);
-        tracing::info!("answered slack url_verification");
-        return Ok(json_response(
-            StatusCode::OK,
-            &json!({ "challenge": challenge }),
-        ));
-    }
-
-    let event = Event::new(rules, req.source, None, req.headers, req.query, payload);
+    // Prepare: event name, delivery id and the payload view, each worked out once.
+    let prepared = prepare(
+        source,
+        &req.headers,
+        &req.query,
+        req.body,
+        Options::default(),
+    )
+    .map_err(|m| {
+        tracing::info!(reason = m.as_str(), "request rejected");
+        Reject::Malformed(m)
+    })?;
     // A provider that sends no delivery id gets one, so actions can still be told apart.
-    let provided = event.delivery.clone();
-    let delivery = provided
+    let delivery = prepared
+        .delivery
         .clone()
         .unwrap_or_else(|| format!("hg-{}", uuid::Uuid::new_v4()));
+    let span = tracing::Span::current();
     span.record("delivery", delivery.as_str());
-    if let Some(name) = &event.name {
+    if let Some(name) = &prepared.event {
         span.record("event", name.as_str());
     }
+    let provided = prepared.delivery.is_some();
 
-    let filtered = !source.accepts_event(event.name.as_deref());
-    let outcome = if filtered {
-        Default::default()
-    } else {
-        evaluate(rules, &event)
+    // Evaluate: matched rules and their rendered actions.
+    let (matched, jobs) = match decide(
+        rules,
+        req.source,
+        req.headers,
+        req.query,
+        req.body,
+        prepared,
+        &delivery,
+    ) {
+        Decision::Handshake(challenge) => {
+            tracing::info!("answered slack url_verification");
+            return Ok(json_response(
+                StatusCode::OK,
+                &json!({ "challenge": challenge }),
+            ));
+        }
+        Decision::Nothing { filtered } => return Ok(no_match(&delivery, filtered)),
+        Decision::Run { matched, jobs } => (matched, jobs),
     };
-    if outcome.actions.is_empty() {
-        // Nothing to run, nothing to store: not even the delivery id, so that a redelivery after the
-        // rules were fixed does run.
-        return Ok(no_match(&delivery, filtered));
-    }
-    let jobs = jobs_for(rules, &event, &outcome, &delivery, req.body);
-    let matched: Vec<&str> = outcome
-        .matched
+
+    // Accept: the jobs and the delivery id in one durable write; 202 after it.
+    let matched: Vec<&str> = matched
         .iter()
         .map(|&i| rules.rules[i].name.as_str())
         .collect();
-    let seen = provided.map(|d| (source.name.clone(), d));
+    let seen = provided.then(|| (source.name.clone(), delivery.clone()));
     let kinds: Vec<&'static str> = jobs.iter().map(|j| j.kind.as_str()).collect();
     let n = jobs.len();
     match state
@@ -317,6 +270,58 @@ async fn process(
     }
 }
 
+/// What a prepared request leads to, before anything is stored.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// A handshake to answer (Slack's `url_verification`).
+    Handshake(Value),
+    /// Nothing to run: no rule matched, or the source's `events` filter dropped the event.
+    Nothing { filtered: bool },
+    /// Rules matched (indices into `rules.rules`, in order); their actions as jobs.
+    Run {
+        matched: Vec<usize>,
+        jobs: Vec<NewJob>,
+    },
+}
+
+/// Evaluates a prepared request and renders its jobs. Pure: the same inputs give the same decision
+/// whichever payload view `prepare` chose (the property test in `tests/prepare.rs`).
+pub fn decide(
+    rules: &RuleSet,
+    source: usize,
+    headers: Vec<(String, String)>,
+    query: Vec<(String, String)>,
+    body: &[u8],
+    prepared: Prepared,
+    delivery: &str,
+) -> Decision {
+    let payload = match prepared.view {
+        View::Handshake(challenge) => return Decision::Handshake(challenge),
+        View::None { filtered } => return Decision::Nothing { filtered },
+        View::Sparse(payload) | View::Full(payload) => payload,
+    };
+    let event = Event::with_identity(
+        rules,
+        source,
+        prepared.event,
+        prepared.delivery,
+        headers,
+        query,
+        payload,
+    );
+    let outcome = evaluate(rules, &event);
+    if outcome.actions.is_empty() {
+        // Nothing to run, nothing to store: not even the delivery id, so that a redelivery after the
+        // rules were fixed does run.
+        return Decision::Nothing { filtered: false };
+    }
+    let jobs = jobs_for(rules, &event, &outcome, delivery, body);
+    Decision::Run {
+        matched: outcome.matched,
+        jobs,
+    }
+}
+
 /// The 200 for a delivery that runs nothing.
 fn no_match(delivery: &str, filtered: bool) -> Response<Full<Bytes>> {
     tracing::info!(filtered, "no rule matched");
@@ -328,17 +333,6 @@ fn no_match(delivery: &str, filtered: bool) -> Response<Full<Bytes>> {
     r.headers_mut()
         .insert("x-hookgate-matched", HeaderValue::from_static("0"));
     r
-}
-
-fn is_form(headers: &[(String, String)]) -> bool {
-    headers
-        .iter()
-        .any(|(n, v)| n == "content-type" && v.starts_with("application/x-www-form-urlencoded"))
-}
-
-fn not_json() -> Reject {
-    tracing::info!(reason = "body is not JSON", "request rejected");
-    Reject::NotJson
 }
 
 /// The longest a handler may take end to end; the glue enforces it.
