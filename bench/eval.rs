@@ -1,6 +1,6 @@
 //! Evaluation time of one event against generated Concourse-style rule sets
 //! (`cargo bench --bench eval`), and the parse time of the payload itself.
-//! The payload is the 7.3 KB GitHub push in `../shared/fixtures/payloads/github/push-tag-deleted-octokit.json`.
+//! The payload is the 7.3 KB GitHub push in `tests/fixtures/payloads/github/push-tag-deleted-octokit.json`.
 
 #[path = "generate.rs"]
 mod generate;
@@ -13,7 +13,7 @@ use hookgate::event::Event;
 
 const PAYLOAD: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../shared/fixtures/payloads/github/push-tag-deleted-octokit.json"
+    "/tests/fixtures/payloads/github/push-tag-deleted-octokit.json"
 );
 
 fn percentile(samples: &mut [Duration], p: f64) -> Duration {
@@ -27,8 +27,7 @@ fn micros(d: Duration) -> f64 {
 
 fn main() {
     let quick = !std::env::args().any(|a| a == "--bench");
-    let bytes = std::fs::read(PAYLOAD)
-        .unwrap_or_else(|e| panic!("{PAYLOAD}: {e} (the benchmark needs ../shared)"));
+    let bytes = std::fs::read(PAYLOAD).unwrap_or_else(|e| panic!("{PAYLOAD}: {e}"));
     let samples = if quick { 200 } else { 20_000 };
 
     let mut parse: Vec<Duration> = (0..samples)

@@ -6,12 +6,12 @@
 #   bench/load.sh                 # DURATION=10s (seconds) CONNECTIONS=32 by default; ACTION=... (see below)
 #   PROFILE_GATEWAY="perf record -g -o gw.data --" bench/load.sh   # profile the gateway; SKIP_MISS=1
 #
-# Needs wrk (apt-get install -y wrk) and ../shared/fixtures beside the checkout.
+# Needs wrk (apt-get install -y wrk).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-32}
-PAYLOAD=../shared/fixtures/payloads/github/push-tag-deleted-octokit.json
+PAYLOAD=tests/fixtures/payloads/github/push-tag-deleted-octokit.json
 SECRET=bench-secret
 command -v wrk >/dev/null || { echo "error: wrk is not installed (apt-get install -y wrk)" >&2; exit 1; }
 [ -f "$PAYLOAD" ] || { echo "error: $PAYLOAD is missing" >&2; exit 1; }

@@ -370,7 +370,7 @@ fn test_reports_missing_payload_files_and_files_without_tests() {
 
 #[test]
 fn explain_shows_every_rule_and_clause() {
-    let fixture = "../shared/fixtures/payloads/github/push-branch-commits-argocd";
+    let fixture = "tests/fixtures/payloads/github/push-branch-commits-argocd";
     let headers = format!("{fixture}.headers.json");
     let payload = format!("{fixture}.json");
     let args = [

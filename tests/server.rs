@@ -21,17 +21,16 @@ use support::Sink;
 const WAIT: Duration = Duration::from_secs(10);
 const SW_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
+/// A payload of `tests/fixtures/payloads` and the headers of its `.headers.json` sidecar.
 fn fixture(name: &str) -> (Vec<u8>, Vec<(String, String)>) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/payloads");
-    assert!(
-        dir.is_dir(),
-        "{} is missing: these tests need ../shared beside the checkout",
-        dir.display()
-    );
-    let body = std::fs::read(dir.join(format!("{name}.json"))).unwrap();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/payloads");
+    let read = |file: String| {
+        let path = dir.join(file);
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    };
+    let body = read(format!("{name}.json"));
     let headers: serde_json::Map<String, Value> =
-        serde_json::from_slice(&std::fs::read(dir.join(format!("{name}.headers.json"))).unwrap())
-            .unwrap();
+        serde_json::from_slice(&read(format!("{name}.headers.json"))).unwrap();
     (
         body,
         headers
