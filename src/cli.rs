@@ -689,9 +689,13 @@ async fn run_server(args: ServeArgs) -> Exit {
         },
     ));
     let status = store.status();
+    // The bound addresses (a port of 0 in the flags becomes a real one here).
+    let bound = |l: &tokio::net::TcpListener, asked: std::net::SocketAddr| {
+        l.local_addr().unwrap_or(asked)
+    };
     tracing::info!(
-        listen = %args.listen,
-        admin = %args.admin,
+        listen = %bound(&hooks, args.listen),
+        admin = %bound(&admin, args.admin),
         rules = %args.rules.display(),
         hash = %status.hash,
         data = %args.data.display(),

@@ -191,11 +191,25 @@ pub fn is_form(headers: &Headers) -> bool {
     })
 }
 
-/// The `payload` field of a form body.
+/// The `payload` field of a form body, percent-decoded to its exact bytes (not repaired into UTF-8: a
+/// field that is not UTF-8 is not JSON, and must fail as such).
 pub fn payload_field(body: &[u8]) -> Option<Vec<u8>> {
-    form_urlencoded::parse(body)
-        .find(|(k, _)| k == "payload")
-        .map(|(_, v)| v.into_owned().into_bytes())
+    body.split(|&b| b == b'&').find_map(|pair| {
+        let (name, value) = match pair.iter().position(|&b| b == b'=') {
+            Some(i) => (&pair[..i], &pair[i + 1..]),
+            None => (pair, &[][..]),
+        };
+        (form_decode(name) == b"payload").then(|| form_decode(value))
+    })
+}
+
+/// `application/x-www-form-urlencoded` decoding of one name or value: `+` is a space, then `%XX`.
+fn form_decode(text: &[u8]) -> Vec<u8> {
+    let spaced: Vec<u8> = text
+        .iter()
+        .map(|&b| if b == b'+' { b' ' } else { b })
+        .collect();
+    percent_encoding::percent_decode(&spaced).collect()
 }
 
 /// Slack: `X-Slack-Signature: v0=<hex>` of `v0:{timestamp}:{body}`, timestamp within tolerance.
