@@ -155,9 +155,32 @@ struct ServeArgs {
     /// Quiet time after a file change before reloading.
     #[arg(long, env = "HOOKGATE_RELOAD_DEBOUNCE", default_value = "250ms", value_parser = parse_duration_arg)]
     reload_debounce: std::time::Duration,
+    /// Request bodies the delivery log keeps: `all` that reached evaluation, `matched` only, or `none`.
+    #[arg(long, env = "HOOKGATE_RECORD_BODIES", value_enum, default_value_t = RecordBodiesArg::All)]
+    record_bodies: RecordBodiesArg,
+    /// Delivery records kept (in memory; accepted ones also in the queue's database).
+    #[arg(
+        long,
+        env = "HOOKGATE_DELIVERIES_MAX_RECORDS",
+        default_value_t = 10_000
+    )]
+    deliveries_max_records: usize,
+    /// Bytes of delivery records (bodies included) kept in memory.
+    #[arg(long, env = "HOOKGATE_DELIVERIES_MAX_BYTES", default_value = "64MiB", value_parser = parse_size_arg)]
+    deliveries_max_bytes: u64,
+    /// Delivery records older than this are dropped.
+    #[arg(long, env = "HOOKGATE_DELIVERIES_MAX_AGE", default_value = "7d", value_parser = parse_duration_arg)]
+    deliveries_max_age: std::time::Duration,
     /// Log format; levels come from `RUST_LOG` (default `info`).
     #[arg(long, env = "HOOKGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
     log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum RecordBodiesArg {
+    All,
+    Matched,
+    None,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -687,12 +710,23 @@ async fn run_server(args: ServeArgs) -> Exit {
             dedup_window: args.dedup_window,
             shutdown_grace: args.shutdown_grace,
         },
+        Arc::new(crate::delivery_log::DeliveryLog::new(
+            crate::delivery_log::LogConfig {
+                max_records: args.deliveries_max_records,
+                max_bytes: usize::try_from(args.deliveries_max_bytes).unwrap_or(usize::MAX),
+                max_age: args.deliveries_max_age,
+                bodies: match args.record_bodies {
+                    RecordBodiesArg::All => crate::delivery_log::RecordBodies::All,
+                    RecordBodiesArg::Matched => crate::delivery_log::RecordBodies::Matched,
+                    RecordBodiesArg::None => crate::delivery_log::RecordBodies::None,
+                },
+            },
+        )),
     ));
     let status = store.status();
     // The bound addresses (a port of 0 in the flags becomes a real one here).
-    let bound = |l: &tokio::net::TcpListener, asked: std::net::SocketAddr| {
-        l.local_addr().unwrap_or(asked)
-    };
+    let bound =
+        |l: &tokio::net::TcpListener, asked: std::net::SocketAddr| l.local_addr().unwrap_or(asked);
     tracing::info!(
         listen = %bound(&hooks, args.listen),
         admin = %bound(&admin, args.admin),

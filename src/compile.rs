@@ -188,6 +188,7 @@ pub(crate) fn compile(
             rules,
             by_path,
             secrets,
+            version: String::new(),
         },
         tests,
         warnings: diags,

@@ -18,6 +18,7 @@
 
 pub mod cli;
 pub mod compile;
+pub mod delivery_log;
 pub mod diagnostic;
 pub mod dispatch;
 pub mod eval;

@@ -34,6 +34,9 @@ pub struct RuleSet {
     pub(crate) by_path: HashMap<String, usize>,
     /// Every declared secret, by name (`forward ... sign with` looks them up at delivery).
     pub(crate) secrets: HashMap<String, SecretValue>,
+    /// The hash of the files it was compiled from, set by whoever loaded them (empty until then): the
+    /// delivery log records it to explain a delivery against the rules that judged it.
+    pub(crate) version: String,
 }
 
 /// A rule: which sources and events it listens to, what must hold, and what to do.
@@ -78,6 +81,17 @@ impl RuleSet {
 
     pub fn secret(&self, name: &str) -> Option<&SecretValue> {
         self.secrets.get(name)
+    }
+
+    /// The hash of the rules files it was compiled from (empty when not loaded from files).
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// Names the version, before the set is shared.
+    pub fn with_version(mut self, version: impl Into<String>) -> RuleSet {
+        self.version = version.into();
+        self
     }
 }
 

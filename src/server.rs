@@ -36,6 +36,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
+use crate::delivery_log::{DeliveryLog, Record};
 use crate::queue::sqlite::SqliteQueue;
 use crate::reload::RuleStore;
 use handler::Reject;
@@ -87,6 +88,8 @@ pub struct State {
     pub limits: handler::SourceLimits,
     /// The body budget: one permit per byte being read (`max_body_in_flight`).
     pub body_budget: Arc<Semaphore>,
+    /// What became of every request.
+    pub log: Arc<DeliveryLog>,
 }
 
 impl State {
@@ -96,6 +99,7 @@ impl State {
         queue: Arc<SqliteQueue>,
         wake: Arc<Notify>,
         config: ServerConfig,
+        log: Arc<DeliveryLog>,
     ) -> State {
         let budget = usize::try_from(config.max_body_in_flight)
             .unwrap_or(usize::MAX)
@@ -107,6 +111,7 @@ impl State {
             config,
             limits: Default::default(),
             body_budget: Arc::new(Semaphore::new(budget)),
+            log,
         }
     }
 }
@@ -358,7 +363,7 @@ const MAX_STREAMS: u32 = 64;
 const MAX_HEADER_LIST: u32 = 64 << 10;
 
 /// Routes a hook request and answers it within the request timeout, in a span that every log line of
-/// the request carries; counts it.
+/// the request carries; counts it and records it in the delivery log.
 async fn hook(state: Arc<State>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let started = Instant::now();
     // One snapshot for the whole request: a reload meanwhile does not change what it sees.
@@ -371,23 +376,28 @@ async fn hook(state: Arc<State>, req: Request<Incoming>) -> Response<Full<Bytes>
         event = tracing::field::Empty,
         delivery = tracing::field::Empty,
     );
+    let mut record = Record::new(routed.map(|_| label.to_string()));
     let timeout = state.config.request_timeout;
     let response = async {
-        match tokio::time::timeout(timeout, hook_inner(&state, &rules, routed, req)).await {
+        match tokio::time::timeout(
+            timeout,
+            hook_inner(&state, &rules, routed, req, &mut record),
+        )
+        .await
+        {
             Ok(response) => response,
             Err(_) => {
-                tracing::info!(reason = "request timeout", "request rejected");
+                handler::refuse(&mut record, Reject::Timeout, "request timeout");
                 Reject::Timeout.response()
             }
         }
     }
     .instrument(span)
     .await;
-    crate::metrics::request(
-        label,
-        response.status().as_u16(),
-        started.elapsed().as_secs_f64(),
-    );
+    let status = response.status().as_u16();
+    crate::metrics::request(label, status, started.elapsed().as_secs_f64());
+    record.status = status;
+    state.log.append(record);
     response
 }
 
@@ -396,16 +406,16 @@ async fn hook_inner(
     rules: &Arc<crate::ruleset::RuleSet>,
     routed: Option<usize>,
     req: Request<Incoming>,
+    record: &mut Record,
 ) -> Response<Full<Bytes>> {
     let Some(index) = routed else {
         let path = req.uri().path();
-        tracing::info!(path = %truncate(path), reason = "no source at this path", "request rejected");
-        return Reject::NotFound.response();
+        tracing::debug!(path = %truncate(path), "no source at this path");
+        return handler::refuse(record, Reject::NotFound, "no source at this path").response();
     };
     let source = &rules.sources()[index];
     if req.method() != Method::POST {
-        tracing::info!(method = %req.method(), reason = "method not allowed", "request rejected");
-        return Reject::MethodNotAllowed.response();
+        return handler::refuse(record, Reject::MethodNotAllowed, "method not allowed").response();
     }
     let limit = source.max_body().unwrap_or(state.config.max_body);
     let declared = req
@@ -413,8 +423,7 @@ async fn hook_inner(
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
-        tracing::info!(limit, reason = "body too large", "request rejected");
-        return Reject::TooLarge.response();
+        return handler::refuse(record, Reject::TooLarge, "body too large").response();
     }
     let headers = header_pairs(req.headers());
     let query: Vec<(String, String)> = req
@@ -436,15 +445,12 @@ async fn hook_inner(
     };
     if let Err(failure) = crate::verify::verify(source, &precheck) {
         crate::metrics::verification_failure(source.name(), failure.as_str());
-        tracing::info!(
-            reason = failure.as_str(),
-            "request rejected: verification failed"
-        );
-        return Reject::Unauthorized.response();
+        record.request = Some(handler::recorded(source, headers, query, None));
+        return handler::refuse(record, Reject::Unauthorized, failure.reason()).response();
     }
     let (body, _budget) = match read_body(state, req.into_body(), declared, limit).await {
         Ok(read) => read,
-        Err(reject) => return reject.response(),
+        Err((reject, reason)) => return handler::refuse(record, reject, reason).response(),
     };
     handler::handle(
         state,
@@ -453,8 +459,9 @@ async fn hook_inner(
             source: index,
             headers,
             query,
-            body: &body,
+            body,
         },
+        record,
     )
     .await
 }
@@ -466,13 +473,13 @@ async fn read_body(
     mut body: Incoming,
     declared: Option<u64>,
     limit: u64,
-) -> Result<(Bytes, Option<OwnedSemaphorePermit>), Reject> {
+) -> Result<(Bytes, Option<OwnedSemaphorePermit>), (Reject, &'static str)> {
     let budget = &state.body_budget;
-    let take = |n: u64, held: &mut Option<OwnedSemaphorePermit>| -> Result<(), Reject> {
+    let take = |n: u64, held: &mut Option<OwnedSemaphorePermit>| {
         if n == 0 {
             return Ok(());
         }
-        let n = u32::try_from(n).map_err(|_| Reject::TooLarge)?;
+        let n = u32::try_from(n).map_err(|_| (Reject::TooLarge, "body too large"))?;
         match budget.clone().try_acquire_many_owned(n) {
             Ok(p) => {
                 match held {
@@ -484,10 +491,9 @@ async fn read_body(
             Err(_) => {
                 tracing::warn!(
                     budget = state.config.max_body_in_flight,
-                    reason = "body budget exhausted",
-                    "request rejected"
+                    "the bodies in flight fill the body budget"
                 );
-                Err(Reject::Overloaded)
+                Err((Reject::Overloaded, "body budget exhausted"))
             }
         }
     };
@@ -500,8 +506,8 @@ async fn read_body(
         let frame = match frame {
             Ok(f) => f,
             Err(e) => {
-                tracing::info!(error = %e, reason = "body not received", "request rejected");
-                return Err(Reject::IncompleteBody);
+                tracing::debug!(error = %e, "body not received");
+                return Err((Reject::IncompleteBody, "body not received"));
             }
         };
         let Ok(data) = frame.into_data() else {
@@ -509,8 +515,7 @@ async fn read_body(
         };
         let after = buf.len() as u64 + data.len() as u64;
         if after > limit {
-            tracing::info!(limit, reason = "body too large", "request rejected");
-            return Err(Reject::TooLarge);
+            return Err((Reject::TooLarge, "body too large"));
         }
         if after > reserved {
             take(after - reserved, &mut held)?;

@@ -14,6 +14,56 @@ use crate::providers::{Headers, ProviderKind};
 use crate::ruleset::{HmacAlgorithm, HmacOptions, SecretValue, Source, TokenLocation};
 use crate::signature;
 
+/// Headers whose values are signatures (HMACs of the body). Not secrets, but never logged or recorded.
+pub const SIGNATURE_HEADERS: &[&str] = &[
+    "x-hub-signature",
+    "x-hub-signature-256",
+    "x-gitea-signature",
+    "x-gogs-signature",
+    "x-forgejo-signature",
+    "x-slack-signature",
+    "webhook-signature",
+    "x-signature",
+];
+
+/// Headers signed together with the body: a re-signed forward replaces them with its own.
+pub const SIGNATURE_CONTEXT_HEADERS: &[&str] = &[
+    "x-slack-request-timestamp",
+    "webhook-id",
+    "webhook-timestamp",
+];
+
+/// Headers whose values are the secret itself (or a session): never stored, logged or forwarded.
+pub const TOKEN_HEADERS: &[&str] = &[
+    "authorization",
+    "x-gitlab-token",
+    "cookie",
+    "proxy-authorization",
+];
+
+/// Removes every credential of `source`'s requests from `headers` and `query`: the well-known signature
+/// and token headers, and the header or query parameter its own scheme reads (`generic_hmac`'s header,
+/// `generic`'s token). What is left is safe to store in the delivery log.
+pub fn strip_credentials(
+    source: &Source,
+    headers: &mut Vec<(String, String)>,
+    query: &mut Vec<(String, String)>,
+) {
+    let own_header = match (&source.hmac, &source.token) {
+        (Some(o), _) => Some(o.header.to_ascii_lowercase()),
+        (_, Some(TokenLocation::Header(h))) => Some(h.to_ascii_lowercase()),
+        _ => None,
+    };
+    headers.retain(|(n, _)| {
+        !(SIGNATURE_HEADERS.contains(&n.as_str())
+            || TOKEN_HEADERS.contains(&n.as_str())
+            || own_header.as_deref() == Some(n.as_str()))
+    });
+    if let Some(TokenLocation::Query(q)) = &source.token {
+        query.retain(|(n, _)| n != q);
+    }
+}
+
 /// Why a request failed verification. Logged and counted; never sent back in detail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
@@ -28,6 +78,16 @@ pub enum Failure {
 }
 
 impl Failure {
+    /// Why the request was refused, in words, for logs and the delivery log.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Failure::Missing => "verification failed: signature or token missing",
+            Failure::Malformed => "verification failed: signature or token malformed",
+            Failure::Mismatch => "verification failed: signature or token does not match",
+            Failure::Stale => "verification failed: timestamp outside the tolerance",
+        }
+    }
+
     /// A label for metrics and logs.
     pub fn as_str(self) -> &'static str {
         match self {

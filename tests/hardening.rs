@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use hookgate::ruleset::HmacAlgorithm;
 use hookgate::signature::hmac;
-use support::serve::Serve;
 use support::Sink;
+use support::serve::Serve;
 
 const SECRET: &str = "hardening-secret";
 
@@ -75,7 +75,9 @@ fn raw_request(addr: SocketAddr, head: &str, body: &[u8]) -> std::io::Result<(u1
 }
 
 fn post_head(path: &str, headers: &[(String, String)], len: usize) -> String {
-    let mut head = format!("POST {path} HTTP/1.1\r\nhost: gw\r\nconnection: close\r\ncontent-length: {len}\r\n");
+    let mut head = format!(
+        "POST {path} HTTP/1.1\r\nhost: gw\r\nconnection: close\r\ncontent-length: {len}\r\n"
+    );
     for (n, v) in headers {
         head.push_str(&format!("{n}: {v}\r\n"));
     }
@@ -91,7 +93,10 @@ fn closed_by_peer(mut s: TcpStream, limit: Duration) -> bool {
         match s.read(&mut buf) {
             Ok(0) => return true,
             Ok(_) => continue, // A response (e.g. 408); keep reading until the close.
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
                 return false;
             }
             Err(_) => return true, // Reset.
@@ -108,20 +113,28 @@ fn idle_connections_beyond_the_cap_never_keep_a_signed_request_out() {
     let gw = Serve::start(
         &rules,
         &data,
-        &["--max-connections", "32", "--header-timeout", "120s", "--idle-timeout", "120s"],
+        &[
+            "--max-connections",
+            "32",
+            "--header-timeout",
+            "120s",
+            "--idle-timeout",
+            "120s",
+        ],
         &[],
     );
     let mut idle = Vec::new();
     for i in 0..200 {
         let mut s = TcpStream::connect(gw.hooks).unwrap();
         match i % 5 {
-            0 => {}                                           // nothing
-            1 => s.write_all(b"P").unwrap(),                  // one byte, a prefix of the HTTP/2 preface
-            2 => s.write_all(H2_PREFACE).unwrap(),            // the whole preface, then nothing
+            0 => {}                                                     // nothing
+            1 => s.write_all(b"P").unwrap(), // one byte, a prefix of the HTTP/2 preface
+            2 => s.write_all(H2_PREFACE).unwrap(), // the whole preface, then nothing
             3 => s.write_all(b"POST /hook/acme HTTP/1.1\r\n").unwrap(), // half a request head
             _ => {
                 // A finished request, then the connection kept alive and idle.
-                s.write_all(b"GET /nothing HTTP/1.1\r\nhost: gw\r\n\r\n").unwrap();
+                s.write_all(b"GET /nothing HTTP/1.1\r\nhost: gw\r\n\r\n")
+                    .unwrap();
                 let mut buf = [0u8; 256];
                 let _ = s.read(&mut buf);
             }
@@ -130,7 +143,12 @@ fn idle_connections_beyond_the_cap_never_keep_a_signed_request_out() {
     }
     let (headers, body) = push("acme/none", "flood-1");
     let started = Instant::now();
-    let (code, response) = raw_request(gw.hooks, &post_head("/hook/acme", &headers, body.len()), &body).unwrap();
+    let (code, response) = raw_request(
+        gw.hooks,
+        &post_head("/hook/acme", &headers, body.len()),
+        &body,
+    )
+    .unwrap();
     assert_eq!(code, 200, "{response}");
     assert!(
         started.elapsed() < Duration::from_secs(15),
@@ -165,7 +183,10 @@ fn idle_connections_close_at_their_deadlines() {
         ("keep-alive", kept_alive),
     ] {
         // Generous: the deadline is 300 ms; the bound only catches "never".
-        assert!(closed_by_peer(s, Duration::from_secs(20)), "{name} connection was never closed");
+        assert!(
+            closed_by_peer(s, Duration::from_secs(20)),
+            "{name} connection was never closed"
+        );
     }
 }
 
@@ -204,7 +225,10 @@ fn a_flood_of_huge_bodies_stays_within_the_body_budget() {
                     // A third unsigned, the rest with a well-formed but wrong signature.
                     let mut headers = vec![("x-github-event".to_string(), "push".to_string())];
                     if i % 3 != 0 {
-                        headers.push(("x-hub-signature-256".into(), format!("sha256={}", "0".repeat(64))));
+                        headers.push((
+                            "x-hub-signature-256".into(),
+                            format!("sha256={}", "0".repeat(64)),
+                        ));
                     }
                     let head = post_head("/hook/acme", &headers, body.len());
                     let mut s = TcpStream::connect(addr).unwrap();
@@ -233,11 +257,19 @@ fn a_flood_of_huge_bodies_stays_within_the_body_budget() {
     });
     // 150 × 10 MiB is 1.5 GiB; with a 32 MiB budget the process stays far below.
     assert!(peak_mb < 200, "peak RSS {peak_mb} MiB; answers {counts:?}");
-    assert!(counts.get(&200).is_none() && counts.get(&202).is_none(), "{counts:?}");
+    assert!(
+        counts.get(&200).is_none() && counts.get(&202).is_none(),
+        "{counts:?}"
+    );
     assert!(counts.get(&401).copied().unwrap_or(0) >= 50, "{counts:?}");
     // Still serving.
     let (headers, body) = push("acme/none", "after-flood");
-    let (code, _) = raw_request(gw.hooks, &post_head("/hook/acme", &headers, body.len()), &body).unwrap();
+    let (code, _) = raw_request(
+        gw.hooks,
+        &post_head("/hook/acme", &headers, body.len()),
+        &body,
+    )
+    .unwrap();
     assert_eq!(code, 200);
 }
 
@@ -249,7 +281,10 @@ fn keys_with_repeats(line: &str) -> Vec<String> {
         fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
             f.write_str("an object")
         }
-        fn visit_map<A: serde::de::MapAccess<'de>>(mut self, mut map: A) -> Result<Vec<String>, A::Error> {
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            mut self,
+            mut map: A,
+        ) -> Result<Vec<String>, A::Error> {
             while let Some(k) = map.next_key::<String>()? {
                 map.next_value::<serde::de::IgnoredAny>()?;
                 self.0.push(k);
@@ -258,7 +293,8 @@ fn keys_with_repeats(line: &str) -> Vec<String> {
         }
     }
     let mut de = serde_json::Deserializer::from_str(line);
-    serde::Deserializer::deserialize_map(&mut de, Keys(Vec::new())).unwrap_or_else(|e| panic!("{e}: {line}"))
+    serde::Deserializer::deserialize_map(&mut de, Keys(Vec::new()))
+        .unwrap_or_else(|e| panic!("{e}: {line}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -282,7 +318,11 @@ async fn under_load_every_log_line_belongs_to_its_request() {
             0 => ("acme/app", format!("m-{i}")),
             _ => ("acme/other", format!("n-{i}")),
         };
-        if i % 2 == 0 { sent_match.insert(id.clone()) } else { sent_miss.insert(id.clone()) };
+        if i % 2 == 0 {
+            sent_match.insert(id.clone())
+        } else {
+            sent_miss.insert(id.clone())
+        };
         let (headers, body) = push(repo, &id);
         let mut r = client.post(gw.hook_url("/hook/acme")).body(body);
         for (n, v) in headers {
@@ -300,16 +340,26 @@ async fn under_load_every_log_line_belongs_to_its_request() {
         r = r.header(n, v);
     }
     assert_eq!(r.send().await.unwrap().status(), 202);
-    assert!(sink.wait_for(sent_match.len(), Duration::from_secs(60)).await);
-    let dead = gw.wait_for_log(Duration::from_secs(30), |l| l.contains("\"outcome\":\"dead\""));
+    assert!(
+        sink.wait_for(sent_match.len(), Duration::from_secs(60))
+            .await
+    );
+    let dead = gw.wait_for_log(Duration::from_secs(30), |l| {
+        l.contains("\"outcome\":\"dead\"")
+    });
     assert!(dead.is_some(), "the refused delivery was not dead-lettered");
-    let (code, logs) = tokio::task::spawn_blocking(move || gw.stop()).await.unwrap();
+    let (code, logs) = tokio::task::spawn_blocking(move || gw.stop())
+        .await
+        .unwrap();
     assert_eq!(code, Some(0));
 
     let mut enqueued = Vec::new();
     let mut missed = Vec::new();
     for line in logs.iter().filter(|l| !l.is_empty()) {
-        assert!(!line.contains('\u{1b}'), "colour codes in a log that is not a terminal: {line}");
+        assert!(
+            !line.contains('\u{1b}'),
+            "colour codes in a log that is not a terminal: {line}"
+        );
         let keys = keys_with_repeats(line);
         let distinct: BTreeSet<&String> = keys.iter().collect();
         assert_eq!(distinct.len(), keys.len(), "a repeated key: {line}");
@@ -320,10 +370,18 @@ async fn under_load_every_log_line_belongs_to_its_request() {
                 assert_eq!(span["name"], "request", "{line}");
                 assert_eq!(span["source"], "acme", "{line}");
                 assert_eq!(span["event"], "push", "{line}");
-                let id = span["delivery"].as_str().unwrap_or_else(|| panic!("no delivery: {line}"));
-                if v["message"] == "enqueued" { enqueued.push(id.to_string()) } else { missed.push(id.to_string()) }
+                let id = span["delivery"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("no delivery: {line}"));
+                if v["message"] == "enqueued" {
+                    enqueued.push(id.to_string())
+                } else {
+                    missed.push(id.to_string())
+                }
             }
-            "delivery attempt" if v["outcome"] == "dead" => assert_eq!(v["level"], "WARN", "{line}"),
+            "delivery attempt" if v["outcome"] == "dead" => {
+                assert_eq!(v["level"], "WARN", "{line}")
+            }
             "delivery attempt" => assert_eq!(v["level"], "INFO", "{line}"),
             _ => {}
         }
@@ -340,7 +398,9 @@ async fn under_load_every_log_line_belongs_to_its_request() {
 }
 
 async fn futures_status(
-    requests: Vec<impl std::future::Future<Output = reqwest::Result<reqwest::Response>> + Send + 'static>,
+    requests: Vec<
+        impl std::future::Future<Output = reqwest::Result<reqwest::Response>> + Send + 'static,
+    >,
 ) -> Vec<u16> {
     let handles: Vec<_> = requests
         .into_iter()
@@ -357,8 +417,21 @@ async fn futures_status(
 fn pretty_logs_have_no_colour_codes_when_stderr_is_not_a_terminal() {
     let (_dir, rules, data) = setup("");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .args(["serve", "--rules", rules.to_str().unwrap(), "--data", data.to_str().unwrap()])
-        .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--log-format", "pretty"])
+        .args([
+            "serve",
+            "--rules",
+            rules.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+        ])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--log-format",
+            "pretty",
+        ])
         .env_remove("NO_COLOR")
         .env("RUST_LOG", "info")
         .stderr(std::process::Stdio::piped())
@@ -382,7 +455,9 @@ fn pretty_logs_have_no_colour_codes_when_stderr_is_not_a_terminal() {
 
 /// The metrics table of docs/operations.md: name → label names.
 fn documented_metrics() -> BTreeMap<String, BTreeSet<String>> {
-    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/operations.md")).unwrap();
+    let doc =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/operations.md"))
+            .unwrap();
     let section = doc.split("### Metrics").nth(1).expect("a metrics section");
     let mut out = BTreeMap::new();
     for row in section.lines().filter(|l| l.starts_with("| `hookgate_")) {
@@ -462,26 +537,51 @@ async fn every_documented_metric_is_exposed_with_its_labels() {
     assert_eq!(send("acme/app", "m-1", true).await.unwrap().status(), 202);
     assert_eq!(send("acme/other", "m-2", true).await.unwrap().status(), 200);
     assert_eq!(send("acme/app", "m-3", false).await.unwrap().status(), 401);
-    let missing = client.post(gw.hook_url("/hook/nobody")).body("{}").send().await.unwrap();
+    let missing = client
+        .post(gw.hook_url("/hook/nobody"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(missing.status(), 404);
     let reload = client.post(gw.admin_url("/-/reload")).send().await.unwrap();
     assert_eq!(reload.status(), 200);
     assert!(sink.wait_for(2, Duration::from_secs(30)).await);
     // The attempts are recorded after the sink answered: wait for their log lines.
-    assert!(gw
-        .wait_for_log(Duration::from_secs(30), |l| l.contains("delivery attempt") && l.contains("\"kind\":\"check\""))
-        .is_some());
-    let text = client.get(gw.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(
+        gw.wait_for_log(Duration::from_secs(30), |l| l.contains("delivery attempt")
+            && l.contains("\"kind\":\"check\""))
+            .is_some()
+    );
+    let text = client
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let exposed = exposed_metrics(&text);
     for (name, labels) in documented_metrics() {
-        let seen = exposed.get(&name).unwrap_or_else(|| panic!("`{name}` is documented but not exposed:\n{text}"));
-        assert!(seen.contains(&labels), "`{name}`: documented labels {labels:?}, exposed {seen:?}");
+        let seen = exposed
+            .get(&name)
+            .unwrap_or_else(|| panic!("`{name}` is documented but not exposed:\n{text}"));
+        assert!(
+            seen.contains(&labels),
+            "`{name}`: documented labels {labels:?}, exposed {seen:?}"
+        );
     }
     for name in exposed.keys() {
-        assert!(documented_metrics().contains_key(name), "`{name}` is exposed but not documented");
+        assert!(
+            documented_metrics().contains_key(name),
+            "`{name}` is exposed but not documented"
+        );
     }
     // 404s are counted, under an empty source.
-    assert!(text.contains("hookgate_requests_total{source=\"\",status=\"404\"} 1"), "{text}");
+    assert!(
+        text.contains("hookgate_requests_total{source=\"\",status=\"404\"} 1"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -490,7 +590,13 @@ fn a_second_gateway_on_the_same_data_directory_fails_at_once() {
     let first = Serve::start(&rules, &data, &[], &[]);
     let started = Instant::now();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .args(["serve", "--rules", rules.to_str().unwrap(), "--data", data.to_str().unwrap()])
+        .args([
+            "serve",
+            "--rules",
+            rules.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+        ])
         .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
         .output()
         .unwrap();
@@ -520,10 +626,20 @@ fn a_clean_shutdown_leaves_no_write_ahead_log() {
     );
     let gw = Serve::start(&rules, &data, &[], &[]);
     let (headers, body) = push("acme/app", "wal-1");
-    let (code, _) = raw_request(gw.hooks, &post_head("/hook/acme", &headers, body.len()), &body).unwrap();
+    let (code, _) = raw_request(
+        gw.hooks,
+        &post_head("/hook/acme", &headers, body.len()),
+        &body,
+    )
+    .unwrap();
     assert_eq!(code, 202);
     let wal = data.join("hookgate.db-wal");
-    assert!(std::fs::metadata(&wal).map(|m| m.len() > 0).unwrap_or(false), "the job is in the WAL");
+    assert!(
+        std::fs::metadata(&wal)
+            .map(|m| m.len() > 0)
+            .unwrap_or(false),
+        "the job is in the WAL"
+    );
     let (exit, _) = gw.stop();
     assert_eq!(exit, Some(0));
     let left = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
@@ -535,7 +651,8 @@ fn a_clean_shutdown_leaves_no_write_ahead_log() {
 
 fn rusqlite_count(db: &Path) -> i64 {
     let conn = rusqlite::Connection::open(db).unwrap();
-    conn.query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get(0)).unwrap()
+    conn.query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get(0))
+        .unwrap()
 }
 
 #[test]
@@ -551,13 +668,22 @@ fn a_damaged_queue_is_refused_with_a_way_to_recover() {
     }
     std::fs::write(&db, &bytes).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .args(["serve", "--rules", rules.to_str().unwrap(), "--data", data.to_str().unwrap()])
+        .args([
+            "serve",
+            "--rules",
+            rules.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+        ])
         .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("is damaged") && err.contains("docs/delivery.md"), "{err}");
+    assert!(
+        err.contains("is damaged") && err.contains("docs/delivery.md"),
+        "{err}"
+    );
     // Nothing was replaced: the damaged file is still there, as it was.
     assert_eq!(std::fs::read(&db).unwrap(), bytes);
 }

@@ -114,26 +114,14 @@ fn decision(
                 View::Handshake(_) => "handshake",
             };
             let delivery = prepared.delivery.clone().unwrap_or("assigned".into());
-            let d = decide(
-                rules,
-                source,
-                headers.to_vec(),
-                vec![],
-                body,
-                prepared,
-                &delivery,
-            );
+            let d = decide(rules, source, headers, &[], body, prepared, &delivery);
             (Ok(d), Some(view))
         }
     }
 }
 
 fn repository() -> impl Strategy<Value = &'static str> {
-    prop_oneof![
-        Just("acme/app"),
-        Just("acme/worker"),
-        Just("acme/other")
-    ]
+    prop_oneof![Just("acme/app"), Just("acme/worker"), Just("acme/other")]
 }
 
 fn git_ref() -> impl Strategy<Value = &'static str> {
@@ -230,9 +218,12 @@ fn apply(payload: &Value, m: &Mutation) -> Vec<u8> {
             out
         }
         Mutation::HugeNumber(n) => format!("{{\"big\":{n},{rest}").into_bytes(),
-        Mutation::Deep(depth) => {
-            format!("{{\"deep\":{}1{},{rest}", "[".repeat(*depth), "]".repeat(*depth)).into_bytes()
-        }
+        Mutation::Deep(depth) => format!(
+            "{{\"deep\":{}1{},{rest}",
+            "[".repeat(*depth),
+            "]".repeat(*depth)
+        )
+        .into_bytes(),
         Mutation::Truncate(n) => text.as_bytes()[..(*n).min(text.len() - 1)].to_vec(),
         Mutation::Garbage(bytes) => bytes.clone(),
         Mutation::TrailingComma => format!("{},}}", &text[..text.len() - 1]).into_bytes(),

@@ -98,7 +98,13 @@ impl Gateway {
                 ..DispatchConfig::default()
             },
         );
-        let state = Arc::new(State::new(store.clone(), queue, dispatcher.waker(), config));
+        let state = Arc::new(State::new(
+            store.clone(),
+            queue,
+            dispatcher.waker(),
+            config,
+            Arc::new(hookgate::delivery_log::DeliveryLog::new(Default::default())),
+        ));
         let hooks = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (hooks_addr, admin_addr) = (hooks.local_addr().unwrap(), admin.local_addr().unwrap());

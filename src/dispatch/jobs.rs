@@ -4,29 +4,8 @@ use crate::eval::{Outcome, PlannedKind};
 use crate::event::Event;
 use crate::queue::{JobKind, NewJob};
 use crate::ruleset::{Action, RuleSet};
+use crate::verify;
 
-/// Request headers that authenticate a delivery. A `forward` without `sign with` passes on the
-/// signature headers (HMACs: the receiver can check them if it shares the sender's secret), never plain
-/// tokens, which are the secret itself and would end up stored in the queue.
-const SIGNATURES: &[&str] = &[
-    "x-hub-signature",
-    "x-hub-signature-256",
-    "x-gitea-signature",
-    "x-gogs-signature",
-    "x-forgejo-signature",
-    "x-slack-signature",
-    "x-slack-request-timestamp",
-    "webhook-id",
-    "webhook-timestamp",
-    "webhook-signature",
-    "x-signature",
-];
-const TOKENS: &[&str] = &[
-    "authorization",
-    "x-gitlab-token",
-    "cookie",
-    "proxy-authorization",
-];
 /// Hop-by-hop and framing headers, which belong to one connection, not to the delivery.
 const HOP: &[&str] = &[
     "host",
@@ -94,9 +73,14 @@ pub fn jobs_for(
                         .iter()
                         .filter(|(name, _)| {
                             let n = name.as_str();
+                            // A forward passes on the signature headers (HMACs: the receiver can check
+                            // them if it shares the sender's secret) unless it re-signs, but never plain
+                            // tokens, which are the secret itself and would end up stored in the queue.
                             let dropped = HOP.contains(&n)
-                                || TOKENS.contains(&n)
-                                || (sign_with.is_some() && SIGNATURES.contains(&n));
+                                || verify::TOKEN_HEADERS.contains(&n)
+                                || (sign_with.is_some()
+                                    && (verify::SIGNATURE_HEADERS.contains(&n)
+                                        || verify::SIGNATURE_CONTEXT_HEADERS.contains(&n)));
                             !dropped
                         })
                         .cloned()

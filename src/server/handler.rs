@@ -13,6 +13,7 @@ use http::{HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 use serde_json::{Value, json};
 
+use crate::delivery_log::{ActionRecord, Outcome, Record, RecordBodies, RecordedRequest};
 use crate::dispatch::jobs_for;
 use crate::eval::evaluate;
 use crate::event::Event;
@@ -22,14 +23,14 @@ use crate::ruleset::{Rate, RuleSet};
 use crate::server::State;
 use crate::verify;
 
-/// What a webhook request turned into.
-pub struct Incoming<'a> {
+/// A routed webhook request with its complete body.
+pub struct Incoming {
     /// Index into `rules.sources`.
     pub source: usize,
     /// `(lowercase name, value)`.
     pub headers: Vec<(String, String)>,
     pub query: Vec<(String, String)>,
-    pub body: &'a [u8],
+    pub body: Bytes,
 }
 
 /// Why a request is refused.
@@ -139,13 +140,15 @@ impl SourceLimits {
 
 /// Handles a routed webhook request with a complete body: rate limit → verify → prepare → evaluate →
 /// accept. Runs inside the request's span (the glue in `server.rs` creates it); records the event and
-/// delivery id on it once they are known.
+/// delivery id on it once they are known, and fills `record` (the delivery log's view of the request;
+/// the glue sets its status and appends it).
 pub async fn handle(
     state: &State,
     rules: &Arc<RuleSet>,
-    req: Incoming<'_>,
+    req: Incoming,
+    record: &mut Record,
 ) -> Response<Full<Bytes>> {
-    match process(state, rules, req).await {
+    match process(state, rules, req, record).await {
         Ok(response) => response,
         Err(reject) => reject.response(),
     }
@@ -154,31 +157,27 @@ pub async fn handle(
 async fn process(
     state: &State,
     rules: &Arc<RuleSet>,
-    req: Incoming<'_>,
+    req: Incoming,
+    record: &mut Record,
 ) -> Result<Response<Full<Bytes>>, Reject> {
     let source = &rules.sources[req.source];
     if let Some(rate) = source.rate
         && !state.limits.allow(&source.name, rate)
     {
-        tracing::info!(reason = "rate limited", "request rejected");
-        return Err(Reject::RateLimited);
+        return Err(refuse(record, Reject::RateLimited, "rate limited"));
     }
 
     // Verify: over the raw bytes, before anything reads them.
     let check = verify::Request {
         headers: &req.headers,
         query: &req.query,
-        body: req.body,
+        body: &req.body,
         now: crate::queue::now_ms() / 1000,
         headers_only: false,
     };
     if let Err(failure) = verify::verify(source, &check) {
         crate::metrics::verification_failure(&source.name, failure.as_str());
-        tracing::info!(
-            reason = failure.as_str(),
-            "request rejected: verification failed"
-        );
-        return Err(Reject::Unauthorized);
+        return Err(refuse(record, Reject::Unauthorized, failure.reason()));
     }
 
     // Prepare: event name, delivery id and the payload view, each worked out once.
@@ -186,13 +185,10 @@ async fn process(
         source,
         &req.headers,
         &req.query,
-        req.body,
+        &req.body,
         Options::default(),
     )
-    .map_err(|m| {
-        tracing::info!(reason = m.as_str(), "request rejected");
-        Reject::Malformed(m)
-    })?;
+    .map_err(|m| refuse(record, Reject::Malformed(m), m.as_str()))?;
     // A provider that sends no delivery id gets one, so actions can still be told apart.
     let delivery = prepared
         .delivery
@@ -203,26 +199,49 @@ async fn process(
     if let Some(name) = &prepared.event {
         span.record("event", name.as_str());
     }
+    record.delivery = Some(delivery.clone());
+    record.event = prepared.event.clone();
+    record.rules_version = Some(rules.version().to_string());
     let provided = prepared.delivery.is_some();
 
     // Evaluate: matched rules and their rendered actions.
-    let (matched, jobs) = match decide(
+    let decision = decide(
         rules,
         req.source,
-        req.headers,
-        req.query,
-        req.body,
+        &req.headers,
+        &req.query,
+        &req.body,
         prepared,
         &delivery,
-    ) {
+    );
+    let keep_body = match state.log.config().bodies {
+        RecordBodies::All => true,
+        RecordBodies::Matched => matches!(decision, Decision::Run { .. }),
+        RecordBodies::None => false,
+    };
+    record.request = Some(recorded(
+        source,
+        req.headers,
+        req.query,
+        keep_body.then_some(req.body),
+    ));
+    let (matched, jobs) = match decision {
         Decision::Handshake(challenge) => {
+            record.outcome = Outcome::Handshake;
             tracing::info!("answered slack url_verification");
             return Ok(json_response(
                 StatusCode::OK,
                 &json!({ "challenge": challenge }),
             ));
         }
-        Decision::Nothing { filtered } => return Ok(no_match(&delivery, filtered)),
+        Decision::Nothing { filtered } => {
+            record.outcome = if filtered {
+                Outcome::Filtered
+            } else {
+                Outcome::NoMatch
+            };
+            return Ok(no_match(&delivery, filtered));
+        }
         Decision::Run { matched, jobs } => (matched, jobs),
     };
 
@@ -230,6 +249,17 @@ async fn process(
     let matched: Vec<&str> = matched
         .iter()
         .map(|&i| rules.rules[i].name.as_str())
+        .collect();
+    record.matched = matched.iter().map(|m| m.to_string()).collect();
+    record.actions = jobs
+        .iter()
+        .map(|j| ActionRecord {
+            rule: j.rule.clone(),
+            action: j.action,
+            kind: j.kind,
+            target: j.target.clone(),
+            job: None,
+        })
         .collect();
     let seen = provided.then(|| (source.name.clone(), delivery.clone()));
     let kinds: Vec<&'static str> = jobs.iter().map(|j| j.kind.as_str()).collect();
@@ -241,16 +271,22 @@ async fn process(
     {
         Err(e) => {
             tracing::error!(error = %e, "cannot enqueue; answering 503");
+            record.reason = Some("queue unavailable".into());
             Err(Reject::QueueUnavailable)
         }
         Ok(Accepted::Duplicate) => {
+            record.outcome = Outcome::Duplicate;
             tracing::info!("duplicate delivery, nothing run");
             Ok(json_response(
                 StatusCode::OK,
                 &json!({ "delivery": delivery, "duplicate": true }),
             ))
         }
-        Ok(Accepted::Enqueued(_)) => {
+        Ok(Accepted::Enqueued(ids)) => {
+            record.outcome = Outcome::Accepted;
+            for (action, id) in record.actions.iter_mut().zip(ids) {
+                action.job = Some(id);
+            }
             state.wake.notify_one();
             for rule in &matched {
                 crate::metrics::rule_matched(rule);
@@ -267,6 +303,29 @@ async fn process(
                 .insert("x-hookgate-matched", HeaderValue::from(matched.len()));
             Ok(r)
         }
+    }
+}
+
+/// Logs a rejection with its reason and notes the reason in the record.
+pub(crate) fn refuse(record: &mut Record, reject: Reject, reason: &str) -> Reject {
+    tracing::info!(reason, "request rejected");
+    record.outcome = Outcome::Rejected;
+    record.reason = Some(reason.to_string());
+    reject
+}
+
+/// The request as the delivery log keeps it: credentials removed, the body if asked for.
+pub(crate) fn recorded(
+    source: &crate::ruleset::Source,
+    mut headers: Vec<(String, String)>,
+    mut query: Vec<(String, String)>,
+    body: Option<Bytes>,
+) -> RecordedRequest {
+    verify::strip_credentials(source, &mut headers, &mut query);
+    RecordedRequest {
+        headers,
+        query,
+        body,
     }
 }
 
@@ -289,8 +348,8 @@ pub enum Decision {
 pub fn decide(
     rules: &RuleSet,
     source: usize,
-    headers: Vec<(String, String)>,
-    query: Vec<(String, String)>,
+    headers: &[(String, String)],
+    query: &[(String, String)],
     body: &[u8],
     prepared: Prepared,
     delivery: &str,
@@ -305,8 +364,8 @@ pub fn decide(
         source,
         prepared.event,
         prepared.delivery,
-        headers,
-        query,
+        headers.to_vec(),
+        query.to_vec(),
         payload,
     );
     let outcome = evaluate(rules, &event);

@@ -1,0 +1,456 @@
+//! The delivery log: what became of every request, kept so it can be listed, explained and replayed.
+//!
+//! Every request the hook port answers becomes a [`Record`]: accepted, matched nothing, filtered,
+//! duplicate, a handshake, or rejected (with the reason, without the body). A record of a request that
+//! reached evaluation keeps what is needed to explain it later against the rules that judged it: the
+//! headers and query with every credential removed, the body (as `--record-bodies` allows) and the rules
+//! version.
+//!
+//! Two tiers:
+//! - **memory**: the newest records of this process, bounded by count, bytes and age; appending is a
+//!   push under a mutex, with the body shared (not copied) from the request;
+//! - **the queue's database**: accepted records are written in the same transaction as their jobs
+//!   (`QueueBackend::accept`), so they survive a restart and are visible to every replica.
+//!
+//! Listing merges both, newest first. Record ids are UUIDv7: ordered by time, unique across
+//! processes and replicas, known before anything is stored.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::queue::JobKind;
+
+/// What became of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Rules matched and their actions were durably queued (202).
+    Accepted,
+    /// Verified and evaluated; no rule matched (200).
+    NoMatch,
+    /// The source's `events` list does not take this event (200).
+    Filtered,
+    /// The (source, delivery id) was accepted before, within the dedup window (200).
+    Duplicate,
+    /// A handshake answered (Slack's `url_verification`).
+    Handshake,
+    /// Refused: 400, 401, 404, 405, 408, 413, 429, 503.
+    Rejected,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Accepted => "accepted",
+            Outcome::NoMatch => "no_match",
+            Outcome::Filtered => "filtered",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Handshake => "handshake",
+            Outcome::Rejected => "rejected",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Outcome> {
+        [
+            Outcome::Accepted,
+            Outcome::NoMatch,
+            Outcome::Filtered,
+            Outcome::Duplicate,
+            Outcome::Handshake,
+            Outcome::Rejected,
+        ]
+        .into_iter()
+        .find(|o| o.as_str() == s)
+    }
+}
+
+/// One action a record's delivery led to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActionRecord {
+    pub rule: String,
+    /// Position of the action in its rule.
+    pub action: u32,
+    pub kind: JobKind,
+    pub target: String,
+    /// The job that carries it (a coalesced check shares its job with other deliveries).
+    pub job: Option<i64>,
+}
+
+/// The request as recorded: credentials removed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RecordedRequest {
+    /// `(lowercase name, value)`, without the headers that carry signatures or tokens.
+    pub headers: Vec<(String, String)>,
+    /// Without a query parameter that carries a token.
+    pub query: Vec<(String, String)>,
+    /// The raw body, unless `--record-bodies` says not to keep it.
+    pub body: Option<Bytes>,
+}
+
+/// What became of one request.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Record {
+    /// UUIDv7.
+    pub id: String,
+    /// Unix milliseconds.
+    pub received_at: i64,
+    /// `None` when no source serves the path.
+    pub source: Option<String>,
+    /// The provider's delivery id, or the one the gateway assigned.
+    pub delivery: Option<String>,
+    pub event: Option<String>,
+    /// The HTTP status answered.
+    pub status: u16,
+    pub outcome: Outcome,
+    /// Why it was rejected (`verification failed: mismatch`, `body too large`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Names of the rules that matched.
+    pub matched: Vec<String>,
+    pub actions: Vec<ActionRecord>,
+    /// The hash of the rules that judged it, for requests that reached evaluation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rules_version: Option<String>,
+    /// The record this one replays.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replay_of: Option<String>,
+    #[serde(skip)]
+    pub request: Option<RecordedRequest>,
+}
+
+impl Record {
+    /// A new record with a fresh id, received now.
+    pub fn new(source: Option<String>) -> Record {
+        Record {
+            id: new_id(),
+            received_at: crate::queue::now_ms(),
+            source,
+            delivery: None,
+            event: None,
+            status: 0,
+            outcome: Outcome::Rejected,
+            reason: None,
+            matched: Vec::new(),
+            actions: Vec::new(),
+            rules_version: None,
+            replay_of: None,
+            request: None,
+        }
+    }
+
+    /// Bytes it holds, for the log's byte bound.
+    pub fn size(&self) -> usize {
+        let strings = [&self.source, &self.delivery, &self.event, &self.reason]
+            .iter()
+            .map(|s| s.as_ref().map_or(0, String::len))
+            .sum::<usize>();
+        let request = self.request.as_ref().map_or(0, |r| {
+            r.headers
+                .iter()
+                .chain(&r.query)
+                .map(|(n, v)| n.len() + v.len())
+                .sum::<usize>()
+                + r.body.as_ref().map_or(0, Bytes::len)
+        });
+        std::mem::size_of::<Record>()
+            + strings
+            + self.matched.iter().map(String::len).sum::<usize>()
+            + self.actions.len() * std::mem::size_of::<ActionRecord>()
+            + request
+    }
+
+    /// Whether it passes `filter` (all but pagination).
+    pub fn passes(&self, f: &Filter) -> bool {
+        f.source
+            .as_ref()
+            .is_none_or(|s| self.source.as_ref() == Some(s))
+            && f.event
+                .as_ref()
+                .is_none_or(|e| self.event.as_ref() == Some(e))
+            && f.rule.as_ref().is_none_or(|r| self.matched.contains(r))
+            && f.status.is_none_or(|s| match s {
+                StatusFilter::Code(c) => self.status == c,
+                StatusFilter::Outcome(o) => self.outcome == o,
+            })
+            && f.since.is_none_or(|t| self.received_at >= t)
+            && f.before.as_ref().is_none_or(|b| self.id < *b)
+    }
+}
+
+/// A time-ordered, globally unique record id.
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// Which records to list.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Filter {
+    pub source: Option<String>,
+    pub event: Option<String>,
+    /// Records where this rule matched.
+    pub rule: Option<String>,
+    pub status: Option<StatusFilter>,
+    /// Received at or after (unix ms).
+    pub since: Option<i64>,
+    /// Ids strictly before this one (the `next` of a previous page).
+    pub before: Option<String>,
+    pub limit: usize,
+}
+
+/// `status=` takes an HTTP status or an outcome name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusFilter {
+    Code(u16),
+    Outcome(Outcome),
+}
+
+impl StatusFilter {
+    pub fn parse(s: &str) -> Option<StatusFilter> {
+        match s.parse::<u16>() {
+            Ok(c) => Some(StatusFilter::Code(c)),
+            Err(_) => Outcome::parse(s).map(StatusFilter::Outcome),
+        }
+    }
+}
+
+/// Which request bodies are kept (`--record-bodies`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RecordBodies {
+    /// Every request that reached evaluation.
+    #[default]
+    All,
+    /// Only those that matched a rule.
+    Matched,
+    /// None: records keep headers and outcomes only, and cannot be explained or replayed.
+    None,
+}
+
+/// Bounds of the log (flags of `gateway serve`).
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub max_records: usize,
+    pub max_bytes: usize,
+    pub max_age: Duration,
+    pub bodies: RecordBodies,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            max_records: 10_000,
+            max_bytes: 64 << 20,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            bodies: RecordBodies::All,
+        }
+    }
+}
+
+/// The memory tier.
+pub struct DeliveryLog {
+    config: LogConfig,
+    ring: Mutex<Ring>,
+}
+
+#[derive(Default)]
+struct Ring {
+    records: VecDeque<Arc<Record>>,
+    bytes: usize,
+}
+
+impl DeliveryLog {
+    pub fn new(config: LogConfig) -> DeliveryLog {
+        DeliveryLog {
+            config,
+            ring: Mutex::new(Ring::default()),
+        }
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    /// Appends a record, dropping the oldest past the bounds.
+    pub fn append(&self, record: Record) -> Arc<Record> {
+        let record = Arc::new(record);
+        let size = record.size();
+        let mut ring = self.lock();
+        ring.bytes += size;
+        ring.records.push_back(record.clone());
+        let oldest_kept = crate::queue::now_ms() - self.config.max_age.as_millis() as i64;
+        while ring.records.len() > self.config.max_records
+            || ring.bytes > self.config.max_bytes
+            || ring
+                .records
+                .front()
+                .is_some_and(|r| r.received_at < oldest_kept)
+        {
+            match ring.records.pop_front() {
+                Some(old) => ring.bytes -= old.size(),
+                None => break,
+            }
+        }
+        record
+    }
+
+    /// Records passing `filter`, newest first, at most `filter.limit`.
+    pub fn list(&self, filter: &Filter) -> Vec<Arc<Record>> {
+        let ring = self.lock();
+        ring.records
+            .iter()
+            .rev()
+            .filter(|r| r.passes(filter))
+            .take(filter.limit)
+            .cloned()
+            .collect()
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<Record>> {
+        let ring = self.lock();
+        // Ids are time-ordered and records are appended in time order, near enough: search from the
+        // newest end.
+        ring.records.iter().rev().find(|r| r.id == id).cloned()
+    }
+
+    /// (records, bytes) held.
+    pub fn usage(&self) -> (usize, usize) {
+        let ring = self.lock();
+        (ring.records.len(), ring.bytes)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Ring> {
+        self.ring.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Merges two newest-first lists (memory and database), without repeats, at most `limit`.
+pub fn merge(a: Vec<Arc<Record>>, b: Vec<Arc<Record>>, limit: usize) -> Vec<Arc<Record>> {
+    let mut out: Vec<Arc<Record>> = Vec::with_capacity(limit.min(a.len() + b.len()));
+    let (mut a, mut b) = (a.into_iter().peekable(), b.into_iter().peekable());
+    while out.len() < limit {
+        let next = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) if x.id == y.id => {
+                b.next();
+                a.next()
+            }
+            (Some(x), Some(y)) if x.id > y.id => a.next(),
+            (Some(_), Some(_)) => b.next(),
+            (Some(_), None) => a.next(),
+            (None, Some(_)) => b.next(),
+            (None, None) => None,
+        };
+        match next {
+            Some(r) => out.push(r),
+            None => break,
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(source: &str, status: u16, body: usize) -> Record {
+        let mut r = Record::new(Some(source.to_string()));
+        r.status = status;
+        r.request = Some(RecordedRequest {
+            body: Some(Bytes::from(vec![b'x'; body])),
+            ..RecordedRequest::default()
+        });
+        r
+    }
+
+    #[test]
+    fn the_ring_keeps_the_newest_within_count_and_bytes() {
+        let log = DeliveryLog::new(LogConfig {
+            max_records: 3,
+            max_bytes: 1 << 20,
+            ..LogConfig::default()
+        });
+        let ids: Vec<String> = (0..5)
+            .map(|_| log.append(record("a", 200, 10)).id.clone())
+            .collect();
+        let listed: Vec<String> = log
+            .list(&Filter {
+                limit: 10,
+                ..Filter::default()
+            })
+            .iter()
+            .map(|r| r.id.clone())
+            .collect();
+        assert_eq!(listed, vec![ids[4].clone(), ids[3].clone(), ids[2].clone()]);
+
+        let log = DeliveryLog::new(LogConfig {
+            max_records: 1000,
+            max_bytes: 100_000,
+            ..LogConfig::default()
+        });
+        for _ in 0..50 {
+            log.append(record("a", 200, 10_000));
+        }
+        let (n, bytes) = log.usage();
+        assert!(bytes <= 100_000 && n < 10, "{n} records, {bytes} bytes");
+    }
+
+    #[test]
+    fn filters_and_pages_newest_first() {
+        let log = DeliveryLog::new(LogConfig::default());
+        let mut ids = Vec::new();
+        for i in 0..10 {
+            let mut r = record(
+                if i % 2 == 0 { "a" } else { "b" },
+                if i % 3 == 0 { 202 } else { 200 },
+                1,
+            );
+            r.matched = if i % 3 == 0 {
+                vec!["r1".into()]
+            } else {
+                vec![]
+            };
+            ids.push(log.append(r).id.clone());
+        }
+        let a = log.list(&Filter {
+            source: Some("a".into()),
+            limit: 100,
+            ..Filter::default()
+        });
+        assert_eq!(a.len(), 5);
+        assert!(a.windows(2).all(|w| w[0].id > w[1].id), "newest first");
+        let page = log.list(&Filter {
+            before: Some(ids[5].clone()),
+            limit: 2,
+            ..Filter::default()
+        });
+        assert_eq!(
+            page.iter().map(|r| r.id.clone()).collect::<Vec<_>>(),
+            vec![ids[4].clone(), ids[3].clone()]
+        );
+        let by_rule = log.list(&Filter {
+            rule: Some("r1".into()),
+            limit: 100,
+            ..Filter::default()
+        });
+        assert_eq!(by_rule.len(), 4);
+        let accepted = log.list(&Filter {
+            status: StatusFilter::parse("202"),
+            limit: 100,
+            ..Filter::default()
+        });
+        assert_eq!(accepted.len(), 4);
+    }
+
+    #[test]
+    fn merging_keeps_order_and_drops_repeats() {
+        let log = DeliveryLog::new(LogConfig::default());
+        let rs: Vec<Arc<Record>> = (0..6).map(|_| log.append(record("a", 200, 1))).collect();
+        let a = vec![rs[5].clone(), rs[3].clone(), rs[1].clone()];
+        let b = vec![rs[4].clone(), rs[3].clone(), rs[0].clone()];
+        let merged: Vec<String> = merge(a, b, 10).iter().map(|r| r.id.clone()).collect();
+        let want: Vec<String> = [5, 4, 3, 1, 0].iter().map(|&i| rs[i].id.clone()).collect();
+        assert_eq!(merged, want);
+    }
+}
