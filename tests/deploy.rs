@@ -1119,20 +1119,111 @@ fn podman_run_flags() -> Vec<String> {
     flags
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_image_builds_offline_and_runs_read_only_as_non_root() {
-    let ci = std::env::var_os("CI").is_some();
+/// Whether podman can be used here (installed, and we are root). Under CI it must be.
+fn podman_available(test: &str) -> bool {
     let root = Command::new("id")
         .arg("-u")
         .output()
         .is_ok_and(|o| stdout(&o).trim() == "0");
-    if !on_path("podman") || !root {
+    if on_path("podman") && root {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "error: {test} needs podman, as root\n  help: apt-get install podman runc (.ci/run does)"
+    );
+    eprintln!("skipped: {test} needs podman, as root (CI runs it)");
+    false
+}
+
+#[test]
+fn the_docker_build_context_holds_every_cargo_target() {
+    if !podman_available("the build-context test") {
+        return;
+    }
+    // The context as the engine sends it, .dockerignore applied: an image of just the context.
+    let tag = format!(
+        "localhost/hookgate-context:{}",
+        uuid::Uuid::new_v4().simple()
+    );
+    let guard = Podman {
+        image: tag.clone(),
+        container: format!("hookgate-context-{}", uuid::Uuid::new_v4().simple()),
+    };
+    let work = tempfile::tempdir().unwrap();
+    let containerfile = work.path().join("Containerfile");
+    std::fs::write(&containerfile, "FROM scratch\nCOPY . /context\n").unwrap();
+    let build = Command::new("podman")
+        .args(["build", "-q", "-t", &tag, "-f"])
+        .arg(&containerfile)
+        .arg(ROOT)
+        .output()
+        .unwrap();
+    assert!(build.status.success(), "{}", stderr(&build));
+    let created = podman(&["create", "--name", &guard.container, &tag, "/none"]);
+    assert!(created.status.success(), "{}", stderr(&created));
+    let export = Command::new("podman")
+        .args(["export", &guard.container])
+        .output()
+        .unwrap();
+    assert!(export.status.success(), "{}", stderr(&export));
+    let tar = Command::new("tar")
+        .arg("-x")
+        .arg("-C")
+        .arg(work.path())
+        .stdin(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(&export.stdout)?;
+            child.wait()
+        })
+        .unwrap();
+    assert!(tar.success());
+    let context = work.path().join("context");
+    // Every target cargo builds (the binary, the library, benches, examples) is in it...
+    let metadata = Command::new(env!("CARGO"))
+        .args([
+            "metadata",
+            "--no-deps",
+            "--offline",
+            "--format-version",
+            "1",
+        ])
+        .current_dir(ROOT)
+        .output()
+        .unwrap();
+    assert!(metadata.status.success(), "{}", stderr(&metadata));
+    let metadata: Value = serde_json::from_slice(&metadata.stdout).unwrap();
+    let mut needed: Vec<PathBuf> = vec!["Cargo.toml".into(), "Cargo.lock".into(), "grammar".into()];
+    for target in array(&metadata["packages"][0]["targets"]) {
+        let src = Path::new(target["src_path"].as_str().unwrap());
+        let rel = src.strip_prefix(ROOT).unwrap().to_path_buf();
+        let is_test = array(&target["kind"]).iter().any(|k| k == "test");
+        if !is_test {
+            needed.push(rel);
+        }
+    }
+    for rel in &needed {
         assert!(
-            !ci,
-            "error: the image test needs podman, as root\n  help: apt-get install podman runc \
-             (.ci/run does)"
+            context.join(rel).exists(),
+            "`{}` is not in the Docker build context (.dockerignore)",
+            rel.display()
         );
-        eprintln!("skipped: the image test needs podman, as root (CI runs it)");
+    }
+    // ... and what the image does not need is not.
+    for rel in ["target", "deploy", "tests", ".ci"] {
+        assert!(
+            !context.join(rel).exists(),
+            "`{rel}` is sent to the Docker build"
+        );
+    }
+    drop(guard);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_image_builds_offline_and_runs_read_only_as_non_root() {
+    if !podman_available("the image test") {
         return;
     }
     let tag = format!("localhost/hookgate-test:{}", uuid::Uuid::new_v4().simple());
