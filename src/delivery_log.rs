@@ -22,7 +22,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::event::Event;
+use crate::explain::Explanation;
 use crate::queue::JobKind;
+use crate::ruleset::RuleSet;
 
 /// What became of a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -324,6 +327,40 @@ impl DeliveryLog {
     fn lock(&self) -> std::sync::MutexGuard<'_, Ring> {
         self.ring.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Explains a recorded delivery against `rules`, which should be the version that judged it
+/// (`record.rules_version`): per rule, per clause, what each path resolved to.
+pub fn explain(rules: &RuleSet, record: &Record) -> Result<Explanation, String> {
+    let name = record
+        .source
+        .as_deref()
+        .ok_or("no source serves the path it was sent to")?;
+    let source = rules
+        .sources()
+        .iter()
+        .position(|s| s.name() == name)
+        .ok_or_else(|| format!("source `{name}` is not in those rules"))?;
+    let request = record
+        .request
+        .as_ref()
+        .ok_or("it was refused before evaluation, so nothing of it was kept")?;
+    let body = request
+        .body
+        .as_ref()
+        .ok_or("its body was not kept (`--record-bodies`)")?;
+    let payload = crate::prepare::payload(&rules.sources()[source], &request.headers, body)
+        .map_err(|m| m.as_str().to_string())?;
+    let event = Event::with_identity(
+        rules,
+        source,
+        record.event.clone(),
+        record.delivery.clone(),
+        request.headers.clone(),
+        request.query.clone(),
+        payload,
+    );
+    Ok(crate::explain::explain(rules, &event))
 }
 
 /// Merges two newest-first lists (memory and database), without repeats, at most `limit`.

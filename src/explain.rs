@@ -7,7 +7,7 @@
 
 use std::fmt::Write;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::eval::{self, Planned, PlannedKind};
@@ -17,7 +17,7 @@ use crate::ruleset::{Matcher, Operand, PredicateOp, RuleSet};
 /// Values longer than this (as JSON text) are cut, with `…`.
 const MAX_VALUE_CHARS: usize = 160;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Explanation {
     /// Names of the matching rules.
     pub matched: Vec<String>,
@@ -25,47 +25,47 @@ pub struct Explanation {
     pub actions: Vec<ActionTrace>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RuleTrace {
     pub name: String,
     pub matched: bool,
     /// Why the rule was not considered at all (another source, another event).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skipped: Option<String>,
     /// The `when` clause, split at its top-level `and`s.
     pub clauses: Vec<ClauseTrace>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClauseTrace {
     pub clause: String,
     pub result: bool,
     /// What each operand that reads the request resolved to.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub values: Vec<OperandTrace>,
     /// For a failed `contains` of an object: where the request differs from the literal.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub differences: Vec<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub clauses: Vec<ClauseTrace>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OperandTrace {
     pub operand: String,
     /// Each value as JSON text, truncated; empty when the operand selected nothing.
     pub values: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ActionTrace {
     pub rule: String,
-    pub kind: &'static str,
+    pub kind: String,
     pub target: String,
     /// Notify: the rendered body; `null` means the original payload is sent.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
 }
 
@@ -134,7 +134,7 @@ fn action_trace(rules: &RuleSet, p: &Planned) -> ActionTrace {
     };
     ActionTrace {
         rule: rules.rules[p.rule].name.clone(),
-        kind,
+        kind: kind.to_string(),
         target: rules.targets[p.target].name.clone(),
         body,
         key,
@@ -292,7 +292,7 @@ pub fn render_text(e: &Explanation) -> String {
             let kind = if action.kind == "check" {
                 "queue check"
             } else {
-                action.kind
+                action.kind.as_str()
             };
             let _ = writeln!(out, "    → {kind} {}{detail}", action.target);
         }

@@ -161,6 +161,20 @@ fn filter(source: &Source, event: Option<&str>, payload: Value) -> View {
     }
 }
 
+/// The whole payload of a request as evaluation reads it (the JSON body, a form delivery's `payload`
+/// field, or a plain form's fields), whatever the source's `events` filter says: explanations of
+/// recorded deliveries start from it.
+pub fn payload(source: &Source, headers: &Headers, body: &[u8]) -> Result<Value, Malformed> {
+    if !verify::is_form(headers) {
+        return serde_json::from_slice(body).map_err(|_| Malformed::NotJson);
+    }
+    match verify::payload_field(body) {
+        Some(json) => serde_json::from_slice(&json).map_err(|_| Malformed::NotJson),
+        None if carries_payload_field(source.kind()) => Err(Malformed::NoPayloadField),
+        None => Ok(form_fields(body)),
+    }
+}
+
 /// The view of a JSON body whose event is already known.
 fn header_kind_view(
     source: &Source,

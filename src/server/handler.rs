@@ -179,7 +179,28 @@ async fn process(
         crate::metrics::verification_failure(&source.name, failure.as_str());
         return Err(refuse(record, Reject::Unauthorized, failure.reason()));
     }
+    run(state, rules, req, record, Mode::Live).await
+}
 
+/// How [`run`] treats a verified request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// A request from a sender: deduplicated by its delivery id.
+    Live,
+    /// A recorded delivery run again from the delivery log: not deduplicated (it was seen, by
+    /// definition); with `dry_run`, nothing is stored.
+    Replay { dry_run: bool },
+}
+
+/// Prepare → evaluate → accept, for a verified request (or a recorded one being replayed).
+pub(crate) async fn run(
+    state: &State,
+    rules: &Arc<RuleSet>,
+    req: Incoming,
+    record: &mut Record,
+    mode: Mode,
+) -> Result<Response<Full<Bytes>>, Reject> {
+    let source = &rules.sources[req.source];
     // Prepare: event name, delivery id and the payload view, each worked out once.
     let prepared = prepare(
         source,
@@ -261,7 +282,13 @@ async fn process(
             job: None,
         })
         .collect();
-    let seen = provided.then(|| (source.name.clone(), delivery.clone()));
+    if mode == (Mode::Replay { dry_run: true }) {
+        return Ok(json_response(
+            StatusCode::OK,
+            &json!({ "delivery": delivery, "matched": matched, "actions": planned(&jobs), "dry_run": true }),
+        ));
+    }
+    let seen = (provided && mode == Mode::Live).then(|| (source.name.clone(), delivery.clone()));
     let kinds: Vec<&'static str> = jobs.iter().map(|j| j.kind.as_str()).collect();
     let n = jobs.len();
     match state
@@ -304,6 +331,20 @@ async fn process(
             Ok(r)
         }
     }
+}
+
+/// Jobs as a dry run shows them: what each would send.
+fn planned(jobs: &[NewJob]) -> Vec<Value> {
+    jobs.iter()
+        .map(|j| {
+            let body = match j.kind {
+                crate::queue::JobKind::Check => Value::Null,
+                _ => serde_json::from_slice(&j.body)
+                    .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&j.body).into_owned())),
+            };
+            json!({"rule": j.rule, "action": j.action, "kind": j.kind, "target": j.target, "key": j.key, "body": body})
+        })
+        .collect()
 }
 
 /// Logs a rejection with its reason and notes the reason in the record.
