@@ -224,6 +224,9 @@ fn check(files: &[PathBuf], format: Format, deny_warnings: bool, resolve_secrets
                 Ok(loaded) => loads.push(loaded),
                 Err(e) => {
                     eprintln!("error: {e}");
+                    if let Some(help) = e.help() {
+                        eprintln!("  help: {help}");
+                    }
                     return Exit::Errors;
                 }
             }
@@ -246,7 +249,7 @@ fn check(files: &[PathBuf], format: Format, deny_warnings: bool, resolve_secrets
                 }
             }
             Format::Human => {
-                eprint!("{}", render(diags, &loaded.files, color));
+                eprint!("{}", diags.render(&loaded.files, color));
                 if let Ok(compiled) = &loaded.result {
                     let r = &compiled.rules;
                     eprintln!(
@@ -284,9 +287,9 @@ fn diagnostics_of(loaded: &Loaded) -> &Diagnostics {
     }
 }
 
-/// Renders diagnostics as `check` shows them.
+/// Renders diagnostics as `check` shows them: [`Diagnostics::render`], kept for existing callers.
 pub fn render(diags: &Diagnostics, files: &SourceMap, color: bool) -> String {
-    diags.iter().map(|d| d.render(files, color, 100)).collect()
+    diags.render(files, color)
 }
 
 fn plural(n: usize, word: &str) -> String {
@@ -311,7 +314,7 @@ fn urls(file: &std::path::Path, base: &str) -> Exit {
         Err(diags) => {
             eprint!(
                 "{}",
-                render(diags, &loaded.files, std::io::stderr().is_terminal())
+                diags.render(&loaded.files, std::io::stderr().is_terminal())
             );
             return Exit::Errors;
         }
@@ -350,7 +353,7 @@ fn load_for_use(path: &std::path::Path) -> Option<Loaded> {
         }
         Ok(loaded) => match &loaded.result {
             Err(diags) => {
-                eprint!("{}", render(diags, &loaded.files, color));
+                eprint!("{}", diags.render(&loaded.files, color));
                 None
             }
             Ok(_) => Some(loaded),
