@@ -384,6 +384,7 @@ pub(crate) enum GlobError {
 /// What an include glob matched, and the directories it read (to watch for new matches).
 struct Expansion {
     paths: Vec<PathBuf>,
+    /// The glob's literal prefix, first, whether or not it exists, then every directory read.
     dirs: Vec<PathBuf>,
 }
 
@@ -514,7 +515,8 @@ enum Access {
 pub struct GlobInput<'a> {
     /// The pattern, joined to the including file's directory.
     pub pattern: &'a Path,
-    /// The directories its expansion read.
+    /// The directory the walk starts from (the pattern's literal prefix), even if it does not exist
+    /// yet, then every directory the walk read. Empty when the pattern is invalid.
     pub dirs: &'a [PathBuf],
 }
 

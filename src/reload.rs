@@ -441,6 +441,10 @@ impl WatchSet {
                     .and_then(|n| n.to_str())
                     .and_then(|n| glob::Pattern::new(n).ok());
                 let recursive = g.pattern.components().any(|c| c.as_os_str() == "**");
+                // The walk's start, as a name in its parent: creating it (or replacing it) matters.
+                if let Some(root) = g.dirs.first() {
+                    set.add_name(root);
+                }
                 for dir in g.dirs {
                     let w = set.dirs.entry(canonical_dir(dir)).or_default();
                     w.patterns.extend(last.clone());
@@ -563,16 +567,20 @@ pub async fn watch(
     loop {
         let set = store.watch_set();
         let dirs = set.dirs();
-        // Only the difference: a directory watched throughout loses no event.
+        // Only the difference: a directory watched throughout loses no event. One that could not
+        // be watched (not there yet) is tried again after the next reload.
         for d in watched.difference(&dirs) {
             let _ = watcher.unwatch(d);
         }
         for d in dirs.difference(&watched) {
             if let Err(e) = watcher.watch(d, RecursiveMode::NonRecursive) {
-                tracing::warn!(dir = %d.display(), error = %e, "cannot watch directory");
+                tracing::debug!(dir = %d.display(), error = %e, "cannot watch directory");
             }
         }
-        watched = dirs;
+        watched = dirs
+            .into_iter()
+            .filter(|d| watched.contains(d) || d.is_dir())
+            .collect();
         let relevant = |event: &Option<notify::Event>| {
             let yes = event.as_ref().is_none_or(|e| set.relevant(e));
             if !yes {
