@@ -52,15 +52,9 @@ pub struct LoadError {
 impl LoadError {
     /// How to fix it, when there is more to say than the message.
     pub fn help(&self) -> Option<&'static str> {
-        match self.source.kind() {
-            std::io::ErrorKind::NotFound => {
-                Some("check the path; relative paths start at the working directory")
-            }
-            _ if io_reason(&self.source).starts_with(NOT_REGULAR) => Some(
-                "point at a regular file (or a symlink to one), not a pipe, device or directory",
-            ),
-            _ => None,
-        }
+        io_reason(&self.source).starts_with(NOT_REGULAR).then_some(
+            "point at a regular file (or a symlink to one), not a pipe, device or directory",
+        )
     }
 }
 
