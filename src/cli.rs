@@ -11,7 +11,6 @@ use crate::diagnostic::{Diagnostics, Severity};
 use crate::load::{self, Loaded};
 use crate::ruleset::SourcePaths;
 use crate::secrets::EnvSecrets;
-use crate::source::SourceMap;
 
 /// How `gateway` exits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -253,6 +252,9 @@ fn check(files: &[PathBuf], format: Format, deny_warnings: bool, resolve_secrets
                 Ok(loaded) => loads.push(loaded),
                 Err(e) => {
                     eprintln!("error: {e}");
+                    if let Some(help) = e.help() {
+                        eprintln!("  help: {help}");
+                    }
                     return Exit::Errors;
                 }
             }
@@ -275,7 +277,7 @@ fn check(files: &[PathBuf], format: Format, deny_warnings: bool, resolve_secrets
                 }
             }
             Format::Human => {
-                eprint!("{}", render(diags, &loaded.files, color));
+                eprint!("{}", diags.render(&loaded.files, color));
                 if let Ok(compiled) = &loaded.result {
                     let r = &compiled.rules;
                     eprintln!(
@@ -313,11 +315,6 @@ fn diagnostics_of(loaded: &Loaded) -> &Diagnostics {
     }
 }
 
-/// Renders diagnostics as `check` shows them.
-pub fn render(diags: &Diagnostics, files: &SourceMap, color: bool) -> String {
-    diags.iter().map(|d| d.render(files, color, 100)).collect()
-}
-
 fn plural(n: usize, word: &str) -> String {
     if n == 1 {
         word.to_string()
@@ -340,7 +337,7 @@ fn urls(file: &std::path::Path, base: &str) -> Exit {
         Err(diags) => {
             eprint!(
                 "{}",
-                render(diags, &loaded.files, std::io::stderr().is_terminal())
+                diags.render(&loaded.files, std::io::stderr().is_terminal())
             );
             return Exit::Errors;
         }
@@ -379,7 +376,7 @@ fn load_for_use(path: &std::path::Path) -> Option<Loaded> {
         }
         Ok(loaded) => match &loaded.result {
             Err(diags) => {
-                eprint!("{}", render(diags, &loaded.files, color));
+                eprint!("{}", diags.render(&loaded.files, color));
                 None
             }
             Ok(_) => Some(loaded),

@@ -69,6 +69,9 @@ pub struct Compiled {
 /// The default clock skew accepted for timestamped signatures (Slack, Standard Webhooks).
 pub(crate) const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
 
+/// The longest tolerance a source may set: past it, a captured request replays for too long.
+pub(crate) const MAX_TOLERANCE: Duration = Duration::from_secs(3600);
+
 /// Compiles the parsed files of one rules set.
 pub(crate) fn compile(
     files: &SourceMap,
@@ -93,6 +96,15 @@ pub(crate) fn compile(
                 Item::Include(_) => {}
             }
         }
+    }
+
+    // A set without sources answers every request 404: never what was meant (an empty file, a
+    // truncated copy), so it must not load, and a reload must not swap it in.
+    if source_decls.is_empty() {
+        cx.error(
+            DiagnosticKind::NoSources,
+            Span::new(FileId::default(), 0, 0),
+        );
     }
 
     // Declare every name first, so references may come before declarations.
@@ -712,6 +724,14 @@ impl<'a> Cx<'a> {
                 }
                 SourceItemKind::Tolerance(word) => {
                     match self.positive_duration(word, "tolerance") {
+                        Some(d) if d > MAX_TOLERANCE => {
+                            self.invalid_value(
+                                word.span,
+                                &format!("tolerance `{}` is longer than 1 hour", word.text),
+                                "a captured request can be replayed for as long as the tolerance; providers sign as they send, so allow clock skew only, e.g. `5m` (the default)",
+                            );
+                            ok = false;
+                        }
                         Some(d) => tolerance = d,
                         None => ok = false,
                     }

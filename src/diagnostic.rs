@@ -63,6 +63,11 @@ pub enum DiagnosticKind {
     IncludeCycle {
         path: String,
     },
+    IncludeTooBroad {
+        pattern: String,
+        reason: String,
+    },
+    NoSources,
     DuplicateName {
         kind: NameKind,
         name: String,
@@ -192,6 +197,8 @@ impl DiagnosticKind {
             IncludeFailed { .. } => "rules::include_failed",
             IncludeEmpty { .. } => "rules::include_empty",
             IncludeCycle { .. } => "rules::include_cycle",
+            IncludeTooBroad { .. } => "rules::include_too_broad",
+            NoSources => "rules::no_sources",
             DuplicateName { .. } => "rules::duplicate_name",
             UnknownName { kind, .. } => match kind {
                 NameKind::Secret => "rules::unknown_secret",
@@ -264,6 +271,15 @@ impl DiagnosticKind {
             IncludeFailed { .. } => Some("include paths are relative to the including file".into()),
             IncludeEmpty { .. } => Some("include paths are relative to the including file".into()),
             IncludeCycle { .. } => Some("remove one of the `include` lines that form the cycle".into()),
+            IncludeTooBroad { .. } => Some(format!(
+                "name the directory the rules are in, e.g. `teams/*.hook`; `**` descends at most {} directories and a glob looks at {} entries and matches {} files at most",
+                crate::load::MAX_GLOB_DEPTH,
+                crate::load::MAX_GLOB_ENTRIES,
+                crate::load::MAX_GLOB_MATCHES
+            )),
+            NoSources => Some(
+                "declare one, e.g. `source github: github { secret gh }`; check a file meant for `include` through the file that includes it".into(),
+            ),
             DuplicateName { kind, .. } => Some(format!("give each {kind} a unique name")),
             UnknownName { kind, suggestion, .. } => did_you_mean(suggestion)
                 .or_else(|| Some(format!("declare it with `{kind} ...` or fix the name"))),
@@ -314,6 +330,7 @@ impl DiagnosticKind {
         match self {
             DuplicateName { .. } | DuplicateOption { .. } => Some("declared again here".into()),
             PathConflict { .. } => Some("this path is taken".into()),
+            NoSources => Some("no `source` in this file or the files it includes".into()),
             UnknownName { .. } | UnknownProvider { .. } => Some("not declared".into()),
             Syntax { expected, .. } => Some(format!("expected {expected}")),
             _ => None,
@@ -333,6 +350,13 @@ impl Display for DiagnosticKind {
             }
             IncludeEmpty { pattern } => write!(f, "`{pattern}` matches no files"),
             IncludeCycle { path } => write!(f, "`{path}` is included again, forming a cycle"),
+            IncludeTooBroad { pattern, reason } => {
+                write!(f, "include `{pattern}` is too broad: {reason}")
+            }
+            NoSources => write!(
+                f,
+                "the rules declare no `source`, so every request would be answered 404"
+            ),
             DuplicateName { kind, name } => write!(f, "{kind} `{name}` is declared twice"),
             UnknownName { kind, name, .. } => write!(f, "unknown {kind} `{name}`"),
             UnknownProvider { name, .. } => write!(f, "unknown source kind `{name}`"),
@@ -488,6 +512,15 @@ impl Diagnostics {
             .iter()
             .filter(|d| d.severity() == severity)
             .count()
+    }
+
+    /// Renders every diagnostic as `gateway check` shows them (miette graphics, 100 columns); `color`
+    /// off gives the text the golden tests compare and `/status` shows.
+    pub fn render(&self, files: &SourceMap, color: bool) -> String {
+        self.list
+            .iter()
+            .map(|d| d.render(files, color, 100))
+            .collect()
     }
 
     /// Sorts by file and position, so output follows the text however the passes ran.

@@ -375,7 +375,7 @@ mod tests {
         let loaded = crate::load::load_text("t.hook", None, text.as_bytes(), &PlaceholderSecrets);
         let rules = match loaded.result {
             Ok(c) => c.rules,
-            Err(d) => panic!("{when}: {}", crate::cli::render(&d, &loaded.files, false)),
+            Err(d) => panic!("{when}: {}", d.render(&loaded.files, false)),
         };
         let headers = vec![
             ("X-GitHub-Event".to_string(), "push".to_string()),

@@ -3,7 +3,17 @@
 //! This is the IO edge in front of the pure `syntax` and `compile` stages. `gateway check`, `gateway
 //! test`, `gateway serve` and hot reload all load through [`load_file`] / [`load_text`], so "lints clean"
 //! means "will load".
+//!
+//! Every read goes through [`Inputs`], which records what was asked and a digest of the answer: doing
+//! the same reads again and getting the same answers means loading again would give the same result,
+//! which is how a reload decides "unchanged" without parsing, and what the watcher watches.
+//!
+//! Nothing here blocks on what it finds at a path: only regular files are opened for reading (a FIFO
+//! or device is refused after `stat`, and opened non-blocking and checked again with `fstat`), and an
+//! include glob walks at most [`MAX_GLOB_DEPTH`] directories deep, [`MAX_GLOB_ENTRIES`] entries and
+//! [`MAX_GLOB_MATCHES`] matches.
 
+use std::cell::Cell;
 use std::collections::HashSet;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -24,6 +34,8 @@ pub struct Loaded {
     pub result: Result<Compiled, Diagnostics>,
     /// Hex SHA-256 over the names and bytes of every file, in load order: equal hashes, equal rules.
     pub hash: String,
+    /// Every read made from the file system (not the secrets), to replay and to watch.
+    pub inputs: Inputs,
 }
 
 /// The root file could not be read at all (as opposed to an include, which is a diagnostic).
@@ -33,25 +45,54 @@ pub struct LoadError {
     pub path: String,
     #[source]
     pub source: std::io::Error,
+    /// The failed read, so a reload can tell when the file appears.
+    pub inputs: Inputs,
+}
+
+impl LoadError {
+    /// How to fix it, when there is more to say than the message.
+    pub fn help(&self) -> Option<&'static str> {
+        io_reason(&self.source).starts_with(NOT_REGULAR).then_some(
+            "point at a regular file (or a symlink to one), not a pipe, device or directory",
+        )
+    }
 }
 
 /// Loads and compiles the rules set rooted at `path`.
 pub fn load_file(path: &Path, secrets: &dyn Secrets) -> Result<Loaded, LoadError> {
-    let bytes = read_limited(path).map_err(|source| LoadError {
-        path: path.display().to_string(),
-        source,
-    })?;
-    Ok(load_text(
+    let mut inputs = Inputs::default();
+    let bytes = match inputs.read_file(path) {
+        Ok(bytes) => bytes,
+        Err(source) => {
+            return Err(LoadError {
+                path: path.display().to_string(),
+                source,
+                inputs,
+            });
+        }
+    };
+    Ok(load_with(
         &path.display().to_string(),
         Some(path.to_path_buf()),
         &bytes,
         secrets,
+        inputs,
     ))
 }
 
 /// Loads and compiles a rules set given as bytes (stdin, tests); includes resolve against `path`'s
 /// directory, or the working directory.
 pub fn load_text(name: &str, path: Option<PathBuf>, bytes: &[u8], secrets: &dyn Secrets) -> Loaded {
+    load_with(name, path, bytes, secrets, Inputs::default())
+}
+
+fn load_with(
+    name: &str,
+    path: Option<PathBuf>,
+    bytes: &[u8],
+    secrets: &dyn Secrets,
+    inputs: Inputs,
+) -> Loaded {
     let mut loader = Loader {
         files: SourceMap::default(),
         asts: Vec::new(),
@@ -59,6 +100,7 @@ pub fn load_text(name: &str, path: Option<PathBuf>, bytes: &[u8], secrets: &dyn 
         seen: HashSet::new(),
         stack: Vec::new(),
         hasher: Sha256::new(),
+        io: inputs,
     };
     loader.add(name, path, bytes);
     let Loader {
@@ -66,6 +108,7 @@ pub fn load_text(name: &str, path: Option<PathBuf>, bytes: &[u8], secrets: &dyn 
         asts,
         mut diags,
         hasher,
+        io: inputs,
         ..
     } = loader;
     let hash = hex::encode(hasher.finalize());
@@ -91,6 +134,7 @@ pub fn load_text(name: &str, path: Option<PathBuf>, bytes: &[u8], secrets: &dyn 
         files,
         result,
         hash,
+        inputs,
     }
 }
 
@@ -103,6 +147,7 @@ struct Loader {
     /// Canonical paths of the files being loaded, outermost first, to detect cycles.
     stack: Vec<PathBuf>,
     hasher: Sha256,
+    io: Inputs,
 }
 
 impl Loader {
@@ -118,7 +163,7 @@ impl Loader {
                 Some(e.valid_up_to()),
             ),
         };
-        let canonical = path.as_deref().and_then(|p| p.canonicalize().ok());
+        let canonical = path.as_deref().and_then(|p| self.io.canonical(p));
         let file = self.files.add(SourceText::new(name, path, text));
         if let Some(offset) = bad_utf8_at {
             self.diags
@@ -183,17 +228,20 @@ impl Loader {
         let full = base.join(pattern);
         let is_glob = pattern.contains(['*', '?', '[']);
         let paths: Vec<PathBuf> = if is_glob {
-            let Some(full_str) = full.to_str() else {
-                self.include_failed(pattern, "the path is not valid UTF-8", span);
-                return;
-            };
-            match glob::glob(full_str) {
-                Ok(entries) => entries
-                    .filter_map(Result::ok)
-                    .filter(|p| p.is_file())
-                    .collect(),
+            match self.io.glob(&full) {
+                Ok(paths) => paths,
+                Err(GlobError::Invalid(reason)) => {
+                    self.include_failed(pattern, &reason, span);
+                    return;
+                }
                 Err(e) => {
-                    self.include_failed(pattern, &e.to_string().to_lowercase(), span);
+                    self.diags.error(
+                        DiagnosticKind::IncludeTooBroad {
+                            pattern: pattern.into(),
+                            reason: e.to_string(),
+                        },
+                        span,
+                    );
                     return;
                 }
             }
@@ -212,7 +260,7 @@ impl Loader {
         for path in paths {
             let relative = path.strip_prefix(base).unwrap_or(&path);
             let shown = normalize(&display_dir.join(relative)).display().to_string();
-            let canonical = path.canonicalize().ok();
+            let canonical = self.io.canonical(&path);
             if let Some(c) = &canonical {
                 if self.stack.contains(c) {
                     self.diags
@@ -223,7 +271,7 @@ impl Loader {
                     continue;
                 }
             }
-            match read_limited(&path) {
+            match self.io.read_file(&path) {
                 Ok(bytes) => self.add(&shown, Some(path.clone()), &bytes),
                 Err(e) => self.include_failed(&shown, &io_reason(&e), span),
             }
@@ -266,12 +314,451 @@ fn normalize(path: &Path) -> PathBuf {
     out
 }
 
-/// Reads a file, refusing (with an error) anything larger than the rules-file limit plus one byte,
-/// so the caller can report the size without reading gigabytes.
-fn read_limited(path: &Path) -> std::io::Result<Vec<u8>> {
-    let file = std::fs::File::open(path)?;
+/// The start of the reason given for a path that is not a regular file.
+pub(crate) const NOT_REGULAR: &str = "not a regular file";
+
+/// Reads a regular file, at most `limit + 1` bytes (so the caller can report the size without reading
+/// gigabytes). Anything else at the path (a FIFO, a device, a socket, a directory) is refused without
+/// being opened for reading: `stat` first, then open non-blocking and check the opened file with
+/// `fstat`, in case the path was replaced in between.
+pub(crate) fn read_regular(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    regular(&std::fs::metadata(path)?)?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    regular(&file.metadata()?)?;
     let mut bytes = Vec::new();
-    file.take(MAX_FILE_BYTES as u64 + 1)
-        .read_to_end(&mut bytes)?;
+    file.take(limit.saturating_add(1)).read_to_end(&mut bytes)?;
     Ok(bytes)
+}
+
+fn regular(meta: &std::fs::Metadata) -> std::io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    let what = if t.is_file() {
+        return Ok(());
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a named pipe"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "a special file"
+    };
+    Err(std::io::Error::other(format!("{NOT_REGULAR} ({what})")))
+}
+
+/// How deep below its literal prefix an include glob with `**` may descend.
+pub const MAX_GLOB_DEPTH: usize = 8;
+/// How many directory entries one include glob may look at.
+pub const MAX_GLOB_ENTRIES: usize = 10_000;
+/// How many files one include glob may match.
+pub const MAX_GLOB_MATCHES: usize = 1_000;
+
+/// Why an include glob gave no list of files.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum GlobError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("it descends more than {MAX_GLOB_DEPTH} directories")]
+    TooDeep,
+    #[error("it looks at more than {MAX_GLOB_ENTRIES} directory entries")]
+    TooManyEntries,
+    #[error("it matches more than {MAX_GLOB_MATCHES} files")]
+    TooManyMatches,
+}
+
+/// What an include glob matched, and the directories it read (to watch for new matches).
+struct Expansion {
+    paths: Vec<PathBuf>,
+    /// The glob's literal prefix, first, whether or not it exists, then every directory read.
+    dirs: Vec<PathBuf>,
+}
+
+/// Expands an include glob by a bounded walk from its longest literal prefix. `*`, `?` and `[...]` stay
+/// within one path component, `**` spans any number (up to [`MAX_GLOB_DEPTH`]); symlinks are followed
+/// and symlink loops skipped, as are directories that cannot be read. Matches come in walk order
+/// (depth first, names sorted); they need not be regular files: reading says what is wrong with them.
+fn expand_glob(full: &Path) -> Result<Expansion, GlobError> {
+    use glob::{MatchOptions, Pattern};
+    let Some(text) = full.to_str() else {
+        return Err(GlobError::Invalid("the path is not valid UTF-8".into()));
+    };
+    if let Err(e) = Pattern::new(text) {
+        return Err(GlobError::Invalid(e.to_string().to_lowercase()));
+    }
+    let mut root = PathBuf::new();
+    let mut parts: Vec<&str> = Vec::new();
+    for c in full.components() {
+        // INVARIANT: `full` is UTF-8, so each of its components is.
+        let s = c.as_os_str().to_str().unwrap_or_default();
+        if parts.is_empty() && !s.contains(['*', '?', '[']) {
+            root.push(c);
+        } else {
+            parts.push(s);
+        }
+    }
+    if root.as_os_str().is_empty() {
+        root.push(".");
+    }
+    let options = MatchOptions {
+        case_sensitive: true,
+        require_literal_separator: true,
+        require_literal_leading_dot: false,
+    };
+    let invalid = |e: glob::PatternError| GlobError::Invalid(e.to_string().to_lowercase());
+    let whole = Pattern::new(&parts.join("/")).map_err(invalid)?;
+    // The components before any `**` prune the walk: a directory that cannot match is not read.
+    let prefix: Vec<Pattern> = parts
+        .iter()
+        .take_while(|p| **p != "**")
+        .map(|p| Pattern::new(p))
+        .collect::<Result<_, _>>()
+        .map_err(invalid)?;
+    let recursive = prefix.len() < parts.len();
+    let max_depth = if recursive {
+        MAX_GLOB_DEPTH + 1
+    } else {
+        parts.len()
+    };
+    let looked_at = Cell::new(0usize);
+    let walk = walkdir::WalkDir::new(&root)
+        .follow_links(true)
+        .min_depth(1)
+        .max_depth(max_depth)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_entry(|e| {
+            looked_at.set(looked_at.get() + 1);
+            let d = e.depth();
+            !(e.file_type().is_dir()
+                && (1..=prefix.len()).contains(&d)
+                && !prefix[d - 1].matches_with(&e.file_name().to_string_lossy(), options))
+        });
+    let mut paths = Vec::new();
+    let mut dirs = vec![root.clone()];
+    for entry in walk {
+        if looked_at.get() > MAX_GLOB_ENTRIES {
+            return Err(GlobError::TooManyEntries);
+        }
+        // Unreadable directories and symlink loops are skipped, as a shell's glob does.
+        let Ok(entry) = entry else {
+            looked_at.set(looked_at.get() + 1);
+            continue;
+        };
+        if entry.file_type().is_dir() {
+            if entry.depth() < max_depth {
+                dirs.push(entry.path().to_path_buf());
+            } else if recursive {
+                return Err(GlobError::TooDeep);
+            }
+            continue;
+        }
+        let relative = entry.path().strip_prefix(&root).unwrap_or(entry.path());
+        if whole.matches_path_with(relative, options) {
+            if paths.len() == MAX_GLOB_MATCHES {
+                return Err(GlobError::TooManyMatches);
+            }
+            paths.push(entry.into_path());
+        }
+    }
+    if looked_at.get() > MAX_GLOB_ENTRIES {
+        return Err(GlobError::TooManyEntries);
+    }
+    Ok(Expansion { paths, dirs })
+}
+
+/// What loading read from the file system, in order, each with a digest of the answer it got.
+///
+/// INVARIANT: the loader's control flow depends only on these answers (file bytes or read errors,
+/// canonical paths, glob expansions). So if doing the same reads again gives the same digests,
+/// loading again would read the same files and produce the same result: [`Inputs::unchanged`] decides
+/// that without parsing anything.
+#[derive(Debug, Clone, Default)]
+pub struct Inputs {
+    reads: Vec<Recorded>,
+}
+
+#[derive(Debug, Clone)]
+struct Recorded {
+    read: Access,
+    digest: [u8; 32],
+}
+
+#[derive(Debug, Clone)]
+enum Access {
+    /// A rules file read (the root, an include).
+    File(PathBuf),
+    /// A path canonicalised, for cycle and duplicate detection.
+    Canonical(PathBuf),
+    /// An include glob expanded; `dirs` are the directories it read.
+    Glob {
+        pattern: PathBuf,
+        dirs: Vec<PathBuf>,
+    },
+}
+
+/// An include glob as the watcher sees it.
+pub struct GlobInput<'a> {
+    /// The pattern, joined to the including file's directory.
+    pub pattern: &'a Path,
+    /// The directory the walk starts from (the pattern's literal prefix), even if it does not exist
+    /// yet, then every directory the walk read. Empty when the pattern is invalid.
+    pub dirs: &'a [PathBuf],
+}
+
+impl Inputs {
+    fn read_file(&mut self, path: &Path) -> std::io::Result<Vec<u8>> {
+        let result = read_regular(path, MAX_FILE_BYTES as u64);
+        let digest = digest_read(&result);
+        self.reads.push(Recorded {
+            read: Access::File(path.to_path_buf()),
+            digest,
+        });
+        result
+    }
+
+    fn canonical(&mut self, path: &Path) -> Option<PathBuf> {
+        let canonical = path.canonicalize().ok();
+        self.reads.push(Recorded {
+            read: Access::Canonical(path.to_path_buf()),
+            digest: digest_canonical(&canonical),
+        });
+        canonical
+    }
+
+    fn glob(&mut self, pattern: &Path) -> Result<Vec<PathBuf>, GlobError> {
+        let result = expand_glob(pattern);
+        let digest = digest_glob(&result);
+        let (paths, dirs) = match result {
+            Ok(e) => (Ok(e.paths), e.dirs),
+            Err(e) => (Err(e), Vec::new()),
+        };
+        self.reads.push(Recorded {
+            read: Access::Glob {
+                pattern: pattern.to_path_buf(),
+                dirs,
+            },
+            digest,
+        });
+        paths
+    }
+
+    /// Whether doing every read again gives the same answers; stops at the first difference.
+    pub fn unchanged(&self) -> bool {
+        self.reads.iter().all(|r| {
+            let again = match &r.read {
+                Access::File(path) => digest_read(&read_regular(path, MAX_FILE_BYTES as u64)),
+                Access::Canonical(path) => digest_canonical(&path.canonicalize().ok()),
+                Access::Glob { pattern, .. } => digest_glob(&expand_glob(pattern)),
+            };
+            again == r.digest
+        })
+    }
+
+    /// Every path read as a rules file, including those that could not be read.
+    pub fn files(&self) -> impl Iterator<Item = &Path> {
+        self.reads.iter().filter_map(|r| match &r.read {
+            Access::File(p) => Some(p.as_path()),
+            _ => None,
+        })
+    }
+
+    /// Every include glob expanded.
+    pub fn globs(&self) -> impl Iterator<Item = GlobInput<'_>> {
+        self.reads.iter().filter_map(|r| match &r.read {
+            Access::Glob { pattern, dirs } => Some(GlobInput { pattern, dirs }),
+            _ => None,
+        })
+    }
+}
+
+fn digest_read(result: &std::io::Result<Vec<u8>>) -> [u8; 32] {
+    let mut h = Sha256::new();
+    match result {
+        Ok(bytes) => {
+            h.update([0]);
+            h.update(bytes);
+        }
+        Err(e) => {
+            h.update([1]);
+            h.update(e.to_string());
+        }
+    }
+    h.finalize().into()
+}
+
+fn digest_canonical(path: &Option<PathBuf>) -> [u8; 32] {
+    use std::os::unix::ffi::OsStrExt;
+    let mut h = Sha256::new();
+    if let Some(p) = path {
+        h.update([0]);
+        h.update(p.as_os_str().as_bytes());
+    }
+    h.finalize().into()
+}
+
+fn digest_glob(result: &Result<Expansion, GlobError>) -> [u8; 32] {
+    use std::os::unix::ffi::OsStrExt;
+    let mut h = Sha256::new();
+    match result {
+        Ok(e) => {
+            for p in &e.paths {
+                h.update([0]);
+                h.update(p.as_os_str().as_bytes());
+            }
+        }
+        Err(e) => {
+            h.update([1]);
+            h.update(e.to_string());
+        }
+    }
+    h.finalize().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mkfifo(path: &Path) {
+        let status = std::process::Command::new("mkfifo")
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    #[test]
+    fn non_regular_files_are_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        mkfifo(&fifo);
+        let err = read_regular(&fifo, 10).unwrap_err();
+        assert_eq!(io_reason(&err), "not a regular file (a named pipe)");
+        let err = read_regular(dir.path(), 10).unwrap_err();
+        assert_eq!(io_reason(&err), "not a regular file (a directory)");
+        let err = read_regular(Path::new("/dev/null"), 10).unwrap_err();
+        assert_eq!(io_reason(&err), "not a regular file (a character device)");
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&fifo, &link).unwrap();
+        assert!(read_regular(&link, 10).is_err(), "a symlink to a FIFO too");
+        std::fs::write(dir.path().join("f"), "0123456789abc").unwrap();
+        assert_eq!(
+            read_regular(&dir.path().join("f"), 4).unwrap(),
+            b"01234",
+            "one byte past the limit, to tell the size"
+        );
+    }
+
+    fn tree(root: &Path, files: &[&str]) {
+        for f in files {
+            let p = root.join(f);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, "").unwrap();
+        }
+    }
+
+    fn names(root: &Path, pattern: &str) -> Result<Vec<String>, GlobError> {
+        expand_glob(&root.join(pattern)).map(|e| {
+            e.paths
+                .iter()
+                .map(|p| p.strip_prefix(root).unwrap().display().to_string())
+                .collect()
+        })
+    }
+
+    #[test]
+    fn globs_match_like_a_shell() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        tree(
+            root,
+            &[
+                "a.hook",
+                "b.hook",
+                "c.txt",
+                "t/x.hook",
+                "t/u/y.hook",
+                "t/u/v/z.hook",
+                "s/w.hook",
+            ],
+        );
+        assert_eq!(names(root, "*.hook").unwrap(), ["a.hook", "b.hook"]);
+        assert_eq!(names(root, "t/*.hook").unwrap(), ["t/x.hook"]);
+        assert_eq!(names(root, "*/*.hook").unwrap(), ["s/w.hook", "t/x.hook"]);
+        assert_eq!(
+            names(root, "t/**/*.hook").unwrap(),
+            ["t/u/v/z.hook", "t/u/y.hook", "t/x.hook"]
+        );
+        assert_eq!(names(root, "[ab].hook").unwrap(), ["a.hook", "b.hook"]);
+        assert_eq!(names(root, "none/*.hook").unwrap(), Vec::<String>::new());
+        assert!(matches!(names(root, "a/***"), Err(GlobError::Invalid(_))));
+    }
+
+    #[test]
+    fn globs_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let deep = (0..=MAX_GLOB_DEPTH)
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join("/");
+        tree(root, &[&format!("d/{deep}/x.hook")]);
+        assert_eq!(names(root, "d/**/*.hook"), Err(GlobError::TooDeep));
+        assert_eq!(
+            names(root, "d/0/**/*.hook").unwrap().len(),
+            1,
+            "one level less is fine"
+        );
+
+        // A symlink loop is skipped, not followed forever.
+        std::fs::create_dir(root.join("l")).unwrap();
+        std::os::unix::fs::symlink(".", root.join("l/again")).unwrap();
+        tree(root, &["l/a.hook"]);
+        assert_eq!(names(root, "l/**/*.hook").unwrap(), ["l/a.hook"]);
+
+        let many: Vec<String> = (0..=MAX_GLOB_MATCHES)
+            .map(|i| format!("m/{i}.hook"))
+            .collect();
+        tree(root, &many.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(names(root, "m/*.hook"), Err(GlobError::TooManyMatches));
+        assert_eq!(names(root, "m/1*.hook").unwrap().len(), 112); // 1, 1x, 1xx, 1000
+
+        let wide: Vec<String> = (0..MAX_GLOB_ENTRIES)
+            .map(|i| format!("w/{i}.txt"))
+            .collect();
+        tree(root, &wide.iter().map(String::as_str).collect::<Vec<_>>());
+        tree(root, &["w/x/a.hook"]);
+        assert_eq!(names(root, "w/**/*.hook"), Err(GlobError::TooManyEntries));
+    }
+
+    #[test]
+    fn replaying_the_reads_tells_a_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("rules.hook");
+        std::fs::write(&root, "include \"t/*.inc\"\n").unwrap();
+        tree(dir.path(), &["t/a.inc"]);
+        let loaded = load_file(&root, &crate::compile::PlaceholderSecrets).unwrap();
+        assert!(loaded.inputs.unchanged());
+        std::fs::write(&root, "include \"t/*.inc\"\n").unwrap();
+        assert!(loaded.inputs.unchanged(), "the same bytes saved again");
+        std::fs::write(dir.path().join("t/a.inc"), "# more").unwrap();
+        assert!(!loaded.inputs.unchanged(), "an included file changed");
+        let loaded = load_file(&root, &crate::compile::PlaceholderSecrets).unwrap();
+        tree(dir.path(), &["t/b.inc"]);
+        assert!(!loaded.inputs.unchanged(), "a new match of the glob");
+        let loaded = load_file(&root, &crate::compile::PlaceholderSecrets).unwrap();
+        std::fs::write(dir.path().join("unrelated.txt"), "x").unwrap();
+        std::fs::write(dir.path().join("t/c.txt"), "x").unwrap();
+        assert!(loaded.inputs.unchanged(), "files the rules do not read");
+        assert_eq!(loaded.inputs.files().count(), 3);
+        assert_eq!(loaded.inputs.globs().count(), 1);
+    }
 }

@@ -4,15 +4,30 @@
 //! Kubernetes mounts a ConfigMap as a directory whose files are symlinks through `..data`, which the
 //! kubelet swaps atomically; editors save by writing a new file and renaming it over the old one. Both
 //! change the *directory*, so the watcher watches the directories of the rules file, of every file it
-//! includes, and of every secret file, rather than the files themselves, and re-resolves them after each
-//! reload. A reload whose rules and secrets hash the same as the running set changes nothing.
+//! includes, of every directory an include glob read, and of every secret file (and of the files
+//! those are symlinks to), but reacts only to events about those files, names an include glob could
+//! match, and kubelet's `..data` / `..data_tmp` links: a log file written beside the rules triggers
+//! nothing. The watch set is recomputed after each reload, since includes and secret files may move.
+//!
+//! A reload first does again every read the serving set was built from (files, canonical paths, glob
+//! expansions, secret values) and compares digests ([`load::Inputs`]): the same answers mean the same
+//! rules, decided without parsing. Only a difference parses and compiles; if the result then hashes
+//! the same as the serving set (a ConfigMap swap with the same content), nothing is swapped either.
+//! A failed attempt's reads are kept too, so the same broken input is not compiled twice.
 //!
 //! INVARIANT: a bad file never replaces a good one. The new set is compiled completely before the
 //! swap; on failure the old set keeps serving and the diagnostics are kept for `/status` and logged.
 //! Requests hold the `Arc` they started with, so in-flight requests finish on their set.
+//!
+//! INVARIANT: reloads of one store run one at a time. Reading, compiling, comparing and swapping is
+//! one critical section, so the file watcher, SIGHUP and `POST /-/reload` cannot interleave, and the
+//! rules served are always those of the most recent read (an older file is never swapped in after a
+//! newer one). Reload runs on a blocking thread, where waiting for the lock is fine.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -20,7 +35,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::compile::{SecretRef, Secrets};
-use crate::load;
+use crate::load::{self, Inputs};
 use crate::ruleset::{RuleSet, SecretValue};
 use crate::secrets::EnvSecrets;
 
@@ -39,6 +54,13 @@ pub struct ReloadStatus {
     /// Diagnostics of the last failed reload, cleared by the next success.
     pub last_error: Option<String>,
     pub last_error_at: Option<i64>,
+    /// Reloads asked for since start (relevant file events, SIGHUP, `POST /-/reload`).
+    pub reload_attempts: u64,
+    /// Times the rules were parsed and compiled, the first load included. A reload whose inputs read
+    /// the same as the serving set's (or as the last failed attempt's) compiles nothing.
+    pub compiles: u64,
+    /// File events in watched directories that concerned nothing the rules read, so reloaded nothing.
+    pub ignored_events: u64,
 }
 
 /// What a reload did.
@@ -56,15 +78,81 @@ pub enum ReloadOutcome {
 pub struct RuleStore {
     path: PathBuf,
     rules: Arc<ArcSwap<RuleSet>>,
+    /// The reload critical section (see the module's invariant) and what it compares against.
+    reloading: Mutex<Reads>,
+    /// What `status()` and the watcher read; never held across IO.
     state: Mutex<StoreState>,
 }
 
 struct StoreState {
     status: ReloadStatus,
-    /// Hash of rules and secret values: equal means nothing to do.
+    watch: Arc<WatchSet>,
+}
+
+/// What the serving set, and the last failed attempt, were built from.
+struct Reads {
+    serving: Recorded,
+    /// Hash of the serving set's rules files and secret values: equal after a compile means the
+    /// same rules, whatever paths they were read through.
     fingerprint: String,
-    /// Directories to watch: of the rules files and of secret files.
-    dirs: Vec<PathBuf>,
+    /// The last failed attempt's reads and its rendered diagnostics, until a success or until the
+    /// inputs read the same as the serving set's again.
+    failed: Option<(Recorded, String)>,
+}
+
+/// Every read one load made: the rules files through [`Inputs`], and the secrets.
+struct Recorded {
+    files: Inputs,
+    secrets: Vec<SecretRead>,
+}
+
+/// One secret loaded, with a digest of what loading it gave (a value or an error).
+struct SecretRead {
+    name: String,
+    from: OwnedRef,
+    digest: [u8; 32],
+}
+
+enum OwnedRef {
+    Env(String),
+    File(PathBuf),
+}
+
+impl OwnedRef {
+    fn borrow(&self) -> SecretRef<'_> {
+        match self {
+            OwnedRef::Env(var) => SecretRef::Env(var),
+            OwnedRef::File(path) => SecretRef::File(path),
+        }
+    }
+}
+
+const SECRETS: EnvSecrets = EnvSecrets { lenient: false };
+
+impl Recorded {
+    /// Whether every read gives the same answer again; stops at the first difference.
+    fn unchanged(&self) -> bool {
+        self.files.unchanged()
+            && self
+                .secrets
+                .iter()
+                .all(|s| digest_secret(&SECRETS.load(&s.name, s.from.borrow())) == s.digest)
+    }
+}
+
+fn digest_secret(loaded: &Result<SecretValue, String>) -> [u8; 32] {
+    let mut h = Sha256::new();
+    match loaded {
+        Ok(value) => {
+            h.update([0]);
+            h.update(value.expose());
+        }
+        Err(reason) => {
+            h.update([1]);
+            h.update(reason.as_bytes());
+        }
+    }
+    h.finalize().into()
 }
 
 /// A compiled set with what the store keeps about it.
@@ -73,13 +161,19 @@ struct Fresh {
     hash: String,
     fingerprint: String,
     files: Vec<String>,
-    dirs: Vec<PathBuf>,
+    reads: Recorded,
+}
+
+/// A set that did not compile: its rendered diagnostics and what it read.
+struct Failure {
+    diagnostics: String,
+    reads: Recorded,
 }
 
 impl RuleStore {
     /// Loads the rules at `path` with real secrets; `Err` holds rendered diagnostics.
     pub fn load(path: &Path) -> Result<RuleStore, String> {
-        let fresh = compile(path)?;
+        let fresh = compile(path).map_err(|f| f.diagnostics)?;
         let status = ReloadStatus {
             rules_file: path.display().to_string(),
             hash: fresh.hash.clone(),
@@ -88,16 +182,21 @@ impl RuleStore {
             files: fresh.files.clone(),
             last_error: None,
             last_error_at: None,
+            reload_attempts: 0,
+            compiles: 1,
+            ignored_events: 0,
         };
         crate::metrics::config_loaded(&fresh.hash, 1);
+        let watch = Arc::new(WatchSet::of(&[&fresh.reads]));
         Ok(RuleStore {
             path: path.to_path_buf(),
             rules: Arc::new(ArcSwap::from_pointee(fresh.rules)),
-            state: Mutex::new(StoreState {
-                status,
+            reloading: Mutex::new(Reads {
+                serving: fresh.reads,
                 fingerprint: fresh.fingerprint,
-                dirs: fresh.dirs,
+                failed: None,
             }),
+            state: Mutex::new(StoreState { status, watch }),
         })
     }
 
@@ -112,55 +211,28 @@ impl RuleStore {
     }
 
     pub fn status(&self) -> ReloadStatus {
-        self.state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .status
-            .clone()
+        self.state().status.clone()
     }
 
-    fn dirs(&self) -> Vec<PathBuf> {
-        self.state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .dirs
-            .clone()
+    fn state(&self) -> MutexGuard<'_, StoreState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Re-reads, compiles and, if it compiled and differs, swaps in the rules.
+    fn watch_set(&self) -> Arc<WatchSet> {
+        self.state().watch.clone()
+    }
+
+    fn note_ignored_event(&self) {
+        self.state().status.ignored_events += 1;
+    }
+
+    /// Re-reads the inputs and, if they differ, compiles and, if that succeeds and differs, swaps in
+    /// the rules. One reload at a time per store; a caller arriving meanwhile waits, then reads
+    /// what is on disk by then.
     pub fn reload(&self) -> ReloadOutcome {
-        let outcome = match compile(&self.path) {
-            Err(diagnostics) => {
-                let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-                state.status.last_error = Some(diagnostics.clone());
-                state.status.last_error_at = Some(crate::queue::now_ms());
-                ReloadOutcome::Failed(diagnostics)
-            }
-            Ok(fresh) => {
-                let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-                if fresh.fingerprint == state.fingerprint {
-                    state.status.last_error = None;
-                    state.status.last_error_at = None;
-                    state.dirs = fresh.dirs;
-                    ReloadOutcome::Unchanged
-                } else {
-                    self.rules.store(Arc::new(fresh.rules));
-                    let s = &mut state.status;
-                    s.generation += 1;
-                    s.hash = fresh.hash;
-                    s.loaded_at = crate::queue::now_ms();
-                    s.files = fresh.files;
-                    s.last_error = None;
-                    s.last_error_at = None;
-                    state.fingerprint = fresh.fingerprint;
-                    state.dirs = fresh.dirs;
-                    crate::metrics::config_loaded(&state.status.hash, state.status.generation);
-                    ReloadOutcome::Reloaded {
-                        generation: state.status.generation,
-                    }
-                }
-            }
-        };
+        let mut reads = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        self.state().status.reload_attempts += 1;
+        let outcome = self.reload_locked(&mut reads);
         match &outcome {
             ReloadOutcome::Reloaded { generation } => {
                 crate::metrics::reload("success");
@@ -177,88 +249,294 @@ impl RuleStore {
         }
         outcome
     }
+
+    fn reload_locked(&self, reads: &mut Reads) -> ReloadOutcome {
+        if reads.serving.unchanged() {
+            // Also a broken file put back as it was: forget the failure.
+            if reads.failed.take().is_some() {
+                let watch = Arc::new(WatchSet::of(&[&reads.serving]));
+                let mut state = self.state();
+                state.watch = watch;
+                state.status.last_error = None;
+                state.status.last_error_at = None;
+            }
+            return ReloadOutcome::Unchanged;
+        }
+        if let Some((failed, diagnostics)) = &reads.failed {
+            if failed.unchanged() {
+                let diagnostics = diagnostics.clone();
+                self.state().status.last_error_at = Some(crate::queue::now_ms());
+                return ReloadOutcome::Failed(diagnostics);
+            }
+        }
+        self.state().status.compiles += 1;
+        match compile(&self.path) {
+            Err(failure) => {
+                // Watch what the failed attempt read too: creating a missing include must reload.
+                let watch = Arc::new(WatchSet::of(&[&reads.serving, &failure.reads]));
+                let mut state = self.state();
+                state.watch = watch;
+                state.status.last_error = Some(failure.diagnostics.clone());
+                state.status.last_error_at = Some(crate::queue::now_ms());
+                drop(state);
+                let diagnostics = failure.diagnostics.clone();
+                reads.failed = Some((failure.reads, failure.diagnostics));
+                ReloadOutcome::Failed(diagnostics)
+            }
+            Ok(fresh) => {
+                reads.failed = None;
+                let watch = Arc::new(WatchSet::of(&[&fresh.reads]));
+                let mut state = self.state();
+                state.watch = watch;
+                state.status.last_error = None;
+                state.status.last_error_at = None;
+                if fresh.fingerprint == reads.fingerprint {
+                    reads.serving = fresh.reads;
+                    return ReloadOutcome::Unchanged;
+                }
+                self.rules.store(Arc::new(fresh.rules));
+                let s = &mut state.status;
+                s.generation += 1;
+                s.hash = fresh.hash;
+                s.loaded_at = crate::queue::now_ms();
+                s.files = fresh.files;
+                crate::metrics::config_loaded(&s.hash, s.generation);
+                reads.serving = fresh.reads;
+                reads.fingerprint = fresh.fingerprint;
+                ReloadOutcome::Reloaded {
+                    generation: s.generation,
+                }
+            }
+        }
+    }
 }
 
-/// Records the secret files it reads, so their directories can be watched too.
+/// Loads secrets as `serve` does, recording each load and hashing the values.
 struct RecordingSecrets {
-    inner: EnvSecrets,
-    files: Mutex<Vec<PathBuf>>,
+    reads: Mutex<Vec<SecretRead>>,
     values: Mutex<Sha256>,
 }
 
 impl Secrets for RecordingSecrets {
     fn load(&self, name: &str, from: SecretRef<'_>) -> Result<SecretValue, String> {
-        if let SecretRef::File(path) = from {
-            self.files
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(path.to_path_buf());
+        let loaded = SECRETS.load(name, from);
+        self.reads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(SecretRead {
+                name: name.to_string(),
+                from: match from {
+                    SecretRef::Env(var) => OwnedRef::Env(var.to_string()),
+                    SecretRef::File(path) => OwnedRef::File(path.to_path_buf()),
+                },
+                digest: digest_secret(&loaded),
+            });
+        if let Ok(value) = &loaded {
+            let mut h = self.values.lock().unwrap_or_else(|p| p.into_inner());
+            h.update(name.as_bytes());
+            h.update([0]);
+            h.update(value.expose());
+            h.update([0]);
         }
-        let value = self.inner.load(name, from)?;
-        let mut h = self.values.lock().unwrap_or_else(|p| p.into_inner());
-        h.update(name.as_bytes());
-        h.update([0]);
-        h.update(value.expose());
-        h.update([0]);
-        Ok(value)
+        loaded
     }
 }
 
-fn compile(path: &Path) -> Result<Fresh, String> {
+impl RecordingSecrets {
+    fn into_parts(self) -> (Vec<SecretRead>, String) {
+        let reads = self.reads.into_inner().unwrap_or_else(|p| p.into_inner());
+        let values = self
+            .values
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner())
+            .finalize();
+        (reads, hex::encode(values))
+    }
+}
+
+fn compile(path: &Path) -> Result<Fresh, Failure> {
     let secrets = RecordingSecrets {
-        inner: EnvSecrets { lenient: false },
-        files: Mutex::new(Vec::new()),
+        reads: Mutex::new(Vec::new()),
         values: Mutex::new(Sha256::new()),
     };
-    let loaded = load::load_file(path, &secrets).map_err(|e| format!("error: {e}"))?;
+    let loaded = match load::load_file(path, &secrets) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            let mut diagnostics = format!("error: {e}\n");
+            if let Some(help) = e.help() {
+                diagnostics.push_str(&format!("  help: {help}\n"));
+            }
+            return Err(Failure {
+                diagnostics,
+                reads: Recorded {
+                    files: e.inputs,
+                    secrets: Vec::new(),
+                },
+            });
+        }
+    };
+    let (secret_reads, values) = secrets.into_parts();
+    let reads = Recorded {
+        files: loaded.inputs,
+        secrets: secret_reads,
+    };
     let compiled = match loaded.result {
         Ok(c) => c,
-        Err(d) => return Err(crate::cli::render(&d, &loaded.files, false)),
+        Err(d) => {
+            return Err(Failure {
+                diagnostics: d.render(&loaded.files, false),
+                reads,
+            });
+        }
     };
     if !compiled.warnings.is_empty() {
-        let text = crate::cli::render(&compiled.warnings, &loaded.files, false);
+        let text = compiled.warnings.render(&loaded.files, false);
         tracing::warn!(warnings = %text, "rules loaded with warnings");
     }
-    let mut dirs: Vec<PathBuf> = Vec::new();
-    let mut files = Vec::new();
-    let secret_files = secrets
-        .files
-        .into_inner()
-        .unwrap_or_else(|p| p.into_inner());
-    for (_, file) in loaded.files.files() {
-        files.push(file.name.clone());
-        if let Some(p) = &file.path {
-            dirs.push(watch_dir(p));
-        }
-    }
-    dirs.extend(secret_files.iter().map(|p| watch_dir(p)));
-    dirs.sort();
-    dirs.dedup();
-    let values = secrets
-        .values
-        .into_inner()
-        .unwrap_or_else(|p| p.into_inner())
-        .finalize();
-    let fingerprint = format!("{}:{}", loaded.hash, hex::encode(values));
+    let files = loaded.files.files().map(|(_, f)| f.name.clone()).collect();
     Ok(Fresh {
         rules: compiled.rules,
+        fingerprint: format!("{}:{values}", loaded.hash),
         hash: loaded.hash,
-        fingerprint,
         files,
-        dirs,
+        reads,
     })
 }
 
-fn watch_dir(file: &Path) -> PathBuf {
-    let parent = file
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    parent.to_path_buf()
+/// What the watcher watches: directories (canonical), and in each what matters.
+#[derive(Debug, Default)]
+struct WatchSet {
+    dirs: BTreeMap<PathBuf, DirWatch>,
 }
 
-/// Watches the store's directories and reloads after changes settle for `debounce`. Runs until
-/// `shutdown`; re-watches after each reload, since includes and secret files may have moved.
+#[derive(Debug, Default)]
+struct DirWatch {
+    /// Files read from this directory.
+    names: BTreeSet<OsString>,
+    /// Last components of the include globs that read this directory: a new match matters.
+    patterns: Vec<glob::Pattern>,
+    /// A `**` glob read this directory: a new subdirectory matters.
+    subdirs: bool,
+}
+
+/// The links through which the kubelet swaps a mounted ConfigMap or Secret.
+const KUBELET_LINKS: [&str; 2] = ["..data", "..data_tmp"];
+
+impl WatchSet {
+    fn of(reads: &[&Recorded]) -> WatchSet {
+        let mut set = WatchSet::default();
+        for r in reads {
+            for file in r.files.files() {
+                set.add_file(file);
+            }
+            for secret in &r.secrets {
+                if let OwnedRef::File(path) = &secret.from {
+                    set.add_file(path);
+                }
+            }
+            for g in r.files.globs() {
+                let last = g
+                    .pattern
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| glob::Pattern::new(n).ok());
+                let recursive = g.pattern.components().any(|c| c.as_os_str() == "**");
+                // The walk's start, as a name in its parent: creating it (or replacing it) matters.
+                if let Some(root) = g.dirs.first() {
+                    set.add_name(root);
+                }
+                for dir in g.dirs {
+                    let w = set.dirs.entry(canonical_dir(dir)).or_default();
+                    w.patterns.extend(last.clone());
+                    w.subdirs |= recursive;
+                }
+            }
+        }
+        set
+    }
+
+    /// Watches the file's name in its directory, and, when it is a symlink, its target's too.
+    fn add_file(&mut self, path: &Path) {
+        self.add_name(path);
+        if let Ok(target) = path.canonicalize() {
+            if target != path {
+                self.add_name(&target);
+            }
+        }
+    }
+
+    fn add_name(&mut self, path: &Path) {
+        let Some(name) = path.file_name() else {
+            return;
+        };
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        self.dirs
+            .entry(canonical_dir(dir))
+            .or_default()
+            .names
+            .insert(name.to_os_string());
+    }
+
+    fn dirs(&self) -> BTreeSet<PathBuf> {
+        self.dirs.keys().cloned().collect()
+    }
+
+    /// Whether a file event may concern something the rules read.
+    fn relevant(&self, event: &notify::Event) -> bool {
+        // No path, or a lost queue of events: anything may have changed.
+        event.paths.is_empty()
+            || event.need_rescan()
+            || event
+                .paths
+                .iter()
+                .any(|p| self.relevant_path(p, &event.kind))
+    }
+
+    fn relevant_path(&self, path: &Path, kind: &notify::EventKind) -> bool {
+        use notify::EventKind;
+        use notify::event::{CreateKind, RemoveKind};
+        if self.dirs.contains_key(path) {
+            // A watched directory itself was moved or removed.
+            return true;
+        }
+        let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+            return true;
+        };
+        let Some(w) = self.dirs.get(dir) else {
+            return false;
+        };
+        let options = glob::MatchOptions {
+            case_sensitive: true,
+            require_literal_separator: true,
+            require_literal_leading_dot: false,
+        };
+        KUBELET_LINKS.iter().any(|l| name == *l)
+            || w.names.contains(name)
+            || w.patterns
+                .iter()
+                .any(|p| p.matches_with(&name.to_string_lossy(), options))
+            || (w.subdirs
+                && (matches!(
+                    kind,
+                    EventKind::Create(CreateKind::Folder) | EventKind::Remove(RemoveKind::Folder)
+                ) || path.is_dir()))
+    }
+}
+
+/// The directory as the watcher names it in events: canonical, so two spellings are one watch.
+fn canonical_dir(dir: &Path) -> PathBuf {
+    dir.canonicalize()
+        .or_else(|_| std::path::absolute(dir))
+        .unwrap_or_else(|_| dir.to_path_buf())
+}
+
+/// Watches what the store's rules read and reloads after relevant changes settle for `debounce`.
+/// Runs until `shutdown`; re-watches after each reload, since includes and secret files may have
+/// moved. Events about other files in the watched directories are counted in
+/// [`ReloadStatus::ignored_events`] and do nothing else.
 pub async fn watch(
     store: Arc<RuleStore>,
     debounce: Duration,
@@ -266,11 +544,16 @@ pub async fn watch(
 ) {
     use notify::{RecursiveMode, Watcher};
     tokio::pin!(shutdown);
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    // `None` is a watcher error, which may hide a change: it counts as a relevant event.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Option<notify::Event>>();
     let mut watcher = match notify::recommended_watcher(
-        move |event: notify::Result<notify::Event>| {
-            if event.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
-                let _ = tx.send(());
+        move |event: notify::Result<notify::Event>| match event {
+            Ok(e) if matches!(e.kind, notify::EventKind::Access(_)) => {}
+            Ok(e) => {
+                let _ = tx.send(Some(e));
+            }
+            Err(_) => {
+                let _ = tx.send(None);
             }
         },
     ) {
@@ -280,30 +563,46 @@ pub async fn watch(
             return shutdown.await;
         }
     };
-    let mut watched: Vec<PathBuf> = Vec::new();
+    let mut watched: BTreeSet<PathBuf> = BTreeSet::new();
     loop {
-        let dirs = store.dirs();
-        if dirs != watched {
-            for d in &watched {
-                let _ = watcher.unwatch(d);
-            }
-            for d in &dirs {
-                if let Err(e) = watcher.watch(d, RecursiveMode::NonRecursive) {
-                    tracing::warn!(dir = %d.display(), error = %e, "cannot watch directory");
-                }
-            }
-            watched = dirs;
+        let set = store.watch_set();
+        let dirs = set.dirs();
+        // Only the difference: a directory watched throughout loses no event. One that could not
+        // be watched (not there yet) is tried again after the next reload.
+        for d in watched.difference(&dirs) {
+            let _ = watcher.unwatch(d);
         }
-        tokio::select! {
-            () = &mut shutdown => return,
-            Some(()) = rx.recv() => {}
+        for d in dirs.difference(&watched) {
+            if let Err(e) = watcher.watch(d, RecursiveMode::NonRecursive) {
+                tracing::debug!(dir = %d.display(), error = %e, "cannot watch directory");
+            }
         }
-        // Editors and the kubelet write in bursts: wait until events stop for `debounce`.
+        watched = dirs
+            .into_iter()
+            .filter(|d| watched.contains(d) || d.is_dir())
+            .collect();
+        let relevant = |event: &Option<notify::Event>| {
+            let yes = event.as_ref().is_none_or(|e| set.relevant(e));
+            if !yes {
+                store.note_ignored_event();
+            }
+            yes
+        };
         loop {
             tokio::select! {
                 () = &mut shutdown => return,
-                () = tokio::time::sleep(debounce) => break,
-                Some(()) = rx.recv() => {}
+                Some(event) = rx.recv() => if relevant(&event) { break },
+            }
+        }
+        // Editors and the kubelet write in bursts: wait until relevant events stop for `debounce`.
+        let mut quiet_at = tokio::time::Instant::now() + debounce;
+        loop {
+            tokio::select! {
+                () = &mut shutdown => return,
+                () = tokio::time::sleep_until(quiet_at) => break,
+                Some(event) = rx.recv() => if relevant(&event) {
+                    quiet_at = tokio::time::Instant::now() + debounce;
+                },
             }
         }
         let s = store.clone();

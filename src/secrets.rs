@@ -3,11 +3,17 @@
 use crate::compile::{SecretRef, Secrets};
 use crate::ruleset::SecretValue;
 
+/// The largest secret file read: keys and tokens are bytes to a few KiB; a larger file is a mistake.
+pub const MAX_SECRET_BYTES: usize = 64 << 10;
+
 /// Reads `env("VAR")` from the process environment and `file("/path")` from disk.
 ///
 /// A trailing newline is stripped from file secrets (`kubectl create secret --from-file` keeps the one
-/// editors add); every other byte is kept. An empty value is refused: an empty HMAC key or token
-/// would verify requests signed with an empty key.
+/// editors add); every other byte is kept. An empty or white-space-only value is refused: an empty HMAC
+/// key or token would verify requests signed with an empty key. A secret file must be a regular file
+/// of at most [`MAX_SECRET_BYTES`] (a FIFO is refused without being opened for reading).
+///
+/// INVARIANT: no error message contains any byte of a value, only the variable's name or the path.
 pub struct EnvSecrets {
     /// When set, unavailable secrets become placeholders instead of errors (`gateway urls`).
     pub lenient: bool,
@@ -20,27 +26,35 @@ impl Secrets for EnvSecrets {
                 None => Err(format!("environment variable `{var}` is not set")),
                 Some(v) => Ok(v.into_encoded_bytes()),
             },
-            SecretRef::File(path) => std::fs::read(path)
-                .map(|mut bytes| {
-                    if bytes.ends_with(b"\n") {
-                        bytes.pop();
-                        if bytes.ends_with(b"\r") {
-                            bytes.pop();
-                        }
-                    }
-                    bytes
-                })
-                .map_err(|e| {
-                    format!(
+            SecretRef::File(path) => {
+                match crate::load::read_regular(path, MAX_SECRET_BYTES as u64) {
+                    Err(e) => Err(format!(
                         "cannot read `{}`: {}",
                         path.display(),
                         crate::load::io_reason(&e)
-                    )
-                }),
+                    )),
+                    Ok(bytes) if bytes.len() > MAX_SECRET_BYTES => Err(format!(
+                        "`{}` is larger than {} KiB",
+                        path.display(),
+                        MAX_SECRET_BYTES >> 10
+                    )),
+                    Ok(mut bytes) => {
+                        if bytes.ends_with(b"\n") {
+                            bytes.pop();
+                            if bytes.ends_with(b"\r") {
+                                bytes.pop();
+                            }
+                        }
+                        Ok(bytes)
+                    }
+                }
+            }
         };
         let checked = loaded.and_then(|bytes| {
             if bytes.is_empty() {
                 Err("the value is empty".to_string())
+            } else if bytes.iter().all(u8::is_ascii_whitespace) {
+                Err("the value is only white space".to_string())
             } else {
                 Ok(SecretValue::new(name, bytes))
             }
@@ -68,6 +82,31 @@ mod tests {
     }
 
     #[test]
+    fn secret_files_are_bounded_regular_files_and_errors_quote_no_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let secrets = EnvSecrets { lenient: false };
+        let big = dir.path().join("big");
+        let content = "k".repeat(MAX_SECRET_BYTES) + "SECRETTAIL";
+        std::fs::write(&big, &content).unwrap();
+        let err = secrets.load("t", SecretRef::File(&big)).unwrap_err();
+        assert_eq!(err, format!("`{}` is larger than 64 KiB", big.display()));
+        std::fs::write(&big, &content[..MAX_SECRET_BYTES]).unwrap();
+        assert!(
+            secrets.load("t", SecretRef::File(&big)).is_ok(),
+            "64 KiB exactly is fine"
+        );
+
+        let fifo = dir.path().join("fifo");
+        let status = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let err = secrets.load("t", SecretRef::File(&fifo)).unwrap_err();
+        assert!(err.ends_with("not a regular file (a named pipe)"), "{err}");
+    }
+
+    #[test]
     fn missing_and_empty_secrets_are_errors_that_name_no_value() {
         let secrets = EnvSecrets { lenient: false };
         let err = secrets
@@ -80,6 +119,11 @@ mod tests {
         assert_eq!(
             secrets.load("t", SecretRef::File(&path)).unwrap_err(),
             "the value is empty"
+        );
+        std::fs::write(&path, " \t\r\n\n").unwrap();
+        assert_eq!(
+            secrets.load("t", SecretRef::File(&path)).unwrap_err(),
+            "the value is only white space"
         );
         let lenient = EnvSecrets { lenient: true };
         assert!(

@@ -463,7 +463,7 @@ mod tests {
         let loaded = crate::load::load_text("v.hook", None, text.as_bytes(), &Fixed(secrets));
         let rules = loaded
             .result
-            .unwrap_or_else(|d| panic!("{}", crate::cli::render(&d, &loaded.files, false)))
+            .unwrap_or_else(|d| panic!("{}", d.render(&loaded.files, false)))
             .rules;
         let headers: Vec<(String, String)> = headers
             .iter()

@@ -57,7 +57,7 @@ fn run(path: &Path) -> Outcome {
         Ok(c) => &c.warnings,
         Err(d) => d,
     };
-    let mut text = hookgate::cli::render(diags, &loaded.files, false);
+    let mut text = diags.render(&loaded.files, false);
     if let Ok(compiled) = &loaded.result
         && diags.is_empty()
     {
@@ -182,9 +182,9 @@ fn rules_example_compiles_clean() {
         Ok(c) => assert!(
             c.warnings.is_empty(),
             "{}",
-            hookgate::cli::render(&c.warnings, &loaded.files, false)
+            c.warnings.render(&loaded.files, false)
         ),
-        Err(d) => panic!("{}", hookgate::cli::render(d, &loaded.files, false)),
+        Err(d) => panic!("{}", d.render(&loaded.files, false)),
     }
 }
 
@@ -198,7 +198,7 @@ fn eval_fixtures_pass_and_match_their_outputs() {
         let loaded = load::load_file(&path, &PlaceholderSecrets).unwrap();
         let compiled = match &loaded.result {
             Ok(c) => c,
-            Err(d) => panic!("{}", hookgate::cli::render(d, &loaded.files, false)),
+            Err(d) => panic!("{}", d.render(&loaded.files, false)),
         };
         assert!(!compiled.tests.is_empty(), "{}: no tests", path.display());
         let mut text = String::new();

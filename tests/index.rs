@@ -119,7 +119,7 @@ proptest! {
         let loaded = hookgate::load::load_text("p.hook", None, text.as_bytes(), &PlaceholderSecrets);
         let compiled = match loaded.result {
             Ok(c) => c,
-            Err(d) => panic!("{text}\n{}", hookgate::cli::render(&d, &loaded.files, false)),
+            Err(d) => panic!("{text}\n{}", d.render(&loaded.files, false)),
         };
         for payload in payloads {
             for name in [Some("push"), Some("create"), None] {

@@ -20,7 +20,7 @@ fn assert_error(bytes: &[u8], code: &str) {
     assert!(diags.count(Severity::Error) > 0);
     let codes: Vec<&str> = diags.iter().map(|d| d.kind.code()).collect();
     assert!(codes.contains(&code), "expected `{code}`, got {codes:?}");
-    let rendered = hookgate::cli::render(diags, &loaded.files, false);
+    let rendered = diags.render(&loaded.files, false);
     assert!(rendered.contains(code));
 }
 
@@ -88,7 +88,7 @@ fn unterminated_constructs() {
         let d = diags.iter().next().unwrap();
         let json = d.to_json(&loaded.files);
         assert!(json.line >= 1 && json.column >= 1, "{case}");
-        hookgate::cli::render(diags, &loaded.files, false);
+        diags.render(&loaded.files, false);
     }
 }
 
@@ -155,11 +155,149 @@ fn a_megabyte_of_flat_input() {
     assert!(load(path.as_bytes()).result.is_ok());
     // A megabyte-long line of one word.
     assert_error("x".repeat(N).as_bytes(), "rules::syntax");
-    // A megabyte of comment is an empty, valid file.
+    // A megabyte of comment parses, and declares no source.
+    assert_error(
+        format!("# {}", "comment ".repeat(N / 8)).as_bytes(),
+        "rules::no_sources",
+    );
+}
+
+/// An empty, white-space-only or comment-only file, or one with targets but no source, would answer
+/// every request 404: an error, whatever else is in it.
+#[test]
+fn rules_without_sources_are_an_error() {
+    for text in [
+        "",
+        " ",
+        "\n\n\t  \r\n",
+        "# nothing yet\n",
+        "target t { post \"http://127.0.0.1:9/\" }\n",
+        "secret s = env(\"S\")\n",
+    ] {
+        assert_error(text.as_bytes(), "rules::no_sources");
+        let loaded = load(text.as_bytes());
+        let d = loaded.result.as_ref().unwrap_err().iter().next().unwrap();
+        let json = d.to_json(&loaded.files);
+        assert_eq!((json.line, json.column), (1, 1), "{text:?}");
+        assert!(json.help.is_some());
+    }
+    // One source anywhere, the root or an include, is enough.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("a.inc"),
+        "secret s = env(\"S\")\nsource s: github { secret s }\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("rules.hook"), "include \"a.inc\"\n").unwrap();
+    let loaded = load::load_file(&dir.path().join("rules.hook"), &PlaceholderSecrets).unwrap();
+    let codes: Vec<&str> = match &loaded.result {
+        Ok(c) => c.warnings.iter().map(|d| d.kind.code()).collect(),
+        Err(d) => d.iter().map(|d| d.kind.code()).collect(),
+    };
+    assert!(!codes.contains(&"rules::no_sources"), "{codes:?}");
+}
+
+/// A tolerance of exactly one hour is accepted; anything above is an error.
+#[test]
+fn tolerance_is_at_most_an_hour() {
+    let rules = |t: &str| {
+        format!(
+            "secret s = env(\"S\")\nsource c: slack {{ secret s tolerance {t} }}\nrule \"r\" {{ from c }}\n"
+        )
+    };
+    for ok in ["1h", "60m", "5m", "59m59s"] {
+        assert!(load(rules(ok).as_bytes()).result.is_ok(), "{ok}");
+    }
+    for bad in ["1h1s", "2h", "1d", "3601s"] {
+        assert_error(rules(bad).as_bytes(), "rules::invalid_value");
+    }
+}
+
+fn mkfifo(path: &std::path::Path) {
+    let status = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Runs `f` on another thread and fails the test if it does not finish within 10 s (a FIFO opened
+/// for reading blocks until a writer comes, which here is never).
+fn promptly<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(10))
+        .expect("blocked on a FIFO")
+}
+
+/// A FIFO where a rules file, an include or a secret file should be is refused, not waited on.
+#[test]
+fn fifos_are_refused_without_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("rules.hook");
+    mkfifo(&root);
+    let r = root.clone();
+    let err = promptly(move || load::load_file(&r, &PlaceholderSecrets).unwrap_err());
     assert!(
-        load(format!("# {}", "comment ".repeat(N / 8)).as_bytes())
-            .result
-            .is_ok()
+        err.to_string()
+            .ends_with("not a regular file (a named pipe)"),
+        "{err}"
+    );
+    assert!(err.help().is_some());
+
+    std::fs::remove_file(&root).unwrap();
+    mkfifo(&dir.path().join("team.inc"));
+    std::fs::write(
+        &root,
+        "secret s = env(\"S\")\nsource s: github { secret s }\ninclude \"team.inc\"\n",
+    )
+    .unwrap();
+    let r = root.clone();
+    let loaded = promptly(move || load::load_file(&r, &PlaceholderSecrets).unwrap());
+    let diags = loaded.result.as_ref().unwrap_err();
+    let text = diags.render(&loaded.files, false);
+    assert!(text.contains("rules::include_failed"), "{text}");
+    assert!(text.contains("not a regular file (a named pipe)"), "{text}");
+
+    // Matched by a glob, too.
+    std::fs::write(
+        &root,
+        "secret s = env(\"S\")\nsource s: github { secret s }\ninclude \"*.inc\"\n",
+    )
+    .unwrap();
+    let r = root.clone();
+    let loaded = promptly(move || load::load_file(&r, &PlaceholderSecrets).unwrap());
+    let text = loaded
+        .result
+        .as_ref()
+        .unwrap_err()
+        .render(&loaded.files, false);
+    assert!(text.contains("not a regular file (a named pipe)"), "{text}");
+
+    let secret = dir.path().join("secret");
+    mkfifo(&secret);
+    std::fs::write(
+        &root,
+        format!(
+            "secret s = file(\"{}\")\nsource s: github {{ secret s }}\n",
+            secret.display()
+        ),
+    )
+    .unwrap();
+    let r = root.clone();
+    let loaded = promptly(move || {
+        load::load_file(&r, &hookgate::secrets::EnvSecrets { lenient: false }).unwrap()
+    });
+    let d = loaded.result.as_ref().unwrap_err().iter().next().unwrap();
+    assert_eq!(d.kind.code(), "rules::secret_unavailable");
+    assert!(
+        d.kind
+            .to_string()
+            .ends_with("not a regular file (a named pipe)"),
+        "{}",
+        d.kind
     );
 }
 
@@ -229,7 +367,7 @@ fn mutations_of_the_example_never_panic() {
         let loaded = load(&text);
         outcomes[loaded.result.is_ok() as usize] += 1;
         if let Err(diags) = &loaded.result {
-            hookgate::cli::render(diags, &loaded.files, false);
+            diags.render(&loaded.files, false);
         }
     }
     // Both outcomes occur: the mutations are neither all harmless nor all fatal.

@@ -34,7 +34,7 @@ fn rules() -> hookgate::ruleset::RuleSet {
     let loaded = hookgate::load::load_text("u.hook", None, text.as_bytes(), &Fixed);
     match loaded.result {
         Ok(c) => c.rules,
-        Err(d) => panic!("{}", hookgate::cli::render(&d, &loaded.files, false)),
+        Err(d) => panic!("{}", d.render(&loaded.files, false)),
     }
 }
 

@@ -203,6 +203,6 @@ pub fn compile(text: &str, secrets: &[(&str, &str)]) -> hookgate::ruleset::RuleS
     let loaded = hookgate::load::load_text("test.hook", None, text.as_bytes(), &secrets);
     match loaded.result {
         Ok(c) => c.rules,
-        Err(d) => panic!("{}", hookgate::cli::render(&d, &loaded.files, false)),
+        Err(d) => panic!("{}", d.render(&loaded.files, false)),
     }
 }
