@@ -82,7 +82,13 @@ pub struct RuleStore {
     reloading: Mutex<Reads>,
     /// What `status()` and the watcher read; never held across IO.
     state: Mutex<StoreState>,
+    /// The sets served most recently (the current one included), newest last: the delivery log explains
+    /// a delivery against the set that judged it.
+    recent: Mutex<std::collections::VecDeque<Arc<RuleSet>>>,
 }
+
+/// How many rule sets `RuleStore::version` remembers.
+const RECENT_VERSIONS: usize = 16;
 
 struct StoreState {
     status: ReloadStatus,
@@ -188,9 +194,11 @@ impl RuleStore {
         };
         crate::metrics::config_loaded(&fresh.hash, 1);
         let watch = Arc::new(WatchSet::of(&[&fresh.reads]));
+        let rules = Arc::new(fresh.rules);
         Ok(RuleStore {
             path: path.to_path_buf(),
-            rules: Arc::new(ArcSwap::from_pointee(fresh.rules)),
+            recent: Mutex::new([rules.clone()].into()),
+            rules: Arc::new(ArcSwap::new(rules)),
             reloading: Mutex::new(Reads {
                 serving: fresh.reads,
                 fingerprint: fresh.fingerprint,
@@ -198,6 +206,29 @@ impl RuleStore {
             }),
             state: Mutex::new(StoreState { status, watch }),
         })
+    }
+
+    /// The set loaded with hash `version`, if it is serving or served recently.
+    pub fn version(&self, version: &str) -> Option<Arc<RuleSet>> {
+        let current = self.snapshot();
+        if current.version() == version {
+            return Some(current);
+        }
+        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        recent
+            .iter()
+            .rev()
+            .find(|r| r.version() == version)
+            .cloned()
+    }
+
+    fn remember(&self, rules: Arc<RuleSet>) {
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        recent.retain(|r| r.version() != rules.version());
+        recent.push_back(rules);
+        while recent.len() > RECENT_VERSIONS {
+            recent.pop_front();
+        }
     }
 
     /// The rules now serving. Load once per request and keep the `Arc` for the whole request.
@@ -262,12 +293,12 @@ impl RuleStore {
             }
             return ReloadOutcome::Unchanged;
         }
-        if let Some((failed, diagnostics)) = &reads.failed {
-            if failed.unchanged() {
-                let diagnostics = diagnostics.clone();
-                self.state().status.last_error_at = Some(crate::queue::now_ms());
-                return ReloadOutcome::Failed(diagnostics);
-            }
+        if let Some((failed, diagnostics)) = &reads.failed
+            && failed.unchanged()
+        {
+            let diagnostics = diagnostics.clone();
+            self.state().status.last_error_at = Some(crate::queue::now_ms());
+            return ReloadOutcome::Failed(diagnostics);
         }
         self.state().status.compiles += 1;
         match compile(&self.path) {
@@ -294,7 +325,9 @@ impl RuleStore {
                     reads.serving = fresh.reads;
                     return ReloadOutcome::Unchanged;
                 }
-                self.rules.store(Arc::new(fresh.rules));
+                let rules = Arc::new(fresh.rules);
+                self.rules.store(rules.clone());
+                self.remember(rules);
                 let s = &mut state.status;
                 s.generation += 1;
                 s.hash = fresh.hash;
@@ -395,7 +428,7 @@ fn compile(path: &Path) -> Result<Fresh, Failure> {
     }
     let files = loaded.files.files().map(|(_, f)| f.name.clone()).collect();
     Ok(Fresh {
-        rules: compiled.rules,
+        rules: compiled.rules.with_version(loaded.hash.clone()),
         fingerprint: format!("{}:{values}", loaded.hash),
         hash: loaded.hash,
         files,
@@ -458,10 +491,10 @@ impl WatchSet {
     /// Watches the file's name in its directory, and, when it is a symlink, its target's too.
     fn add_file(&mut self, path: &Path) {
         self.add_name(path);
-        if let Ok(target) = path.canonicalize() {
-            if target != path {
-                self.add_name(&target);
-            }
+        if let Ok(target) = path.canonicalize()
+            && target != path
+        {
+            self.add_name(&target);
         }
     }
 

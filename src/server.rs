@@ -18,6 +18,9 @@
 
 pub mod admin;
 pub mod handler;
+mod run;
+
+pub use run::{Config, Listeners, RunError, run};
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -90,6 +93,8 @@ pub struct State {
     pub body_budget: Arc<Semaphore>,
     /// What became of every request.
     pub log: Arc<DeliveryLog>,
+    /// `--admin-token-file`: the bearer token `/api/*` and `POST /-/reload` require.
+    pub admin_token: Option<Vec<u8>>,
 }
 
 impl State {
@@ -112,6 +117,7 @@ impl State {
             limits: Default::default(),
             body_budget: Arc::new(Semaphore::new(budget)),
             log,
+            admin_token: None,
         }
     }
 }
@@ -139,7 +145,7 @@ pub async fn serve_admin(
     serve(
         listener,
         state,
-        |s, r| Box::pin(async move { admin::handle(&s, r.method(), r.uri().path()).await }),
+        |s, r| Box::pin(async move { admin::handle(&s, r).await }),
         shutdown,
     )
     .await;

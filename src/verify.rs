@@ -416,6 +416,11 @@ fn token(secrets: &[SecretValue], value: Option<&str>) -> Result<(), Failure> {
     }
 }
 
+/// Whether `given` is `token`, in constant time (both are hashed first, so lengths do not show).
+pub fn token_matches(token: &[u8], given: &str) -> bool {
+    bool::from(Sha256::digest(token).ct_eq(&Sha256::digest(given.as_bytes())))
+}
+
 /// A Unix-seconds timestamp within `tolerance` of `now`, in both directions.
 fn fresh(timestamp: &str, now: i64, tolerance: i64) -> Result<(), Failure> {
     let ts: i64 = timestamp.trim().parse().map_err(|_| Failure::Malformed)?;

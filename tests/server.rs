@@ -4,17 +4,14 @@
 mod support;
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use hookgate::dispatch::{DispatchConfig, Dispatcher};
-use hookgate::queue::sqlite::SqliteQueue;
-use hookgate::reload::RuleStore;
+use hookgate::dispatch::DispatchConfig;
 use hookgate::ruleset::HmacAlgorithm;
-use hookgate::server::{ServerConfig, State};
+use hookgate::server::ServerConfig;
 use hookgate::signature::{base64, hmac, standard_webhooks_key};
 use support::Sink;
 
@@ -88,43 +85,33 @@ impl Gateway {
         if !path.exists() {
             std::fs::write(&path, text).unwrap();
         }
-        let store = Arc::new(RuleStore::load(&path).unwrap_or_else(|d| panic!("{d}")));
-        let queue = Arc::new(SqliteQueue::open(&dir.path().join("data")).unwrap());
-        let dispatcher = Dispatcher::new(
-            queue.clone(),
-            store.handle(),
-            DispatchConfig {
-                tick: Duration::from_millis(50),
-                ..DispatchConfig::default()
-            },
-        );
-        let state = Arc::new(State::new(
-            store.clone(),
-            queue,
-            dispatcher.waker(),
-            config,
-            Arc::new(hookgate::delivery_log::DeliveryLog::new(Default::default())),
-        ));
         let hooks = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (hooks_addr, admin_addr) = (hooks.local_addr().unwrap(), admin.local_addr().unwrap());
-        let (stop, stopped) = watch::channel(false);
-        let wait = move || {
-            let mut rx = stopped.clone();
-            async move {
-                let _ = rx.wait_for(|s| *s).await;
-            }
+        let (stop, mut stopped) = watch::channel(false);
+        // The real wiring and shutdown order, as `gateway serve` runs them.
+        let config = hookgate::server::Config {
+            rules: path,
+            data: dir.path().join("data"),
+            server: config,
+            dispatch: DispatchConfig {
+                tick: Duration::from_millis(50),
+                ..DispatchConfig::default()
+            },
+            log: Default::default(),
+            admin_token: None,
+            reload_debounce: Duration::from_millis(100),
         };
-        let tasks = vec![
-            tokio::spawn(hookgate::server::serve_hooks(hooks, state.clone(), wait())),
-            tokio::spawn(hookgate::server::serve_admin(admin, state.clone(), wait())),
-            tokio::spawn(hookgate::reload::watch(
-                store,
-                Duration::from_millis(100),
-                wait(),
-            )),
-            tokio::spawn(dispatcher.run(wait())),
-        ];
+        let listeners = hookgate::server::Listeners { hooks, admin };
+        let server = tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            };
+            hookgate::server::run(config, listeners, shutdown, Default::default())
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        });
+        let tasks = vec![server];
         Gateway {
             hooks: format!("http://{hooks_addr}"),
             admin: format!("http://{admin_addr}"),

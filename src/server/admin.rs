@@ -1,47 +1,51 @@
-//! The admin port (cluster-internal): health, readiness, metrics, status, and reload.
+//! The admin port (cluster-internal): health, readiness, metrics, status, reload, the delivery log's
+//! API (`/api/*`) and its web page (`/`).
+//!
+//! With `--admin-token-file`, `/api/*` and `POST /-/reload` need `Authorization: Bearer <token>`
+//! (compared in constant time); the probes, `/metrics`, `/status` and the page's static shell do not (the
+//! page asks for the token and sends it with every API call).
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Method, Response, StatusCode};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
-use serde_json::json;
+use hyper::body::Incoming;
+use serde_json::{Value, json};
 
-use crate::queue::QueueBackend;
+use crate::delivery_log::{self, Filter, Record, StatusFilter};
+use crate::queue::{JobState, QueueBackend, QueueError};
 use crate::reload::ReloadOutcome;
 use crate::server::State;
-use crate::server::handler::json_response;
+use crate::server::handler::{self, Mode, json_response};
+
+/// The web page: one file, no external assets.
+const PAGE: &str = include_str!("page.html");
 
 /// Answers an admin request.
-pub async fn handle(state: &State, method: &Method, path: &str) -> Response<Full<Bytes>> {
-    match (method, path) {
-        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
-        (&Method::GET, "/readyz") => {
-            // Ready when rules are loaded (always, once serving) and the queue answers.
-            match tokio::time::timeout(Duration::from_secs(2), state.queue.stats()).await {
-                Ok(Ok(_)) => text(StatusCode::OK, "ready\n"),
-                Ok(Err(e)) => text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &format!("queue unavailable: {e}\n"),
-                ),
-                Err(_) => text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "queue unavailable: no answer within 2s\n",
-                ),
-            }
-        }
-        (&Method::GET, "/metrics") => {
-            if let Ok(stats) = state.queue.stats().await {
-                crate::metrics::queue(&stats);
-            }
-            let mut r = text(StatusCode::OK, &crate::metrics::render());
-            r.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("text/plain; version=0.0.4"),
-            );
-            r
-        }
-        (&Method::GET, "/status") => {
+pub async fn handle(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let query = query_pairs(req.uri().query());
+    let protected = path.starts_with("/api/") || path == "/-/reload";
+    if protected && !authorized(state, &req) {
+        let mut r = json_response(
+            StatusCode::UNAUTHORIZED,
+            &json!({"error": "a bearer token is required (--admin-token-file)"}),
+        );
+        r.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer"),
+        );
+        return r;
+    }
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (&method, segments.as_slice()) {
+        (&Method::GET, [""]) => page(),
+        (&Method::GET, ["healthz"]) => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, ["readyz"]) => ready(state).await,
+        (&Method::GET, ["metrics"]) => metrics(state).await,
+        (&Method::GET, ["status"]) => {
             let queue = state.queue.stats().await.ok();
             json_response(
                 StatusCode::OK,
@@ -49,32 +53,416 @@ pub async fn handle(state: &State, method: &Method, path: &str) -> Response<Full
                     "version": env!("CARGO_PKG_VERSION"),
                     "rules": state.store.status(),
                     "queue": queue,
+                    "deliveries": {
+                        "records": state.log.usage().0,
+                        "bytes": state.log.usage().1,
+                    },
                 }),
             )
         }
-        (&Method::POST, "/-/reload") => {
-            let store = state.store.clone();
-            let outcome = tokio::task::spawn_blocking(move || store.reload()).await;
-            match outcome {
-                Ok(ReloadOutcome::Reloaded { generation }) => json_response(
-                    StatusCode::OK,
-                    &json!({ "result": "reloaded", "generation": generation }),
-                ),
-                Ok(ReloadOutcome::Unchanged) => {
-                    json_response(StatusCode::OK, &json!({ "result": "unchanged" }))
-                }
-                Ok(ReloadOutcome::Failed(diagnostics)) => json_response(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    &json!({ "result": "failed", "diagnostics": diagnostics }),
-                ),
-                Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "reload panicked\n"),
-            }
+        (&Method::POST, ["-", "reload"]) => reload(state).await,
+        (&Method::GET, ["api", "deliveries"]) => list_deliveries(state, &query),
+        (&Method::GET, ["api", "deliveries", id]) => show_delivery(state, id).await,
+        (&Method::POST, ["api", "deliveries", id, "replay"]) => {
+            let dry_run = query
+                .iter()
+                .any(|(k, v)| k == "dry_run" && matches!(v.as_str(), "1" | "true" | ""));
+            replay(state, id, dry_run).await
         }
-        (_, "/healthz" | "/readyz" | "/metrics" | "/status" | "/-/reload") => {
-            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+        (&Method::GET, ["api", "jobs"]) => list_jobs(state, &query).await,
+        (&Method::POST, ["api", "jobs", id, "requeue"]) => requeue(state, id).await,
+        (&Method::GET, ["api", "targets"]) => targets(state).await,
+        (_, [""] | ["healthz" | "readyz" | "metrics" | "status"] | ["-", "reload"])
+        | (_, ["api", "deliveries" | "jobs" | "targets", ..]) => {
+            error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         }
-        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        _ => error(StatusCode::NOT_FOUND, "not found"),
     }
+}
+
+fn authorized(state: &State, req: &Request<Incoming>) -> bool {
+    let Some(token) = &state.admin_token else {
+        return true;
+    };
+    let given = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    crate::verify::token_matches(token, given.trim())
+}
+
+fn page() -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from_static(PAGE.as_bytes())));
+    let headers = r.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    // Everything the page needs is in the page: nothing may be loaded from elsewhere.
+    headers.insert(
+        http::header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        ),
+    );
+    headers.insert(
+        http::header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    r
+}
+
+async fn ready(state: &State) -> Response<Full<Bytes>> {
+    // Ready when rules are loaded (always, once serving) and the queue answers.
+    match tokio::time::timeout(Duration::from_secs(2), state.queue.stats()).await {
+        Ok(Ok(_)) => text(StatusCode::OK, "ready\n"),
+        Ok(Err(e)) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("queue unavailable: {e}\n"),
+        ),
+        Err(_) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "queue unavailable: no answer within 2s\n",
+        ),
+    }
+}
+
+async fn metrics(state: &State) -> Response<Full<Bytes>> {
+    if let Ok(stats) = state.queue.stats().await {
+        crate::metrics::queue(&stats);
+    }
+    let mut r = text(StatusCode::OK, &crate::metrics::render());
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    r
+}
+
+async fn reload(state: &State) -> Response<Full<Bytes>> {
+    let store = state.store.clone();
+    match tokio::task::spawn_blocking(move || store.reload()).await {
+        Ok(ReloadOutcome::Reloaded { generation }) => json_response(
+            StatusCode::OK,
+            &json!({ "result": "reloaded", "generation": generation }),
+        ),
+        Ok(ReloadOutcome::Unchanged) => {
+            json_response(StatusCode::OK, &json!({ "result": "unchanged" }))
+        }
+        Ok(ReloadOutcome::Failed(diagnostics)) => json_response(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &json!({ "result": "failed", "diagnostics": diagnostics }),
+        ),
+        Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "reload panicked\n"),
+    }
+}
+
+/// The most records one page lists.
+const MAX_PAGE: usize = 500;
+
+fn list_deliveries(state: &State, query: &[(String, String)]) -> Response<Full<Bytes>> {
+    let filter = match delivery_filter(query) {
+        Ok(f) => f,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+    };
+    let records = state.log.list(&filter);
+    let next = (records.len() == filter.limit)
+        .then(|| records.last().map(|r| r.id.clone()))
+        .flatten();
+    let items: Vec<Value> = records.iter().map(|r| summary(r)).collect();
+    json_response(
+        StatusCode::OK,
+        &json!({ "deliveries": items, "next": next }),
+    )
+}
+
+/// `?source=&status=&rule=&event=&since=&limit=&before=`.
+fn delivery_filter(query: &[(String, String)]) -> Result<Filter, String> {
+    let mut f = Filter {
+        limit: 50,
+        ..Filter::default()
+    };
+    for (k, v) in query {
+        match k.as_str() {
+            "source" => f.source = Some(v.clone()),
+            "event" => f.event = Some(v.clone()),
+            "rule" => f.rule = Some(v.clone()),
+            "before" => f.before = Some(v.clone()),
+            "status" => {
+                f.status = Some(StatusFilter::parse(v).ok_or_else(|| {
+                    format!("`status` must be an HTTP status or an outcome, not `{v}`")
+                })?)
+            }
+            "since" => f.since = Some(parse_since(v)?),
+            "limit" => {
+                f.limit = v
+                    .parse::<usize>()
+                    .map_err(|_| format!("`limit` must be a number, not `{v}`"))?
+                    .clamp(1, MAX_PAGE)
+            }
+            _ => {}
+        }
+    }
+    Ok(f)
+}
+
+/// `since=` is Unix milliseconds, or a duration meaning "that long ago" (`15m`, `2h`).
+fn parse_since(v: &str) -> Result<i64, String> {
+    if let Ok(ms) = v.parse::<i64>() {
+        return Ok(ms);
+    }
+    crate::compile::parse_duration(v)
+        .map(|d| crate::queue::now_ms() - d.as_millis() as i64)
+        .ok_or_else(|| {
+            format!("`since` must be Unix milliseconds or a duration like `1h`, not `{v}`")
+        })
+}
+
+/// A record as listed.
+fn summary(r: &Record) -> Value {
+    json!({
+        "id": r.id,
+        "received_at": r.received_at,
+        "source": r.source,
+        "delivery": r.delivery,
+        "event": r.event,
+        "status": r.status,
+        "outcome": r.outcome,
+        "reason": r.reason,
+        "matched": r.matched,
+        "actions": r.actions.len(),
+        "replay_of": r.replay_of,
+    })
+}
+
+async fn show_delivery(state: &State, id: &str) -> Response<Full<Bytes>> {
+    let Some(record) = state.log.get(id) else {
+        return error(StatusCode::NOT_FOUND, &format!("no delivery record `{id}`"));
+    };
+    let mut out = serde_json::to_value(&*record).unwrap_or(Value::Null);
+    // The explanation, against the rules that judged it.
+    let explanation = match record.rules_version.as_deref() {
+        None => Err("it was refused before evaluation".to_string()),
+        Some(version) => match state.store.version(version) {
+            Some(rules) => delivery_log::explain(&rules, &record),
+            None => Err(format!(
+                "the rules version `{}` that judged it is no longer known",
+                short(version)
+            )),
+        },
+    };
+    match explanation {
+        Ok(e) => out["rules"] = serde_json::to_value(e.rules).unwrap_or(Value::Null),
+        Err(why) => {
+            out["rules"] = Value::Null;
+            out["explain_error"] = json!(format!("cannot explain this delivery: {why}"));
+        }
+    }
+    out["request"] = match &record.request {
+        None => Value::Null,
+        Some(req) => json!({
+            "headers": req.headers,
+            "query": req.query,
+            "body_bytes": req.body.as_ref().map(Bytes::len),
+            "payload": req.body.as_ref().map(|b| serde_json::from_slice::<Value>(b)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(b).into_owned()))),
+        }),
+    };
+    // Each action's job, as it stands now.
+    let mut actions = Vec::new();
+    for action in &record.actions {
+        let mut a = serde_json::to_value(action).unwrap_or(Value::Null);
+        if let Some(job) = action.job {
+            a["job"] = match state.queue.get(job).await {
+                Ok((job, attempts)) => json!({
+                    "id": job.id,
+                    "state": job.state,
+                    "attempts": attempts,
+                    "coalesced": job.coalesced,
+                    "next_attempt_at": (job.state == JobState::Pending).then_some(job.run_at),
+                    "last_status": job.last_status,
+                    "last_error": job.last_error,
+                }),
+                Err(QueueError::NoSuchJob(_)) => json!({"id": job, "state": "pruned"}),
+                Err(e) => json!({"id": job, "error": e.to_string()}),
+            };
+        }
+        actions.push(a);
+    }
+    out["actions"] = Value::Array(actions);
+    out["replays"] = json!(
+        state
+            .log
+            .list(&Filter {
+                limit: MAX_PAGE,
+                ..Filter::default()
+            })
+            .iter()
+            .filter(|r| r.replay_of.as_deref() == Some(id))
+            .map(|r| r.id.clone())
+            .collect::<Vec<_>>()
+    );
+    json_response(StatusCode::OK, &out)
+}
+
+fn short(version: &str) -> &str {
+    version.get(..12).unwrap_or(version)
+}
+
+/// Runs a recorded delivery against the current rules: a new record, linked to the old one.
+async fn replay(state: &State, id: &str, dry_run: bool) -> Response<Full<Bytes>> {
+    let Some(old) = state.log.get(id) else {
+        return error(StatusCode::NOT_FOUND, &format!("no delivery record `{id}`"));
+    };
+    let Some(request) = &old.request else {
+        return error(
+            StatusCode::CONFLICT,
+            "this delivery was refused before evaluation; there is nothing to replay",
+        );
+    };
+    let Some(body) = &request.body else {
+        return error(
+            StatusCode::CONFLICT,
+            "the body of this delivery was not kept (`--record-bodies`); it cannot be replayed",
+        );
+    };
+    let rules = state.store.snapshot();
+    let name = old.source.clone().unwrap_or_default();
+    let Some(source) = rules.sources().iter().position(|s| s.name() == name) else {
+        return error(
+            StatusCode::CONFLICT,
+            &format!("source `{name}` is not in the current rules"),
+        );
+    };
+    let mut record = Record::new(old.source.clone());
+    record.replay_of = Some(old.id.clone());
+    let incoming = handler::Incoming {
+        source,
+        headers: request.headers.clone(),
+        query: request.query.clone(),
+        body: body.clone(),
+    };
+    let span = tracing::info_span!(
+        "replay",
+        source = name.as_str(),
+        record = id,
+        event = tracing::field::Empty,
+        delivery = tracing::field::Empty,
+    );
+    let response = tracing::Instrument::instrument(
+        handler::run(
+            state,
+            &rules,
+            incoming,
+            &mut record,
+            Mode::Replay { dry_run },
+        ),
+        span,
+    )
+    .await
+    .unwrap_or_else(|reject| reject.response());
+    if dry_run {
+        return response;
+    }
+    record.status = response.status().as_u16();
+    let new_id = record.id.clone();
+    state.log.append(record);
+    tracing::info!(record = id, replay = %new_id, status = response.status().as_u16(), "delivery replayed");
+    // The handler's answer, with the new record's id.
+    let (parts, body) = response.into_parts();
+    let bytes = http_body_util::BodyExt::collect(body)
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let mut value: Value = serde_json::from_slice(&bytes).unwrap_or(json!({}));
+    value["record"] = json!(new_id);
+    value["replay_of"] = json!(id);
+    json_response(parts.status, &value)
+}
+
+async fn list_jobs(state: &State, query: &[(String, String)]) -> Response<Full<Bytes>> {
+    let get = |k: &str| query.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let asked = get("state").unwrap_or("dead");
+    let Some(job_state) = JobState::parse(asked) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!("`state` must be pending, inflight, done or dead, not `{asked}`"),
+        );
+    };
+    let limit = get("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .unwrap_or(100)
+        .clamp(1, MAX_PAGE);
+    match state.queue.list(job_state, limit).await {
+        Ok(jobs) => {
+            let jobs: Vec<_> = jobs
+                .into_iter()
+                .filter(|j| get("target").is_none_or(|t| j.target == t))
+                .collect();
+            json_response(StatusCode::OK, &json!({ "jobs": jobs }))
+        }
+        Err(e) => queue_error(e),
+    }
+}
+
+async fn requeue(state: &State, id: &str) -> Response<Full<Bytes>> {
+    let Ok(id) = id.parse::<i64>() else {
+        return error(StatusCode::NOT_FOUND, &format!("no job `{id}`"));
+    };
+    match state.queue.requeue(id).await {
+        Ok(()) => {
+            state.wake.notify_one();
+            tracing::info!(job = id, "dead job requeued");
+            json_response(StatusCode::OK, &json!({ "job": id, "state": "pending" }))
+        }
+        Err(e) => queue_error(e),
+    }
+}
+
+async fn targets(state: &State) -> Response<Full<Bytes>> {
+    let rules = state.store.snapshot();
+    let stats = match state.queue.stats().await {
+        Ok(s) => s,
+        Err(e) => return queue_error(e),
+    };
+    let items: Vec<Value> = rules
+        .targets()
+        .iter()
+        .map(|t| {
+            let pending = stats
+                .pending_by_target
+                .iter()
+                .find(|(n, _)| n == t.name())
+                .map_or(0, |(_, n)| *n);
+            json!({ "name": t.name(), "pending": pending })
+        })
+        .collect();
+    json_response(StatusCode::OK, &json!({ "targets": items }))
+}
+
+fn queue_error(e: QueueError) -> Response<Full<Bytes>> {
+    let status = match &e {
+        QueueError::NoSuchJob(_) => StatusCode::NOT_FOUND,
+        QueueError::NotDead(..) => StatusCode::CONFLICT,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    error(status, &e.to_string())
+}
+
+fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
+    query
+        .map(|q| {
+            form_urlencoded::parse(q.as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+    json_response(status, &json!({ "error": message }))
 }
 
 fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
@@ -82,7 +470,7 @@ fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
     *r.status_mut() = status;
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+        HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     r
 }
