@@ -63,6 +63,8 @@ pub async fn handle(state: &State, req: Request<Incoming>) -> Response<Full<Byte
         (&Method::POST, ["-", "reload"]) => reload(state).await,
         (&Method::GET, ["api", "deliveries"]) => list_deliveries(state, &query),
         (&Method::GET, ["api", "deliveries", id]) => show_delivery(state, id).await,
+        (&Method::GET, ["api", "deliveries", id, "export"]) => export_one(state, id),
+        (&Method::GET, ["api", "export"]) => export_many(state, &query),
         (&Method::POST, ["api", "deliveries", id, "replay"]) => {
             let dry_run = query
                 .iter()
@@ -73,7 +75,7 @@ pub async fn handle(state: &State, req: Request<Incoming>) -> Response<Full<Byte
         (&Method::POST, ["api", "jobs", id, "requeue"]) => requeue(state, id).await,
         (&Method::GET, ["api", "targets"]) => targets(state).await,
         (_, [""] | ["healthz" | "readyz" | "metrics" | "status"] | ["-", "reload"])
-        | (_, ["api", "deliveries" | "jobs" | "targets", ..]) => {
+        | (_, ["api", "deliveries" | "jobs" | "targets" | "export", ..]) => {
             error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         }
         _ => error(StatusCode::NOT_FOUND, "not found"),
@@ -305,6 +307,77 @@ async fn show_delivery(state: &State, id: &str) -> Response<Full<Bytes>> {
             .collect::<Vec<_>>()
     );
     json_response(StatusCode::OK, &out)
+}
+
+/// A record as `gateway deliveries export` and `gateway test --recorded` read it: the request with its
+/// body (base64), and the outcome it had under the rules that judged it (matched rules, actions with
+/// rendered bodies). `None` if it cannot be evaluated again (refused before evaluation, body not kept,
+/// rules version no longer known).
+fn exported(state: &State, record: &Record) -> Result<Value, String> {
+    use base64::Engine;
+    let request = record
+        .request
+        .as_ref()
+        .ok_or("it was refused before evaluation")?;
+    let body = request
+        .body
+        .as_ref()
+        .ok_or("its body was not kept (`--record-bodies`)")?;
+    let version = record
+        .rules_version
+        .as_deref()
+        .ok_or("it was refused before evaluation")?;
+    let rules = state
+        .store
+        .version(version)
+        .ok_or_else(|| format!("the rules version `{}` is no longer known", short(version)))?;
+    let explanation = delivery_log::explain(&rules, record)?;
+    let mut out = summary(record);
+    out["rules_version"] = json!(version);
+    out["request"] = json!({
+        "headers": request.headers,
+        "query": request.query,
+        "body": base64::engine::general_purpose::STANDARD.encode(body),
+    });
+    out["result"] = json!({ "matched": explanation.matched, "actions": explanation.actions });
+    Ok(out)
+}
+
+fn export_one(state: &State, id: &str) -> Response<Full<Bytes>> {
+    let Some(record) = state.log.get(id) else {
+        return error(StatusCode::NOT_FOUND, &format!("no delivery record `{id}`"));
+    };
+    match exported(state, &record) {
+        Ok(v) => json_response(StatusCode::OK, &v),
+        Err(why) => error(
+            StatusCode::CONFLICT,
+            &format!("cannot export this delivery: {why}"),
+        ),
+    }
+}
+
+/// Every exportable record passing the filters, oldest first, one JSON object per line.
+fn export_many(state: &State, query: &[(String, String)]) -> Response<Full<Bytes>> {
+    let mut filter = match delivery_filter(query) {
+        Ok(f) => f,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+    };
+    if !query.iter().any(|(k, _)| k == "limit") {
+        filter.limit = usize::MAX;
+    }
+    let mut lines = String::new();
+    for record in state.log.list(&filter).iter().rev() {
+        if let Ok(v) = exported(state, record) {
+            lines.push_str(&v.to_string());
+            lines.push('\n');
+        }
+    }
+    let mut r = Response::new(Full::new(Bytes::from(lines)));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    r
 }
 
 fn short(version: &str) -> &str {
