@@ -55,9 +55,22 @@ fn fixtures(dir: &str) -> Vec<PathBuf> {
 fn rules_example_checks_clean() {
     let out = run(&["check", "rules.example"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
+    // The summary is the command's output: on stdout, not among the diagnostics.
+    let stdout = String::from_utf8(out.stdout.clone()).unwrap();
+    assert!(stdout.ends_with("0 errors, 0 warnings\n"), "{stdout}");
+    assert!(stderr(&out).is_empty(), "{}", stderr(&out));
+}
+
+#[test]
+fn check_counts_in_words_that_agree_with_the_numbers() {
+    let out = run_stdin(
+        &["check"],
+        b"secret s = env(\"S\")\nsource a: github { secret s }\ntarget t { post \"http://127.0.0.1:9/\" }\nrule \"r\" { from a notify t }\ntest \"t\" { source a event \"push\" payload {} expect matched [\"r\"] }\n",
+    );
+    let stdout = String::from_utf8(out.stdout.clone()).unwrap();
     assert!(
-        stderr(&out).ends_with("0 errors, 0 warnings\n"),
-        "{}",
+        stdout.contains("<stdin>: 1 source, 1 target, 1 rule, 1 test\n"),
+        "{stdout}{}",
         stderr(&out)
     );
 }
@@ -117,7 +130,9 @@ fn reads_stdin_when_no_file_is_given() {
     );
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("<stdin>: 6 sources"),
+        String::from_utf8(out.stdout.clone())
+            .unwrap()
+            .contains("<stdin>: 6 sources"),
         "{}",
         stderr(&out)
     );
@@ -262,7 +277,8 @@ fn urls_without_the_secret_of_a_url_token_source_fails() {
         .unwrap();
     assert_eq!(code(&out), 1);
     assert!(
-        stderr(&out).contains("source `images` is derived from its secret"),
+        stderr(&out).contains("source `images` is derived from its secret")
+            && stderr(&out).contains("environment variable `DOCKERHUB_HOOK_TOKEN` is not set"),
         "{}",
         stderr(&out)
     );
@@ -656,5 +672,97 @@ fn serve_runs_reloads_on_sighup_and_stops_on_sigterm() {
     assert!(
         logs.contains("rules reloaded") && logs.contains("shutting down"),
         "{logs}"
+    );
+}
+
+#[test]
+fn serve_without_rules_says_which_file_it_looked_for_and_how_to_change_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = gateway()
+        .current_dir(dir.path())
+        .args(["serve", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .env_remove("HOOKGATE_RULES")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 1);
+    let err = stderr(&out);
+    // One message per line: the reason, then the consequence, then the fix.
+    let lines: Vec<&str> = err.lines().collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("error: cannot read `rules.hook`")),
+        "{err}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("error: the rules in `rules.hook` do not load")),
+        "{err}"
+    );
+    assert!(
+        err.contains("help: name the rules file with `--rules PATH`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn serve_listens_on_host_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.hook");
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "s").unwrap();
+    std::fs::write(
+        &rules,
+        format!(
+            "secret s = file(\"{}\")\nsource a: github {{ secret s }}\n",
+            secret.display()
+        ),
+    )
+    .unwrap();
+    let mut child = gateway()
+        .args(["serve", "--rules", rules.to_str().unwrap()])
+        .args(["--data", dir.path().join("data").to_str().unwrap()])
+        .args([
+            "--listen",
+            "localhost:0",
+            "--admin",
+            "localhost:0",
+            "--log-format",
+            "json",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    let mut reader = std::io::BufReader::new(child.stderr.take().unwrap());
+    while !first.contains("hookgate serving") {
+        first.clear();
+        if std::io::BufRead::read_line(&mut reader, &mut first).unwrap() == 0 {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let v: serde_json::Value =
+        serde_json::from_str(&first).unwrap_or_else(|e| panic!("{e}: {first}"));
+    let listen: std::net::SocketAddr = v["listen"].as_str().unwrap().parse().unwrap();
+    assert!(listen.ip().is_loopback(), "{first}");
+    assert_ne!(listen.port(), 0);
+}
+
+#[test]
+fn serve_rejects_an_address_without_a_port_clearly() {
+    let out = gateway()
+        .args(["serve", "--listen", "localhost"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 2);
+    assert!(
+        stderr(&out).contains(
+            "invalid address `localhost` (e.g. `0.0.0.0:8080`, `localhost:8080`, `:8080`)"
+        ),
+        "{}",
+        stderr(&out)
     );
 }

@@ -59,24 +59,29 @@ pub(super) fn check(
                     let _ = writeln!(out, "{line}");
                 }
             }
+            // Diagnostics go to stderr, the summary to stdout: `check rules.hook > summary.txt` keeps
+            // what was checked, and a terminal shows both.
             Format::Human => {
                 eprint!("{}", diags.render(&loaded.files, color));
                 if let Ok(compiled) = &loaded.result {
                     let r = &compiled.rules;
-                    eprintln!(
-                        "{}: {} sources, {} targets, {} rules, {} tests",
+                    let count = |n: usize, word: &str| format!("{n} {}", plural(n, word));
+                    let _ = writeln!(
+                        out,
+                        "{}: {}, {}, {}, {}",
                         loaded.files.get(crate::source::FileId::default()).name,
-                        r.sources().len(),
-                        r.targets().len(),
-                        r.rules().len(),
-                        compiled.tests.len()
+                        count(r.sources().len(), "source"),
+                        count(r.targets().len(), "target"),
+                        count(r.rules().len(), "rule"),
+                        count(compiled.tests.len(), "test"),
                     );
                 }
             }
         }
     }
     if format == Format::Human {
-        eprintln!(
+        let _ = writeln!(
+            out,
             "{errors} {}, {warnings} {}",
             plural(errors, "error"),
             plural(warnings, "warning")
@@ -98,9 +103,34 @@ fn diagnostics_of(loaded: &Loaded) -> &Diagnostics {
     }
 }
 
+/// Loads secrets as `serve` would, but keeps going without those it cannot load, remembering why.
+struct Lenient {
+    missing: std::sync::Mutex<Vec<(String, String)>>,
+}
+
+impl Secrets for Lenient {
+    fn load(
+        &self,
+        name: &str,
+        from: crate::compile::SecretRef<'_>,
+    ) -> Result<crate::ruleset::SecretValue, String> {
+        match (EnvSecrets { lenient: false }).load(name, from) {
+            Ok(v) => Ok(v),
+            Err(why) => {
+                let mut missing = self.missing.lock().unwrap_or_else(|p| p.into_inner());
+                missing.push((name.to_string(), why));
+                Ok(crate::ruleset::SecretValue::placeholder(name))
+            }
+        }
+    }
+}
+
 pub(super) fn urls(file: &std::path::Path, base: &str) -> Exit {
     // URL-token sources need their real secret to derive the path; others need no secret at all.
-    let loaded = match load::load_file(file, &EnvSecrets { lenient: true }) {
+    let secrets = Lenient {
+        missing: Default::default(),
+    };
+    let loaded = match load::load_file(file, &secrets) {
         Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("error: {e}");
@@ -130,9 +160,20 @@ pub(super) fn urls(file: &std::path::Path, base: &str) -> Exit {
                 }
             }
             SourcePaths::TokenUnknown => {
+                let missing = secrets.missing.lock().unwrap_or_else(|p| p.into_inner());
+                let why: Vec<String> = source
+                    .secret_names()
+                    .filter_map(|name| {
+                        missing
+                            .iter()
+                            .find(|(n, _)| n == name)
+                            .map(|(n, why)| format!("secret `{n}`: {why}"))
+                    })
+                    .collect();
                 eprintln!(
-                    "error: the URL of source `{}` is derived from its secret, which is not available\n  help: set the secret's environment variable or mount its file, then run again",
-                    source.name()
+                    "error: the URL of source `{}` is derived from its secret, which is not available: {}\n  help: set the environment variable or mount the file named above, then run again",
+                    source.name(),
+                    why.join("; ")
                 );
                 exit = Exit::Errors;
             }

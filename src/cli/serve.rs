@@ -21,11 +21,11 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "HOOKGATE_RULES", default_value = "rules.hook")]
     rules: PathBuf,
     /// Address of the webhook port.
-    #[arg(long, env = "HOOKGATE_LISTEN", default_value = "0.0.0.0:8080")]
-    listen: std::net::SocketAddr,
+    #[arg(long, env = "HOOKGATE_LISTEN", default_value = "0.0.0.0:8080", value_parser = parse_listen_arg)]
+    listen: String,
     /// Address of the admin port (health, metrics, status, reload); keep it cluster-internal.
-    #[arg(long, env = "HOOKGATE_ADMIN", default_value = "127.0.0.1:9090")]
-    admin: std::net::SocketAddr,
+    #[arg(long, env = "HOOKGATE_ADMIN", default_value = "127.0.0.1:9090", value_parser = parse_listen_arg)]
+    admin: String,
     /// Directory of the queue database.
     #[arg(long, env = "HOOKGATE_DATA", default_value = "data")]
     data: PathBuf,
@@ -98,6 +98,22 @@ enum RecordBodiesArg {
 enum LogFormat {
     Pretty,
     Json,
+}
+
+/// A listen address: `HOST:PORT` (a name or an IP; `[::1]:8080` for IPv6), or a bare `:PORT` / `PORT`
+/// for every IPv4 interface. Names are resolved when binding.
+fn parse_listen_arg(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    let port = |p: &str| p.parse::<u16>().ok();
+    if let Some(p) = port(s).or_else(|| s.strip_prefix(':').and_then(port)) {
+        return Ok(format!("0.0.0.0:{p}"));
+    }
+    match s.rsplit_once(':') {
+        Some((host, p)) if !host.is_empty() && port(p).is_some() => Ok(s.to_string()),
+        _ => Err(format!(
+            "invalid address `{s}` (e.g. `0.0.0.0:8080`, `localhost:8080`, `:8080`)"
+        )),
+    }
 }
 
 pub(super) fn serve(args: ServeArgs) -> Exit {
@@ -208,8 +224,8 @@ async fn run(args: ServeArgs) -> Exit {
         Err(exit) => return exit,
     };
     let listeners = match (
-        tokio::net::TcpListener::bind(args.listen).await,
-        tokio::net::TcpListener::bind(args.admin).await,
+        tokio::net::TcpListener::bind(args.listen.as_str()).await,
+        tokio::net::TcpListener::bind(args.admin.as_str()).await,
     ) {
         (Ok(hooks), Ok(admin)) => Listeners { hooks, admin },
         (Err(e), _) => {
@@ -259,10 +275,18 @@ async fn run(args: ServeArgs) -> Exit {
         Ok(Ok(())) => Exit::Ok,
         Ok(Err(RunError::Rules(diagnostics))) => {
             eprint!("{diagnostics}");
+            if !diagnostics.ends_with('\n') {
+                eprintln!();
+            }
             eprintln!(
                 "error: the rules in `{}` do not load; nothing started",
                 args.rules.display()
             );
+            if !args.rules.exists() {
+                eprintln!(
+                    "  help: name the rules file with `--rules PATH` (or `HOOKGATE_RULES`); without it, `gateway serve` reads `rules.hook` in the working directory"
+                );
+            }
             Exit::Errors
         }
         Ok(Err(e)) => {
@@ -275,6 +299,26 @@ async fn run(args: ServeArgs) -> Exit {
         Err(e) => {
             eprintln!("error: the gateway stopped unexpectedly: {e}");
             Exit::Errors
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_listen_arg;
+
+    #[test]
+    fn listen_addresses_take_names_and_bare_ports() {
+        assert_eq!(parse_listen_arg(":8080").unwrap(), "0.0.0.0:8080");
+        assert_eq!(parse_listen_arg("8080").unwrap(), "0.0.0.0:8080");
+        assert_eq!(
+            parse_listen_arg("localhost:8080").unwrap(),
+            "localhost:8080"
+        );
+        assert_eq!(parse_listen_arg("[::1]:9090").unwrap(), "[::1]:9090");
+        assert_eq!(parse_listen_arg("10.0.0.1:80").unwrap(), "10.0.0.1:80");
+        for bad in ["localhost", ":http", "host:99999", ""] {
+            assert!(parse_listen_arg(bad).is_err(), "{bad}");
         }
     }
 }

@@ -147,6 +147,11 @@ impl Source {
             .is_none_or(|accepted| name.is_some_and(|n| accepted.iter().any(|e| e == n)))
     }
 
+    /// The names of the secrets that verify it.
+    pub fn secret_names(&self) -> impl Iterator<Item = &str> {
+        self.secrets.iter().map(SecretValue::name)
+    }
+
     pub fn max_body(&self) -> Option<u64> {
         self.max_body
     }
