@@ -89,9 +89,12 @@ enum Command {
     Deliveries(admin::DeliveriesArgs),
     /// The delivery queue of a running gateway (its admin API): list jobs, requeue dead ones.
     Jobs(admin::JobsArgs),
-    /// Print a new random secret: 32 random bytes as hex by default, fit for a GitHub, GitLab (token),
-    /// Gitea, Bitbucket or generic HMAC secret, a token, or `--admin-token-file`; `--standard-webhooks`
-    /// prints `whsec_` + base64 instead.
+    /// Print a new random secret (hex, or `whsec_` + base64 with `--standard-webhooks`).
+    ///
+    /// 32 random bytes from the operating system's generator, as hex by default: fit for a GitHub,
+    /// GitLab (token), Gitea, Bitbucket or generic HMAC secret, a shared token, or
+    /// `--admin-token-file`. `--standard-webhooks` prints `whsec_` + base64 instead (Standard Webhooks
+    /// senders, GitLab signing tokens).
     Secret(admin::SecretArgs),
 }
 

@@ -747,6 +747,14 @@ async fn recorded_traffic_names_exactly_the_deliveries_a_change_flips() {
         })
         .collect();
     assert_eq!(ids, ["d-main", "d-dev", "d-web", "d-web-dev"]);
+    // One record exports as the same line.
+    let first: Value = serde_json::from_str(jsonl.lines().next().unwrap()).unwrap();
+    let one = ok(&gateway(
+        Some(&gw),
+        &["deliveries", "export", first["id"].as_str().unwrap()],
+    )
+    .await);
+    assert_eq!(serde_json::from_str::<Value>(&one).unwrap(), first);
     let recorded = setup.path("recorded.jsonl");
     std::fs::write(&recorded, &jsonl).unwrap();
     gw.stop();
