@@ -1,8 +1,10 @@
 //! The command line: the subcommands, their flags and exit codes ([`Exit`], in one place).
 //!
-//! Each subcommand lives in a file of its own: `check` (check, urls), `rules` (test, explain) and
-//! `serve` (flags → `server::Config`, logs, signals → `server::run`).
+//! Each subcommand lives in a file of its own: `check` (check, urls), `rules` (test, explain),
+//! `serve` (flags → `server::Config`, logs, signals → `server::run`) and `admin` (deliveries, jobs,
+//! secret: the client of a running gateway's admin API).
 
+mod admin;
 mod check;
 mod rules;
 mod serve;
@@ -60,11 +62,18 @@ enum Command {
         #[arg(long)]
         resolve_secrets: bool,
     },
-    /// Run the `test` blocks of rules files (files, or directories of `*.hook` files).
+    /// Run the `test` blocks of rules files (files, or directories of `*.hook` files); with
+    /// `--recorded`, compare recorded deliveries' outcomes under a candidate rules file.
     Test {
-        /// Rules files, or directories whose `*.hook` files are tested.
+        /// Rules files, or directories whose `*.hook` files are tested; with `--recorded`, the one
+        /// candidate rules file.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        /// Deliveries exported with `gateway deliveries export` (JSON lines, `-` for stdin): each is
+        /// evaluated against the candidate rules, and every one whose outcome would change is printed;
+        /// exit 1 if any would.
+        #[arg(long, value_name = "FILE.jsonl")]
+        recorded: Option<PathBuf>,
     },
     /// Show why each rule does or does not match a delivery.
     Explain(ExplainArgs),
@@ -76,6 +85,17 @@ enum Command {
         #[arg(long, default_value = "")]
         base: String,
     },
+    /// The delivery log of a running gateway (its admin API): list, show, replay, export.
+    Deliveries(admin::DeliveriesArgs),
+    /// The delivery queue of a running gateway (its admin API): list jobs, requeue dead ones.
+    Jobs(admin::JobsArgs),
+    /// Print a new random secret (hex, or `whsec_` + base64 with `--standard-webhooks`).
+    ///
+    /// 32 random bytes from the operating system's generator, as hex by default: fit for a GitHub,
+    /// GitLab (token), Gitea, Bitbucket or generic HMAC secret, a shared token, or
+    /// `--admin-token-file`. `--standard-webhooks` prints `whsec_` + base64 instead (Standard Webhooks
+    /// senders, GitLab signing tokens).
+    Secret(admin::SecretArgs),
 }
 
 /// `gateway explain` flags: a delivery described on the command line.
@@ -145,7 +165,17 @@ pub fn main() -> ExitCode {
             resolve_secrets,
         } => check::check(&files, format, deny_warnings, resolve_secrets).into(),
         Command::Urls { file, base } => check::urls(&file, &base).into(),
-        Command::Test { paths } => rules::test(&paths).into(),
+        Command::Test {
+            paths,
+            recorded: None,
+        } => rules::test(&paths).into(),
+        Command::Test {
+            paths,
+            recorded: Some(recorded),
+        } => rules::test_recorded(&recorded, &paths).into(),
+        Command::Deliveries(args) => admin::deliveries(args).into(),
+        Command::Jobs(args) => admin::jobs(args).into(),
+        Command::Secret(args) => admin::secret(&args).into(),
         Command::Explain(args) => rules::explain(&args).into(),
     }
 }
