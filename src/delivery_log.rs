@@ -344,7 +344,8 @@ pub fn explain(rules: &RuleSet, record: &Record) -> Result<Explanation, String> 
     let request = record
         .request
         .as_ref()
-        .ok_or("it was refused before evaluation, so nothing of it was kept")?;
+        .filter(|_| record.rules_version.is_some())
+        .ok_or("it was refused before evaluation")?;
     let body = request
         .body
         .as_ref()

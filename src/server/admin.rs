@@ -256,7 +256,10 @@ async fn show_delivery(state: &State, id: &str) -> Response<Full<Bytes>> {
         },
     };
     match explanation {
-        Ok(e) => out["rules"] = serde_json::to_value(e.rules).unwrap_or(Value::Null),
+        Ok(e) => {
+            out["rules"] = serde_json::to_value(e.rules).unwrap_or(Value::Null);
+            out["explained_actions"] = serde_json::to_value(e.actions).unwrap_or(Value::Null);
+        }
         Err(why) => {
             out["rules"] = Value::Null;
             out["explain_error"] = json!(format!("cannot explain this delivery: {why}"));
@@ -318,6 +321,7 @@ fn exported(state: &State, record: &Record) -> Result<Value, String> {
     let request = record
         .request
         .as_ref()
+        .filter(|_| record.rules_version.is_some())
         .ok_or("it was refused before evaluation")?;
     let body = request
         .body
@@ -389,7 +393,7 @@ async fn replay(state: &State, id: &str, dry_run: bool) -> Response<Full<Bytes>>
     let Some(old) = state.log.get(id) else {
         return error(StatusCode::NOT_FOUND, &format!("no delivery record `{id}`"));
     };
-    let Some(request) = &old.request else {
+    let Some(request) = old.request.as_ref().filter(|_| old.rules_version.is_some()) else {
         return error(
             StatusCode::CONFLICT,
             "this delivery was refused before evaluation; there is nothing to replay",
