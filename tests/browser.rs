@@ -457,6 +457,30 @@ async fn the_page_explains_a_miss_replays_it_after_the_fix_and_requeues_a_dead_j
             .unwrap_or_else(|| panic!("no pending column: {line}"));
         assert_eq!(pending, "0", "{line}");
     }
+    // Every field the API gives for a target has its cell, shown as a person reads it (a count, a
+    // time, or a dash when there is none).
+    let api = admin_json(&gw, "/api/targets").await;
+    for target in api["targets"].as_array().unwrap() {
+        let name = target["name"].as_str().unwrap();
+        for (field, value) in target.as_object().unwrap() {
+            if field == "name" {
+                continue;
+            }
+            let shown = browser
+                .text(&format!(
+                    "#targets tr[data-target={name}] td[data-field={field}]"
+                ))
+                .await
+                .unwrap_or_else(|| panic!("`{field}` of `{name}` is not shown"));
+            match value {
+                Value::Null => assert_eq!(shown, "—", "`{field}` of `{name}`"),
+                Value::Number(n) if !field.ends_with("_at") => {
+                    assert_eq!(shown, n.to_string(), "`{field}` of `{name}`")
+                }
+                _ => assert!(!shown.is_empty(), "`{field}` of `{name}`"),
+            }
+        }
+    }
 
     browser.close().await;
     let (code, _) = gw.stop();
