@@ -2,6 +2,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod browser;
 pub mod serve;
 
 use std::convert::Infallible;
