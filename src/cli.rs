@@ -603,7 +603,7 @@ async fn run_server(args: ServeArgs) -> Exit {
         }
     };
     let queue = match SqliteQueue::open(&args.data) {
-        Ok(q) => Arc::new(q),
+        Ok(q) => Arc::new(crate::queue::Queue::Sqlite(q)),
         Err(e) => {
             eprintln!("error: {e}");
             return Exit::Errors;

@@ -24,7 +24,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore};
 
-use crate::queue::sqlite::SqliteQueue;
+use crate::queue::Queue;
 use crate::reload::RuleStore;
 use handler::Reject;
 
@@ -61,7 +61,7 @@ impl Default for ServerConfig {
 /// Everything a request needs.
 pub struct State {
     pub store: Arc<RuleStore>,
-    pub queue: Arc<SqliteQueue>,
+    pub queue: Arc<Queue>,
     /// Wakes the dispatcher after an enqueue.
     pub wake: Arc<Notify>,
     pub config: ServerConfig,

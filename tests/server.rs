@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use hookgate::dispatch::{DispatchConfig, Dispatcher};
+use hookgate::queue::Queue;
 use hookgate::queue::sqlite::SqliteQueue;
 use hookgate::reload::RuleStore;
 use hookgate::ruleset::HmacAlgorithm;
@@ -90,7 +91,9 @@ impl Gateway {
             std::fs::write(&path, text).unwrap();
         }
         let store = Arc::new(RuleStore::load(&path).unwrap_or_else(|d| panic!("{d}")));
-        let queue = Arc::new(SqliteQueue::open(&dir.path().join("data")).unwrap());
+        let queue = Arc::new(Queue::Sqlite(
+            SqliteQueue::open(&dir.path().join("data")).unwrap(),
+        ));
         let dispatcher = Dispatcher::new(
             queue.clone(),
             store.handle(),
