@@ -251,7 +251,10 @@ impl<Q: QueueBackend> Dispatcher<Q> {
             let mut want = (capacity - state.ready.len()).min(
                 (target.concurrency as usize).saturating_sub(state.inflight + state.ready.len()),
             );
-            if want == 0 {
+            // While a quarter of the slots is still busy or buffered, wait for more to free up, so
+            // one claim serves several finished deliveries.
+            let busy = state.inflight + state.ready.len();
+            if want == 0 || (busy > 0 && want < (target.concurrency as usize / 4).max(1)) {
                 continue;
             }
             if let Some(rate) = target.rate {
