@@ -208,15 +208,22 @@ CREATE FUNCTION hookgate_settle(
     p_status integer, p_error text, p_outcome text, p_delay bigint
 ) RETURNS integer LANGUAGE plpgsql AS $$
 DECLARE
-    v_lease bigint;
     v_now bigint := hookgate_now();
 BEGIN
-    SELECT lease INTO v_lease FROM jobs WHERE id = p_id FOR UPDATE;
-    IF NOT FOUND THEN
-        RETURN 1;
+    IF p_outcome IN ('ack', 'dead') THEN
+        -- The common case in one write: the outcome and the attempt's summary, if the lease holds.
+        UPDATE jobs SET state = CASE p_outcome WHEN 'ack' THEN 'done' ELSE 'dead' END,
+                        claimed_until = NULL, updated_at = v_now,
+                        attempts = coalesce(p_attempt, attempts),
+                        last_status = CASE WHEN p_attempt IS NULL THEN last_status ELSE p_status END,
+                        last_error = CASE WHEN p_attempt IS NULL THEN last_error ELSE p_error END
+         WHERE id = p_id AND lease = p_lease;
+    ELSE
+        PERFORM 1 FROM jobs WHERE id = p_id AND lease = p_lease FOR UPDATE;
     END IF;
-    IF v_lease <> p_lease THEN
-        RETURN 2;
+    IF NOT FOUND THEN
+        PERFORM 1 FROM jobs WHERE id = p_id;
+        RETURN CASE WHEN FOUND THEN 2 ELSE 1 END;
     END IF;
     IF p_attempt IS NOT NULL THEN
         INSERT INTO attempts (job_id, attempt, started_at, duration_ms, status, error)
@@ -224,20 +231,14 @@ BEGIN
         ON CONFLICT (job_id, attempt) DO UPDATE
            SET started_at = excluded.started_at, duration_ms = excluded.duration_ms,
                status = excluded.status, error = excluded.error;
-        UPDATE jobs SET attempts = p_attempt, last_status = p_status, last_error = p_error,
-                        updated_at = v_now
-         WHERE id = p_id;
     END IF;
-    CASE p_outcome
-        WHEN 'ack' THEN
-            UPDATE jobs SET state = 'done', claimed_until = NULL, updated_at = v_now WHERE id = p_id;
-        WHEN 'dead' THEN
-            UPDATE jobs SET state = 'dead', claimed_until = NULL, updated_at = v_now WHERE id = p_id;
-        WHEN 'retry' THEN
-            PERFORM hookgate_to_pending(p_id, v_now + p_delay, false);
-        ELSE
-            PERFORM hookgate_to_pending(p_id, v_now, false);
-    END CASE;
+    IF p_outcome NOT IN ('ack', 'dead') THEN
+        IF p_attempt IS NOT NULL THEN
+            UPDATE jobs SET attempts = p_attempt, last_status = p_status, last_error = p_error
+             WHERE id = p_id;
+        END IF;
+        PERFORM hookgate_to_pending(p_id, v_now + CASE WHEN p_outcome = 'retry' THEN p_delay ELSE 0 END, false);
+    END IF;
     RETURN 0;
 END $$;
 
