@@ -872,3 +872,64 @@ mod replicas {
         );
     }
 }
+
+/// PostgreSQL going away and coming back.
+mod faults {
+    use super::*;
+    use support::pg::PgServer;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn operations_fail_fast_while_postgresql_is_down_and_work_again_when_it_is_back() {
+        let server = PgServer::start();
+        let q = Queue::open(&server.database()).await.unwrap();
+        let day = Duration::from_secs(86_400);
+        let seen = |id: &str| Some(("acme".to_string(), id.to_string()));
+        let jobs = || vec![job(JobKind::Notify, "t", None)];
+        assert!(matches!(
+            q.accept(seen("before"), day, jobs()).await.unwrap(),
+            Accepted::Enqueued(_)
+        ));
+
+        server.stop();
+        let start = Instant::now();
+        let refused = q.accept(seen("during"), day, jobs()).await;
+        assert!(
+            matches!(refused, Err(QueueError::Storage(ref m)) if m.contains("PostgreSQL")),
+            "{refused:?}"
+        );
+        assert!(
+            q.claim("t", concurrency(4), 10, MINUTE).await.is_err(),
+            "claims fail too"
+        );
+        assert!(q.stats().await.is_err());
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "failing took {:?}",
+            start.elapsed()
+        );
+
+        server.start_again();
+        // No restart of the queue: the pool reconnects by itself.
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match q.accept(seen("after"), day, jobs()).await {
+                Ok(accepted) => {
+                    assert!(matches!(accepted, Accepted::Enqueued(_)));
+                    break;
+                }
+                Err(e) => assert!(Instant::now() < deadline, "never recovered: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            q.accept(seen("before"), day, jobs()).await.unwrap(),
+            Accepted::Duplicate,
+            "what was committed before is still there"
+        );
+        assert_eq!(
+            q.stats().await.unwrap().pending,
+            2,
+            "the refused delivery left nothing"
+        );
+    }
+}

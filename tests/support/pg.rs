@@ -196,24 +196,21 @@ impl PgServer {
             server.extend(setpriv_args(self.user.as_deref().unwrap()));
         }
         server.push(self.bin.join("postgres").display().to_string());
-        server.extend(
-            [
-                "-D".to_string(),
-                data.display().to_string(),
-                "-c".into(),
-                "listen_addresses=127.0.0.1".into(),
-                "-c".into(),
-                format!("port={}", self.port),
-                "-c".into(),
-                format!(
-                    "unix_socket_directories={}",
-                    self.top.join("sock").display()
-                ),
-                "-c".into(),
-                "max_connections=300".into(),
-            ]
-            .into_iter(),
-        );
+        server.extend([
+            "-D".to_string(),
+            data.display().to_string(),
+            "-c".into(),
+            "listen_addresses=127.0.0.1".into(),
+            "-c".into(),
+            format!("port={}", self.port),
+            "-c".into(),
+            format!(
+                "unix_socket_directories={}",
+                self.top.join("sock").display()
+            ),
+            "-c".into(),
+            "max_connections=300".into(),
+        ]);
         let mut watchdog = Command::new("sh")
             .arg("-c")
             .arg(WATCHDOG)
