@@ -294,6 +294,10 @@ pub trait QueueBackend: Send + Sync + 'static {
 
     /// Deletes done and dead jobs (and their attempts) last updated before `before` (unix ms).
     fn prune(&self, before: i64) -> impl Future<Output = Result<u64, QueueError>> + Send;
+
+    /// Answers once the queue can serve a request (for readiness checks): cheap, whatever the
+    /// queue's size, unlike `stats`.
+    fn ping(&self) -> impl Future<Output = Result<(), QueueError>> + Send;
 }
 
 /// The queue the gateway runs on: the embedded SQLite queue or PostgreSQL shared by replicas.
@@ -392,6 +396,10 @@ impl QueueBackend for Queue {
 
     async fn prune(&self, before: i64) -> Result<u64, QueueError> {
         delegate!(self, q => q.prune(before))
+    }
+
+    async fn ping(&self) -> Result<(), QueueError> {
+        delegate!(self, q => q.ping())
     }
 }
 

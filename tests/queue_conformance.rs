@@ -149,6 +149,7 @@ async fn jobs_survive_reopening_and_in_flight_ones_come_back(backend: Backend) {
 async fn due_targets_give_each_target_with_pending_jobs_its_earliest_due_time(backend: Backend) {
     let store = Store::new(backend);
     let q = store.open().await;
+    q.ping().await.unwrap();
     assert!(q.due_targets().await.unwrap().is_empty());
     let mut ids = Vec::new();
     for target in ["c", "a", "b", "a", "c", "a"] {
@@ -902,6 +903,7 @@ mod faults {
             "claims fail too"
         );
         assert!(q.stats().await.is_err());
+        assert!(q.ping().await.is_err(), "not ready");
         assert!(
             start.elapsed() < Duration::from_secs(5),
             "failing took {:?}",
@@ -921,6 +923,7 @@ mod faults {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        q.ping().await.unwrap();
         assert_eq!(
             q.accept(seen("before"), day, jobs()).await.unwrap(),
             Accepted::Duplicate,

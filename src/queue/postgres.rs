@@ -1076,6 +1076,15 @@ impl QueueBackend for PostgresQueue {
         })
         .await
     }
+
+    async fn ping(&self) -> Result<(), QueueError> {
+        timed(async {
+            let client = get(&self.pool).await?;
+            client.simple_query("SELECT 1").await.map_err(pg)?;
+            Ok(())
+        })
+        .await
+    }
 }
 
 fn job_from_row(r: &Row) -> Result<Job, QueueError> {

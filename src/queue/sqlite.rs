@@ -118,6 +118,7 @@ enum Op {
     Get(i64, Reply<(Job, Vec<Attempt>)>),
     Stats(Reply<Stats>),
     Prune(i64, Reply<u64>),
+    Ping(Reply<()>),
 }
 
 /// The SQLite queue. Cheap to share behind an `Arc`; dropping it stops the writer thread after it has
@@ -255,6 +256,10 @@ impl QueueBackend for SqliteQueue {
     async fn prune(&self, before: i64) -> Result<u64, QueueError> {
         self.call(|reply| Op::Prune(before, reply)).await
     }
+
+    async fn ping(&self) -> Result<(), QueueError> {
+        self.call(Op::Ping).await
+    }
 }
 
 fn migrate(conn: &mut Connection) -> Result<(), QueueError> {
@@ -365,6 +370,7 @@ fn fail(op: Op, message: &str) {
         Op::Get(_, r) => send(r, message),
         Op::Stats(r) => send(r, message),
         Op::Prune(_, r) => send(r, message),
+        Op::Ping(r) => send(r, message),
     }
 }
 
@@ -512,6 +518,7 @@ fn apply(tx: &mut Transaction<'_>, op: Op) -> Answer {
             Some(id),
         ),
         Op::Stats(reply) => answer(reply, guarded(tx, stats)),
+        Op::Ping(reply) => answer(reply, Ok(())),
         Op::Prune(before, reply) => answer(
             reply,
             guarded(tx, |t| {
