@@ -94,6 +94,7 @@ conformance!(
     claims_hold_the_targets_rate,
     text_with_nul_characters_is_accepted,
     many_concurrent_accepts_share_commits_and_each_gets_its_own_ids,
+    a_deliverys_jobs_are_claimed_in_their_order,
 );
 
 async fn jobs_survive_reopening_and_in_flight_ones_come_back(backend: Backend) {
@@ -642,6 +643,30 @@ async fn many_concurrent_accepts_share_commits_and_each_gets_its_own_ids(backend
     assert_eq!(q.stats().await.unwrap().pending, 200);
 }
 
+async fn a_deliverys_jobs_are_claimed_in_their_order(backend: Backend) {
+    let store = Store::new(backend);
+    let q = store.open().await;
+    let jobs = vec![
+        job(JobKind::Check, "t", Some("z")),
+        job(JobKind::Notify, "t", None),
+        job(JobKind::Check, "t", Some("a")),
+        job(JobKind::Forward, "t", None),
+    ];
+    let seen = Some(("acme".to_string(), "d-1".to_string()));
+    let Accepted::Enqueued(ids) = q.accept(seen, MINUTE, jobs).await.unwrap() else {
+        panic!("a new delivery")
+    };
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    let claimed: Vec<i64> = q
+        .claim("t", concurrency(10), 10, MINUTE)
+        .await
+        .unwrap()
+        .iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(claimed, ids);
+}
+
 /// Two replicas: two PostgreSQL queues on one database.
 mod replicas {
     use super::*;
@@ -935,4 +960,100 @@ mod faults {
             "the refused delivery left nothing"
         );
     }
+}
+
+/// Deliveries on two replicas touching the same checks in different orders: each delivery's checks are
+/// written in (target, key) order, so the replicas' transactions queue behind each other instead of
+/// deadlocking (a deadlock would stall both for a second). None may fail, and none may count twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crossing_checks_on_two_replicas_all_land_once() {
+    let store = Store::new(Backend::Postgres);
+    let (a, b) = (Arc::new(store.open().await), Arc::new(store.open().await));
+    let keys = ["k1", "k2", "k3"];
+    let tasks: Vec<_> = (0..120)
+        .map(|i| {
+            let q = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tokio::spawn(async move {
+                let mut order: Vec<&str> = keys.to_vec();
+                if i % 3 == 0 {
+                    order.reverse();
+                } else if i % 3 == 1 {
+                    order.rotate_left(1);
+                }
+                let jobs = order
+                    .iter()
+                    .map(|k| job(JobKind::Check, "ci", Some(k)))
+                    .collect();
+                let seen = Some(("acme".to_string(), format!("d-{i}")));
+                q.accept(seen, Duration::from_secs(60), jobs).await
+            })
+        })
+        .collect();
+    for t in tasks {
+        let accepted = t.await.unwrap();
+        assert!(
+            matches!(accepted, Ok(Accepted::Enqueued(ref ids)) if ids.len() == 3),
+            "{accepted:?}"
+        );
+    }
+    let claimed = a.claim("ci", concurrency(10), 10, MINUTE).await.unwrap();
+    assert_eq!(claimed.len(), 3);
+    assert!(claimed.iter().all(|j| j.coalesced == 120), "{claimed:?}");
+}
+
+/// One bad operation in a batch: PostgreSQL rolls the batch's transaction back, the writer runs each
+/// operation alone, and only the bad one fails — leaving nothing behind, not even its delivery id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_operation_fails_alone_and_leaves_nothing() {
+    let store = Store::new(Backend::Postgres);
+    let q = Arc::new(store.open().await);
+    let server = support::pg::shared();
+    server.psql(
+        &store.spec(),
+        "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN IF NEW.rule = 'poison' THEN RAISE EXCEPTION 'poisoned job'; END IF; RETURN NEW; END $$;
+         CREATE TRIGGER poison BEFORE INSERT ON jobs FOR EACH ROW EXECUTE FUNCTION poison();",
+    );
+    let seen = |i: usize| Some(("acme".to_string(), format!("d-{i}")));
+    let tasks: Vec<_> = (0..100)
+        .map(|i| {
+            let q = q.clone();
+            tokio::spawn(async move {
+                let rule = if i % 10 == 3 { "poison" } else { "r" };
+                let jobs = vec![
+                    job(JobKind::Notify, "t", None),
+                    NewJob {
+                        rule: rule.into(),
+                        ..job(JobKind::Notify, "t", None)
+                    },
+                ];
+                (i, q.accept(seen(i), Duration::from_secs(60), jobs).await)
+            })
+        })
+        .collect();
+    for t in tasks {
+        let (i, accepted) = t.await.unwrap();
+        if i % 10 == 3 {
+            assert!(
+                matches!(accepted, Err(QueueError::Storage(ref m)) if m.contains("poisoned job")),
+                "{i}: {accepted:?}"
+            );
+        } else {
+            assert!(
+                matches!(accepted, Ok(Accepted::Enqueued(ref ids)) if ids.len() == 2),
+                "{i}: {accepted:?}"
+            );
+        }
+    }
+    assert_eq!(q.stats().await.unwrap().pending, 180);
+    server.psql(&store.spec(), "DROP TRIGGER poison ON jobs");
+    assert!(
+        matches!(
+            q.accept(seen(3), Duration::from_secs(60), vec![])
+                .await
+                .unwrap(),
+            Accepted::Enqueued(_)
+        ),
+        "the failed delivery's id was not recorded: its redelivery is accepted"
+    );
 }

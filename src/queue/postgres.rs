@@ -170,9 +170,10 @@ CREATE FUNCTION hookgate_accept(
 ) RETURNS bigint[] LANGUAGE plpgsql AS $$
 DECLARE
     v_now bigint := hookgate_now();
-    v_ids bigint[] := '{}';
+    v_ids bigint[];
     v_id bigint;
     v_fresh boolean;
+    i bigint;
 BEGIN
     IF p_source IS NOT NULL THEN
         -- Insert the id, or refresh it only if its last sighting is outside the window: a row comes
@@ -185,18 +186,25 @@ BEGIN
             RETURN NULL;
         END IF;
     END IF;
-    FOR i IN 1 .. coalesce(array_length(p_kinds, 1), 0) LOOP
+    -- Ids in the jobs' order (the order they are delivered in, within a target), taken first; the rows
+    -- are then written in (target, key) order, so deliveries touching the same pending checks lock
+    -- them in the same order and queue behind each other instead of deadlocking.
+    SELECT coalesce(array_agg(v ORDER BY v), '{}') INTO v_ids
+      FROM (SELECT nextval(pg_get_serial_sequence('jobs', 'id')) AS v
+              FROM generate_series(1, coalesce(array_length(p_kinds, 1), 0))) AS s;
+    FOR i IN SELECT o FROM unnest(p_targets, p_keys) WITH ORDINALITY AS u(t, k, o) ORDER BY t, k, o LOOP
         -- Checks always have a key ('' when none is given), so the unique index sees them all.
-        INSERT INTO jobs (kind, target, key, source, event, delivery, rule, action, body, headers,
+        INSERT INTO jobs (id, kind, target, key, source, event, delivery, rule, action, body, headers,
                           sign_with, state, run_at, created_at, updated_at)
-        VALUES (p_kinds[i], p_targets[i],
+        OVERRIDING SYSTEM VALUE
+        VALUES (v_ids[i], p_kinds[i], p_targets[i],
                 CASE WHEN p_kinds[i] = 'check' THEN coalesce(p_keys[i], '') ELSE p_keys[i] END,
                 p_sources[i], p_events[i], p_deliveries[i], p_rules[i], p_actions[i], p_bodies[i],
                 p_headers[i], p_sign_withs[i], 'pending', v_now, v_now, v_now)
         ON CONFLICT (target, key) WHERE kind = 'check' AND state = 'pending'
         DO UPDATE SET coalesced = jobs.coalesced + 1, updated_at = excluded.updated_at
         RETURNING id INTO v_id;
-        v_ids := v_ids || v_id;
+        v_ids[i] := v_id;
     END LOOP;
     RETURN v_ids;
 END $$;

@@ -246,7 +246,15 @@ impl PgServer {
         let mut pause = Duration::from_millis(10);
         loop {
             let ready = Command::new(self.bin.join("pg_isready"))
-                .args(["-q", "-h", "127.0.0.1", "-p", &self.port.to_string()])
+                .args([
+                    "-q",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &self.port.to_string(),
+                    "-U",
+                    "hookgate",
+                ])
                 .status()
                 .unwrap();
             if ready.success() {
