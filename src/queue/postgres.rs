@@ -173,6 +173,7 @@ DECLARE
     v_ids bigint[];
     v_id bigint;
     v_fresh boolean;
+    v_sorted boolean;
     i bigint;
 BEGIN
     IF p_source IS NOT NULL THEN
@@ -186,18 +187,23 @@ BEGIN
             RETURN NULL;
         END IF;
     END IF;
-    -- Ids in the jobs' order (the order they are delivered in, within a target), taken first; the rows
-    -- are then written in (target, key) order, so deliveries touching the same pending checks lock
-    -- them in the same order and queue behind each other instead of deadlocking.
-    SELECT coalesce(array_agg(v ORDER BY v), '{}') INTO v_ids
-      FROM (SELECT nextval(pg_get_serial_sequence('jobs', 'id')) AS v
-              FROM generate_series(1, coalesce(array_length(p_kinds, 1), 0))) AS s;
-    FOR i IN SELECT o FROM unnest(p_targets, p_keys) WITH ORDINALITY AS u(t, k, o) ORDER BY t, k, o LOOP
+    -- With several checks, ids are taken first in the jobs' order (the order they are delivered in,
+    -- within a target) and the rows written in (target, key) order, so deliveries touching the same
+    -- pending checks lock them in the same order and queue behind each other instead of deadlocking.
+    v_sorted := cardinality(array_positions(p_kinds, 'check')) > 1;
+    IF v_sorted THEN
+        SELECT array_agg(v ORDER BY v) INTO v_ids
+          FROM (SELECT nextval('jobs_id_seq') AS v FROM generate_series(1, cardinality(p_kinds))) AS s;
+    ELSE
+        v_ids := array_fill(NULL::bigint, ARRAY[cardinality(p_kinds)]);
+    END IF;
+    FOR i IN SELECT o FROM unnest(p_targets, p_keys) WITH ORDINALITY AS u(t, k, o)
+              ORDER BY CASE WHEN v_sorted THEN t END, CASE WHEN v_sorted THEN k END, o LOOP
         -- Checks always have a key ('' when none is given), so the unique index sees them all.
         INSERT INTO jobs (id, kind, target, key, source, event, delivery, rule, action, body, headers,
                           sign_with, state, run_at, created_at, updated_at)
         OVERRIDING SYSTEM VALUE
-        VALUES (v_ids[i], p_kinds[i], p_targets[i],
+        VALUES (coalesce(v_ids[i], nextval('jobs_id_seq')), p_kinds[i], p_targets[i],
                 CASE WHEN p_kinds[i] = 'check' THEN coalesce(p_keys[i], '') ELSE p_keys[i] END,
                 p_sources[i], p_events[i], p_deliveries[i], p_rules[i], p_actions[i], p_bodies[i],
                 p_headers[i], p_sign_withs[i], 'pending', v_now, v_now, v_now)
