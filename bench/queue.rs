@@ -1,5 +1,8 @@
 //! Durable enqueue throughput with group commit, and delivery throughput to a loopback sink
-//! (`cargo bench --bench queue`). Uses a real SQLite file in a temporary directory.
+//! (`cargo bench --bench queue`), for each backend: a real SQLite file in a temporary directory, and
+//! a real PostgreSQL started by the test harness (`tests/support/pg.rs`; default settings, so
+//! `fsync` and `synchronous_commit` on). `cargo bench --bench queue -- sqlite` (or `postgres`) runs
+//! one.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -10,8 +13,8 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 
 use hookgate::dispatch::{DispatchConfig, Dispatcher};
-use hookgate::queue::sqlite::SqliteQueue;
 use hookgate::queue::{JobKind, NewJob, QueueBackend};
+use support::pg::{Backend, Store};
 
 fn job(i: usize) -> NewJob {
     NewJob {
@@ -36,12 +39,31 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(async move {
+    let only = std::env::args().find(|a| a == "sqlite" || a == "postgres");
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let name = match backend {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        };
+        if only.as_deref().is_some_and(|o| o != name) {
+            continue;
+        }
+        println!("{name}:");
+        runtime.block_on(run(backend, quick));
+    }
+}
+
+async fn run(backend: Backend, quick: bool) {
+    {
         let per_run = if quick { 640 } else { 40_000 };
         for producers in [1usize, 16, 64] {
-            let dir = tempfile::tempdir().unwrap();
-            let queue = Arc::new(SqliteQueue::open(dir.path()).unwrap());
-            let total = if producers == 1 { per_run / 10 } else { per_run };
+            let store = Store::new(backend);
+            let queue = Arc::new(store.open().await);
+            let total = if producers == 1 {
+                per_run / 10
+            } else {
+                per_run
+            };
             let each = total / producers;
             let start = Instant::now();
             let tasks: Vec<_> = (0..producers)
@@ -69,10 +91,13 @@ fn main() {
 
         let jobs = if quick { 500 } else { 20_000 };
         let sink = support::Sink::always(200).await;
-        let dir = tempfile::tempdir().unwrap();
-        let queue = Arc::new(SqliteQueue::open(dir.path()).unwrap());
+        let store = Store::new(backend);
+        let queue = Arc::new(store.open().await);
         for chunk in (0..jobs).collect::<Vec<_>>().chunks(500) {
-            queue.enqueue(chunk.iter().map(|&i| job(i)).collect()).await.unwrap();
+            queue
+                .enqueue(chunk.iter().map(|&i| job(i)).collect())
+                .await
+                .unwrap();
         }
         let rules = support::compile(
             &format!(
@@ -81,7 +106,11 @@ fn main() {
             ),
             &[],
         );
-        let dispatcher = Dispatcher::new(queue.clone(), Arc::new(ArcSwap::from_pointee(rules)), DispatchConfig::default());
+        let dispatcher = Dispatcher::new(
+            queue.clone(),
+            Arc::new(ArcSwap::from_pointee(rules)),
+            DispatchConfig::default(),
+        );
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let start = Instant::now();
         let run = tokio::spawn(dispatcher.run(async move {
@@ -107,12 +136,15 @@ fn main() {
         // The dispatcher asks for due targets up to every 20 ms while work arrives; with a backlog
         // (a target down or rate-limited) that question must not cost more as the backlog grows.
         for backlog in [1_000usize, if quick { 5_000 } else { 100_000 }] {
-            let dir = tempfile::tempdir().unwrap();
-            let queue = SqliteQueue::open(dir.path()).unwrap();
+            let store = Store::new(backend);
+            let queue = store.open().await;
             for chunk in (0..backlog).collect::<Vec<_>>().chunks(1_000) {
                 let jobs = chunk
                     .iter()
-                    .map(|&i| NewJob { target: format!("t{}", i % 3), ..job(i) })
+                    .map(|&i| NewJob {
+                        target: format!("t{}", i % 3),
+                        ..job(i)
+                    })
                     .collect();
                 queue.enqueue(jobs).await.unwrap();
             }
@@ -124,9 +156,9 @@ fn main() {
             }
             times.sort();
             println!(
-                "due targets, {backlog:>6} pending jobs on 3 targets: median {:>7.1} us (including the round trip to the queue thread and its commit)",
+                "due targets, {backlog:>6} pending jobs on 3 targets: median {:>7.1} us (including the round trip to the queue and its commit)",
                 times[times.len() / 2].as_secs_f64() * 1e6
             );
         }
-    });
+    }
 }

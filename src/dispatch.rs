@@ -23,7 +23,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
-use crate::queue::{Attempt, Job, QueueBackend, Settle, now_ms};
+use crate::queue::{Attempt, ClaimLimits, Job, Lease, QueueBackend, Settle, now_ms};
 use crate::ruleset::{Rate, RuleSet, Target};
 
 /// Runtime knobs of the dispatcher (flags of `gateway serve`, not rules-file settings).
@@ -148,7 +148,7 @@ impl<Q: QueueBackend> Dispatcher<Q> {
         tokio::pin!(shutdown);
         let mut targets: HashMap<String, TargetState> = HashMap::new();
         let mut tasks: JoinSet<(String, i64)> = JoinSet::new();
-        let mut running: HashMap<tokio::task::Id, (String, i64)> = HashMap::new();
+        let mut running: HashMap<tokio::task::Id, (String, Lease)> = HashMap::new();
         let mut last_prune = Instant::now() - Duration::from_secs(3600);
         let mut refresh = true;
         let mut last_refresh = Instant::now();
@@ -193,10 +193,10 @@ impl<Q: QueueBackend> Dispatcher<Q> {
                 () = tokio::time::sleep(sleep) => {}
             }
         }
-        let unstarted: Vec<i64> = targets
+        let unstarted: Vec<Lease> = targets
             .values_mut()
             .flat_map(|t| t.ready.drain(..))
-            .map(|j| j.id)
+            .map(|j| j.lease())
             .collect();
         self.drain(tasks, running, unstarted).await;
     }
@@ -246,7 +246,17 @@ impl<Q: QueueBackend> Dispatcher<Q> {
             if state.exhausted || state.ready.len() * 2 > capacity {
                 continue;
             }
-            let mut want = capacity - state.ready.len();
+            // The queue holds the target's concurrency across replicas, counting claimed jobs as in
+            // flight until settled: ask for no more than the free slots.
+            let mut want = (capacity - state.ready.len()).min(
+                (target.concurrency as usize).saturating_sub(state.inflight + state.ready.len()),
+            );
+            // While a quarter of the slots is still busy or buffered, wait for more to free up, so
+            // one claim serves several finished deliveries.
+            let busy = state.inflight + state.ready.len();
+            if want == 0 || (busy > 0 && want < (target.concurrency as usize / 4).max(1)) {
+                continue;
+            }
             if let Some(rate) = target.rate {
                 // A rate-limited target claims only what its tokens let start now: a buffered job
                 // waiting minutes for a token would outlive its claim.
@@ -260,7 +270,16 @@ impl<Q: QueueBackend> Dispatcher<Q> {
             // INVARIANT: at most two waves of `concurrency` wait in the buffer before a job starts, and
             // its delivery takes at most `timeout`; the claim must outlast all three.
             let visibility = target.timeout * 3 + Duration::from_secs(60);
-            match self.shared.queue.claim(name, want, visibility).await {
+            let limits = ClaimLimits {
+                concurrency: target.concurrency,
+                rate: target.rate,
+            };
+            match self
+                .shared
+                .queue
+                .claim(name, limits, want, visibility)
+                .await
+            {
                 Ok(jobs) => {
                     state.exhausted = jobs.len() < want;
                     claimed_any |= !jobs.is_empty();
@@ -282,7 +301,7 @@ impl<Q: QueueBackend> Dispatcher<Q> {
         rules: &Arc<RuleSet>,
         targets: &mut HashMap<String, TargetState>,
         tasks: &mut JoinSet<(String, i64)>,
-        running: &mut HashMap<tokio::task::Id, (String, i64)>,
+        running: &mut HashMap<tokio::task::Id, (String, Lease)>,
     ) -> Duration {
         let mut sleep = self.config.tick;
         let now = Instant::now();
@@ -294,7 +313,9 @@ impl<Q: QueueBackend> Dispatcher<Q> {
                 // Removed by a reload while buffered: the next refresh dead-letters them.
                 for job in state.ready.drain(..) {
                     let queue = self.shared.queue.clone();
-                    tokio::spawn(async move { queue.settle(job.id, None, Settle::Release).await });
+                    tokio::spawn(
+                        async move { queue.settle(job.lease(), None, Settle::Release).await },
+                    );
                 }
                 continue;
             };
@@ -320,9 +341,9 @@ impl<Q: QueueBackend> Dispatcher<Q> {
                     bucket.tokens -= 1.0;
                 }
                 state.inflight += 1;
-                let id = job.id;
+                let lease = job.lease();
                 let handle = tasks.spawn(deliver(self.shared.clone(), rules.clone(), job));
-                running.insert(handle.id(), (name.clone(), id));
+                running.insert(handle.id(), (name.clone(), lease));
             }
         }
         sleep
@@ -333,7 +354,12 @@ impl<Q: QueueBackend> Dispatcher<Q> {
         let jobs = match self
             .shared
             .queue
-            .claim(name, CLAIM_BATCH, Duration::from_secs(60))
+            .claim(
+                name,
+                ClaimLimits::NONE,
+                CLAIM_BATCH,
+                Duration::from_secs(60),
+            )
             .await
         {
             Ok(jobs) => jobs,
@@ -354,7 +380,7 @@ impl<Q: QueueBackend> Dispatcher<Q> {
             if let Err(e) = self
                 .shared
                 .queue
-                .settle(job.id, Some(attempt), Settle::DeadLetter)
+                .settle(job.lease(), Some(attempt), Settle::DeadLetter)
                 .await
             {
                 tracing::error!(job = job.id, error = %e, "cannot settle job");
@@ -365,12 +391,12 @@ impl<Q: QueueBackend> Dispatcher<Q> {
     async fn drain(
         &self,
         mut tasks: JoinSet<(String, i64)>,
-        mut running: HashMap<tokio::task::Id, (String, i64)>,
-        unstarted: Vec<i64>,
+        mut running: HashMap<tokio::task::Id, (String, Lease)>,
+        unstarted: Vec<Lease>,
     ) {
-        for id in unstarted {
-            if let Err(e) = self.shared.queue.settle(id, None, Settle::Release).await {
-                tracing::error!(job = id, error = %e, "cannot release job; it returns when its claim expires");
+        for lease in unstarted {
+            if let Err(e) = self.shared.queue.settle(lease, None, Settle::Release).await {
+                tracing::error!(job = lease.id, error = %e, "cannot release job; it returns when its claim expires");
             }
         }
         let deadline = tokio::time::sleep(self.config.grace);
@@ -388,10 +414,10 @@ impl<Q: QueueBackend> Dispatcher<Q> {
         }
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
-        for (_, (target, id)) in running {
-            tracing::info!(job = id, target = %target, "shutdown: returned an unfinished delivery to the queue");
-            if let Err(e) = self.shared.queue.settle(id, None, Settle::Release).await {
-                tracing::error!(job = id, error = %e, "cannot release job; it returns when its claim expires");
+        for (_, (target, lease)) in running {
+            tracing::info!(job = lease.id, target = %target, "shutdown: returned an unfinished delivery to the queue");
+            if let Err(e) = self.shared.queue.settle(lease, None, Settle::Release).await {
+                tracing::error!(job = lease.id, error = %e, "cannot release job; it returns when its claim expires");
             }
         }
     }
@@ -400,7 +426,7 @@ impl<Q: QueueBackend> Dispatcher<Q> {
 /// Books a finished delivery task.
 fn finished(
     done: Result<(tokio::task::Id, (String, i64)), tokio::task::JoinError>,
-    running: &mut HashMap<tokio::task::Id, (String, i64)>,
+    running: &mut HashMap<tokio::task::Id, (String, Lease)>,
     targets: &mut HashMap<String, TargetState>,
 ) {
     let id = match &done {
@@ -422,6 +448,7 @@ async fn deliver<Q: QueueBackend>(
 ) -> (String, i64) {
     let target_name = job.target.clone();
     let id = job.id;
+    let lease = job.lease();
     let Some(target) = rules.target(&job.target) else {
         unreachable!("scheduled for a target of these rules")
     };
@@ -467,8 +494,18 @@ async fn deliver<Q: QueueBackend>(
         status,
         error,
     };
-    if let Err(e) = shared.queue.settle(id, Some(attempt), settle).await {
-        tracing::error!(job = id, error = %e, "cannot settle job; it returns when its claim expires");
+    match shared.queue.settle(lease, Some(attempt), settle).await {
+        Ok(()) => {}
+        // Another claim took the job after this one expired: its outcome is the one that counts.
+        Err(crate::queue::QueueError::LeaseLost(_)) => {
+            tracing::warn!(
+                job = id,
+                "outcome dropped: the job was claimed again after this claim expired"
+            )
+        }
+        Err(e) => {
+            tracing::error!(job = id, error = %e, "cannot settle job; it returns when its claim expires")
+        }
     }
     (target_name, id)
 }

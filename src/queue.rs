@@ -2,16 +2,20 @@
 //! dispatcher claims work from.
 //!
 //! [`QueueBackend`] is the contract every backend keeps: `enqueue` returns only once the jobs are
-//! durable (the server answers 202 after it), `claim` hands out due jobs with a visibility timeout,
-//! and every job ends acknowledged or dead-lettered — never silently dropped. `sqlite` is the embedded
-//! default.
+//! durable (the server answers 202 after it), `claim` hands out due jobs as leases with a visibility
+//! timeout, within the target's concurrency and rate, and every job ends acknowledged or
+//! dead-lettered — never silently dropped. `sqlite` is the embedded default; `postgres` is shared by
+//! several gateway replicas. [`Queue`] holds either (the trait is not object-safe).
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::future::Future;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use crate::ruleset::Rate;
 
 /// What a job does when delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,6 +134,45 @@ pub struct Job {
     pub updated_at: i64,
     pub last_status: Option<u16>,
     pub last_error: Option<String>,
+    /// How many times the job has been claimed: the token of its latest claim. Only that claim's
+    /// holder can settle it (see [`Lease`]).
+    pub lease: i64,
+}
+
+impl Job {
+    /// The claim this job was handed out under; settle with it.
+    pub fn lease(&self) -> Lease {
+        Lease {
+            id: self.id,
+            token: self.lease,
+        }
+    }
+}
+
+/// A claim on a job: its id and the claim's token. A claim whose visibility timeout expired may be
+/// handed to someone else, which makes a new token; a settle with the old one is then refused
+/// ([`QueueError::LeaseLost`]), so a late worker cannot overwrite the new holder's outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct Lease {
+    pub id: i64,
+    pub token: i64,
+}
+
+/// A target's limits, which `claim` enforces across everything sharing the queue (all replicas).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimLimits {
+    /// Jobs of the target in flight at once: claims not yet settled and not expired.
+    pub concurrency: u32,
+    /// Claims per period: a token bucket of `count` tokens refilled over `per`, kept in the queue.
+    pub rate: Option<Rate>,
+}
+
+impl ClaimLimits {
+    /// No limit (jobs of a target the rules no longer have, claimed to be dead-lettered).
+    pub const NONE: ClaimLimits = ClaimLimits {
+        concurrency: u32::MAX,
+        rate: None,
+    };
 }
 
 /// One delivery attempt, as recorded.
@@ -183,6 +226,8 @@ pub enum QueueError {
     NoSuchJob(i64),
     #[error("job {0} is {1}, not dead; only dead jobs can be requeued")]
     NotDead(i64, String),
+    #[error("job {0} was claimed again after this claim expired; its outcome is dropped")]
+    LeaseLost(i64),
 }
 
 /// The result of [`QueueBackend::accept`].
@@ -217,17 +262,21 @@ pub trait QueueBackend: Send + Sync + 'static {
 
     /// Claims up to `limit` due jobs of `target` (oldest first), marking them in flight for
     /// `visibility`; a check is not claimed while another check of its (target, key) is in flight.
+    /// Claims never take the target past `limits`: no more than `concurrency` unexpired claims at
+    /// once, and no more than its rate's tokens, counted over everyone sharing the queue.
     fn claim(
         &self,
         target: &str,
+        limits: ClaimLimits,
         limit: usize,
         visibility: Duration,
     ) -> impl Future<Output = Result<Vec<Job>, QueueError>> + Send;
 
-    /// Records an attempt and settles the job.
+    /// Records an attempt and settles the job. Refused with [`QueueError::LeaseLost`] (recording
+    /// nothing) when the job was claimed again since `lease`.
     fn settle(
         &self,
-        id: i64,
+        lease: Lease,
         attempt: Option<Attempt>,
         settle: Settle,
     ) -> impl Future<Output = Result<(), QueueError>> + Send;
@@ -249,6 +298,122 @@ pub trait QueueBackend: Send + Sync + 'static {
 
     /// Deletes done and dead jobs (and their attempts) last updated before `before` (unix ms).
     fn prune(&self, before: i64) -> impl Future<Output = Result<u64, QueueError>> + Send;
+
+    /// Answers once the queue can serve a request (for readiness checks): cheap, whatever the
+    /// queue's size, unlike `stats`.
+    fn ping(&self) -> impl Future<Output = Result<(), QueueError>> + Send;
+}
+
+/// The queue the gateway runs on: the embedded SQLite queue or PostgreSQL shared by replicas.
+pub enum Queue {
+    Sqlite(sqlite::SqliteQueue),
+    Postgres(postgres::PostgresQueue),
+}
+
+impl Queue {
+    /// Opens the queue `spec` names: a `postgres://` (or `postgresql://`) URL, or a directory for the
+    /// embedded SQLite queue.
+    pub async fn open(spec: &str) -> Result<Queue, QueueError> {
+        if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
+            return Ok(Queue::Postgres(postgres::PostgresQueue::open(spec).await?));
+        }
+        if let Some((scheme, _)) = spec.split_once("://") {
+            return Err(QueueError::Storage(format!(
+                "`{scheme}://` is not a queue this gateway knows\nhelp: give a `postgres://` URL, or a directory for the embedded SQLite queue"
+            )));
+        }
+        Ok(Queue::Sqlite(sqlite::SqliteQueue::open(
+            std::path::Path::new(spec),
+        )?))
+    }
+
+    /// What it is, for logs: the SQLite file, or PostgreSQL's host and database (never a password).
+    pub fn describe(&self) -> String {
+        match self {
+            Queue::Sqlite(q) => format!("sqlite {}", q.path().display()),
+            Queue::Postgres(q) => q.describe(),
+        }
+    }
+
+    /// Finishes what was sent and lets go of the storage: SQLite checkpoints its WAL into the database
+    /// file and releases the data directory; PostgreSQL's connections close with the pool.
+    pub async fn close(&self) -> Result<(), QueueError> {
+        match self {
+            Queue::Sqlite(q) => q.close().await,
+            Queue::Postgres(_) => Ok(()),
+        }
+    }
+}
+
+macro_rules! delegate {
+    ($self:ident, $q:ident => $call:expr) => {
+        match $self {
+            Queue::Sqlite($q) => $call.await,
+            Queue::Postgres($q) => $call.await,
+        }
+    };
+}
+
+impl QueueBackend for Queue {
+    async fn accept(
+        &self,
+        seen: Option<(String, String)>,
+        window: Duration,
+        jobs: Vec<NewJob>,
+    ) -> Result<Accepted, QueueError> {
+        delegate!(self, q => q.accept(seen, window, jobs))
+    }
+
+    async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<Vec<i64>, QueueError> {
+        delegate!(self, q => q.enqueue(jobs))
+    }
+
+    async fn due_targets(&self) -> Result<Vec<(String, i64)>, QueueError> {
+        delegate!(self, q => q.due_targets())
+    }
+
+    async fn claim(
+        &self,
+        target: &str,
+        limits: ClaimLimits,
+        limit: usize,
+        visibility: Duration,
+    ) -> Result<Vec<Job>, QueueError> {
+        delegate!(self, q => q.claim(target, limits, limit, visibility))
+    }
+
+    async fn settle(
+        &self,
+        lease: Lease,
+        attempt: Option<Attempt>,
+        settle: Settle,
+    ) -> Result<(), QueueError> {
+        delegate!(self, q => q.settle(lease, attempt, settle))
+    }
+
+    async fn requeue(&self, id: i64) -> Result<(), QueueError> {
+        delegate!(self, q => q.requeue(id))
+    }
+
+    async fn list(&self, state: JobState, limit: usize) -> Result<Vec<Job>, QueueError> {
+        delegate!(self, q => q.list(state, limit))
+    }
+
+    async fn get(&self, id: i64) -> Result<(Job, Vec<Attempt>), QueueError> {
+        delegate!(self, q => q.get(id))
+    }
+
+    async fn stats(&self) -> Result<Stats, QueueError> {
+        delegate!(self, q => q.stats())
+    }
+
+    async fn prune(&self, before: i64) -> Result<u64, QueueError> {
+        delegate!(self, q => q.prune(before))
+    }
+
+    async fn ping(&self) -> Result<(), QueueError> {
+        delegate!(self, q => q.ping())
+    }
 }
 
 /// Milliseconds since the Unix epoch.

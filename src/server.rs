@@ -40,7 +40,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
 use crate::delivery_log::{DeliveryLog, Record};
-use crate::queue::sqlite::SqliteQueue;
+use crate::queue::Queue;
 use crate::reload::RuleStore;
 use handler::Reject;
 
@@ -84,7 +84,7 @@ impl Default for ServerConfig {
 /// Everything a request needs.
 pub struct State {
     pub store: Arc<RuleStore>,
-    pub queue: Arc<SqliteQueue>,
+    pub queue: Arc<Queue>,
     /// Wakes the dispatcher after an enqueue.
     pub wake: Arc<Notify>,
     pub config: ServerConfig,
@@ -101,7 +101,7 @@ impl State {
     /// Builds the state, with a body budget of `config.max_body_in_flight` bytes.
     pub fn new(
         store: Arc<RuleStore>,
-        queue: Arc<SqliteQueue>,
+        queue: Arc<Queue>,
         wake: Arc<Notify>,
         config: ServerConfig,
         log: Arc<DeliveryLog>,

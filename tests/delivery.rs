@@ -1,4 +1,5 @@
-//! Durable delivery end to end: a real SQLite queue, the dispatcher, and loopback HTTP sinks.
+//! Durable delivery end to end: a real queue, the dispatcher, and loopback HTTP sinks. Every test runs
+//! against both backends: the embedded SQLite queue and PostgreSQL (a real server, `support::pg`).
 
 mod support;
 
@@ -10,15 +11,15 @@ use serde_json::json;
 use tokio::sync::{Notify, oneshot};
 
 use hookgate::dispatch::{DispatchConfig, Dispatcher};
-use hookgate::queue::sqlite::SqliteQueue;
-use hookgate::queue::{JobKind, JobState, NewJob, QueueBackend};
+use hookgate::queue::{JobKind, JobState, NewJob, Queue, QueueBackend};
 use hookgate::ruleset::RuleSet;
+use support::pg::{Backend, Store};
 use support::{Reply, Sink, compile};
 
 const WAIT: Duration = Duration::from_secs(10);
 
 struct Running {
-    queue: Arc<SqliteQueue>,
+    queue: Arc<Queue>,
     stop: oneshot::Sender<()>,
     done: tokio::task::JoinHandle<()>,
     wake: Arc<Notify>,
@@ -31,14 +32,14 @@ impl Running {
         ids
     }
 
-    async fn stop(self) -> Arc<SqliteQueue> {
+    async fn stop(self) -> Arc<Queue> {
         let _ = self.stop.send(());
         self.done.await.unwrap();
         self.queue
     }
 }
 
-fn start(queue: Arc<SqliteQueue>, rules: RuleSet, config: DispatchConfig) -> Running {
+fn start(queue: Arc<Queue>, rules: RuleSet, config: DispatchConfig) -> Running {
     let rules = Arc::new(ArcSwap::from_pointee(rules));
     let dispatcher = Dispatcher::new(queue.clone(), rules, config);
     let wake = dispatcher.waker();
@@ -99,7 +100,44 @@ fn rules(targets: &str) -> RuleSet {
     )
 }
 
-async fn wait_state(queue: &SqliteQueue, id: i64, state: JobState) -> hookgate::queue::Job {
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Backend::Postgres).await
+                }
+            )*
+        }
+    };
+}
+
+both_backends!(
+    notify_delivers_the_exact_rendered_body,
+    a_500_is_retried_and_delivered_once,
+    a_404_is_dead_lettered_without_retry_and_can_be_requeued,
+    a_429_waits_for_retry_after,
+    a_hanging_target_times_out_and_is_retried,
+    retries_are_spent_then_the_job_is_dead,
+    fifty_concurrent_checks_while_none_is_in_flight_make_one_delivery,
+    a_check_requested_while_one_is_in_flight_runs_once_more_afterwards,
+    the_rate_limit_is_honoured,
+    a_slow_target_does_not_starve_the_others,
+    forward_re_signs_the_original_body,
+    jobs_of_a_removed_target_are_dead_lettered,
+    shutdown_finishes_or_returns_in_flight_deliveries,
+);
+
+async fn wait_state(queue: &Queue, id: i64, state: JobState) -> hookgate::queue::Job {
     let deadline = Instant::now() + WAIT;
     loop {
         let (job, _) = queue.get(id).await.unwrap();
@@ -111,8 +149,7 @@ async fn wait_state(queue: &SqliteQueue, id: i64, state: JobState) -> hookgate::
     }
 }
 
-#[tokio::test]
-async fn notify_delivers_the_exact_rendered_body() {
+async fn notify_delivers_the_exact_rendered_body(backend: Backend) {
     let sink = Sink::always(200).await;
     let text = format!(
         "secret s = env(\"S\")\nsource acme: github {{ secret s }}\n{}rule \"sync\" {{\n from acme\n on \"push\"\n \
@@ -132,12 +169,8 @@ async fn notify_delivers_the_exact_rendered_body() {
     let jobs = hookgate::dispatch::jobs_for(&rules, &event, &outcome, "abc-123", &raw);
     assert_eq!(jobs.len(), 1);
 
-    let dir = tempfile::tempdir().unwrap();
-    let running = start(
-        Arc::new(SqliteQueue::open(dir.path()).unwrap()),
-        rules,
-        config(),
-    );
+    let store = Store::new(backend);
+    let running = start(Arc::new(store.open().await), rules, config());
     let id = running.enqueue(jobs).await[0];
     assert!(sink.wait_for(1, WAIT).await);
     let got = &sink.received()[0];
@@ -158,12 +191,11 @@ async fn notify_delivers_the_exact_rendered_body() {
     running.stop().await;
 }
 
-#[tokio::test]
-async fn a_500_is_retried_and_delivered_once() {
+async fn a_500_is_retried_and_delivered_once(backend: Backend) {
     let sink = Sink::start(|n, _| Reply::status(if n == 0 { 500 } else { 200 })).await;
-    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(backend);
     let running = start(
-        Arc::new(SqliteQueue::open(dir.path()).unwrap()),
+        Arc::new(store.open().await),
         rules(&target(&sink, "t", "retry 3 backoff 50ms..100ms")),
         config(),
     );
@@ -191,12 +223,11 @@ async fn a_500_is_retried_and_delivered_once() {
     running.stop().await;
 }
 
-#[tokio::test]
-async fn a_404_is_dead_lettered_without_retry_and_can_be_requeued() {
+async fn a_404_is_dead_lettered_without_retry_and_can_be_requeued(backend: Backend) {
     let sink = Sink::start(|n, _| Reply::status(if n == 0 { 404 } else { 200 })).await;
-    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(backend);
     let running = start(
-        Arc::new(SqliteQueue::open(dir.path()).unwrap()),
+        Arc::new(store.open().await),
         rules(&target(&sink, "t", "retry 5 backoff 10ms..20ms")),
         config(),
     );
@@ -217,8 +248,7 @@ async fn a_404_is_dead_lettered_without_retry_and_can_be_requeued() {
     running.stop().await;
 }
 
-#[tokio::test]
-async fn a_429_waits_for_retry_after() {
+async fn a_429_waits_for_retry_after(backend: Backend) {
     let sink = Sink::start(|n, _| {
         if n == 0 {
             Reply {
@@ -230,9 +260,9 @@ async fn a_429_waits_for_retry_after() {
         }
     })
     .await;
-    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(backend);
     let running = start(
-        Arc::new(SqliteQueue::open(dir.path()).unwrap()),
+        Arc::new(store.open().await),
         rules(&target(&sink, "t", "retry 3 backoff 10ms..20ms")),
         config(),
     );
@@ -247,8 +277,7 @@ async fn a_429_waits_for_retry_after() {
     running.stop().await;
 }
 
-#[tokio::test]
-async fn a_hanging_target_times_out_and_is_retried() {
+async fn a_hanging_target_times_out_and_is_retried(backend: Backend) {
     let sink = Sink::start(|n, _| Reply {
         delay: if n == 0 {
             Duration::from_secs(5)
@@ -258,9 +287,9 @@ async fn a_hanging_target_times_out_and_is_retried() {
         ..Reply::status(200)
     })
     .await;
-    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(backend);
     let running = start(
-        Arc::new(SqliteQueue::open(dir.path()).unwrap()),
+        Arc::new(store.open().await),
         rules(&target(
             &sink,
             "t",
@@ -277,9 +306,8 @@ async fn a_hanging_target_times_out_and_is_retried() {
     running.stop().await;
 }
 
-#[tokio::test]
-async fn retries_are_spent_then_the_job_is_dead() {
-    let dir = tempfile::tempdir().unwrap();
+async fn retries_are_spent_then_the_job_is_dead(backend: Backend) {
+    let store = Store::new(backend);
     // Nothing listens on this port: connection refused every time.
     let free = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -288,11 +316,7 @@ async fn retries_are_spent_then_the_job_is_dead() {
     let text = format!(
         "target t {{ post \"http://{free}/x?token=${{secret.s}}\" retry 2 backoff 10ms..20ms }}\n"
     );
-    let running = start(
-        Arc::new(SqliteQueue::open(dir.path()).unwrap()),
-        rules(&text),
-        config(),
-    );
+    let running = start(Arc::new(store.open().await), rules(&text), config());
     let id = running.enqueue(vec![job(JobKind::Notify, "t", None)]).await[0];
     let dead = wait_state(&running.queue, id, JobState::Dead).await;
     assert_eq!(dead.attempts, 3, "the first attempt and 2 retries");
@@ -306,11 +330,10 @@ async fn retries_are_spent_then_the_job_is_dead() {
     running.stop().await;
 }
 
-#[tokio::test]
-async fn fifty_concurrent_checks_while_none_is_in_flight_make_one_delivery() {
+async fn fifty_concurrent_checks_while_none_is_in_flight_make_one_delivery(backend: Backend) {
     let sink = Sink::always(200).await;
-    let dir = tempfile::tempdir().unwrap();
-    let queue = Arc::new(SqliteQueue::open(dir.path()).unwrap());
+    let store = Store::new(backend);
+    let queue = Arc::new(store.open().await);
     let enqueues: Vec<_> = (0..50)
         .map(|_| {
             let q = queue.clone();
@@ -338,8 +361,7 @@ async fn fifty_concurrent_checks_while_none_is_in_flight_make_one_delivery() {
     running.stop().await;
 }
 
-#[tokio::test]
-async fn a_check_requested_while_one_is_in_flight_runs_once_more_afterwards() {
+async fn a_check_requested_while_one_is_in_flight_runs_once_more_afterwards(backend: Backend) {
     let gate = Arc::new(Notify::new());
     let g = gate.clone();
     let sink = Sink::start(move |n, _| Reply {
@@ -347,9 +369,9 @@ async fn a_check_requested_while_one_is_in_flight_runs_once_more_afterwards() {
         ..Reply::status(200)
     })
     .await;
-    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(backend);
     let running = start(
-        Arc::new(SqliteQueue::open(dir.path()).unwrap()),
+        Arc::new(store.open().await),
         rules(&target(&sink, "t", "concurrency 4")),
         config(),
     );
@@ -376,12 +398,11 @@ async fn a_check_requested_while_one_is_in_flight_runs_once_more_afterwards() {
     running.stop().await;
 }
 
-#[tokio::test]
-async fn the_rate_limit_is_honoured() {
+async fn the_rate_limit_is_honoured(backend: Backend) {
     let sink = Sink::always(200).await;
-    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(backend);
     let running = start(
-        Arc::new(SqliteQueue::open(dir.path()).unwrap()),
+        Arc::new(store.open().await),
         rules(&target(&sink, "t", "rate 2 per 1s")),
         config(),
     );
@@ -409,22 +430,21 @@ async fn the_rate_limit_is_honoured() {
     running.stop().await;
 }
 
-#[tokio::test]
-async fn a_slow_target_does_not_starve_the_others() {
+async fn a_slow_target_does_not_starve_the_others(backend: Backend) {
     let slow = Sink::start(|_, _| Reply {
         delay: Duration::from_secs(3),
         ..Reply::status(200)
     })
     .await;
     let fast = Sink::always(200).await;
-    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(backend);
     let targets = format!(
         "{}{}",
         target(&slow, "slow", "concurrency 2 timeout 10s"),
         target(&fast, "t", "")
     );
     let running = start(
-        Arc::new(SqliteQueue::open(dir.path()).unwrap()),
+        Arc::new(store.open().await),
         rules(&format!(
             "{targets}rule \"s\" {{ from acme notify slow }}\n"
         )),
@@ -455,10 +475,9 @@ async fn a_slow_target_does_not_starve_the_others() {
     running.stop().await;
 }
 
-#[tokio::test]
-async fn forward_re_signs_the_original_body() {
+async fn forward_re_signs_the_original_body(backend: Backend) {
     let sink = Sink::always(200).await;
-    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(backend);
     let text = format!(
         "secret s = env(\"S\")\nsecret fwd = env(\"FWD\")\nsource acme: github {{ secret s }}\n{}{}\
          rule \"r\" {{ from acme forward t sign with fwd forward sw sign with fwd forward plain }}\n",
@@ -477,11 +496,7 @@ async fn forward_re_signs_the_original_body() {
     let event = hookgate::event::Event::new(&rules, 0, None, headers, vec![], json!({}));
     let outcome = hookgate::eval::evaluate(&rules, &event);
     let jobs = hookgate::dispatch::jobs_for(&rules, &event, &outcome, "g-1", &raw);
-    let running = start(
-        Arc::new(SqliteQueue::open(dir.path()).unwrap()),
-        rules,
-        config(),
-    );
+    let running = start(Arc::new(store.open().await), rules, config());
     running.enqueue(jobs).await;
     assert!(sink.wait_for(3, WAIT).await);
     let received = sink.received();
@@ -520,12 +535,11 @@ async fn forward_re_signs_the_original_body() {
     running.stop().await;
 }
 
-#[tokio::test]
-async fn jobs_of_a_removed_target_are_dead_lettered() {
-    let dir = tempfile::tempdir().unwrap();
+async fn jobs_of_a_removed_target_are_dead_lettered(backend: Backend) {
+    let store = Store::new(backend);
     let sink = Sink::always(200).await;
     let running = start(
-        Arc::new(SqliteQueue::open(dir.path()).unwrap()),
+        Arc::new(store.open().await),
         rules(&target(&sink, "t", "")),
         config(),
     );
@@ -540,15 +554,14 @@ async fn jobs_of_a_removed_target_are_dead_lettered() {
     running.stop().await;
 }
 
-#[tokio::test]
-async fn shutdown_finishes_or_returns_in_flight_deliveries() {
-    let dir = tempfile::tempdir().unwrap();
+async fn shutdown_finishes_or_returns_in_flight_deliveries(backend: Backend) {
+    let store = Store::new(backend);
     let slow = Sink::start(|n, _| Reply {
         delay: Duration::from_millis(if n == 0 { 300 } else { 30_000 }),
         ..Reply::status(200)
     })
     .await;
-    let queue = Arc::new(SqliteQueue::open(dir.path()).unwrap());
+    let queue = Arc::new(store.open().await);
     let config = DispatchConfig {
         grace: Duration::from_millis(1500),
         ..config()
@@ -582,4 +595,106 @@ async fn shutdown_finishes_or_returns_in_flight_deliveries() {
         attempts.is_empty(),
         "a released job has no attempt recorded"
     );
+}
+
+/// Two dispatchers on one PostgreSQL database: two replicas sharing a target's limits.
+mod replicas {
+    use super::*;
+
+    fn numbered(n: usize) -> Vec<NewJob> {
+        (0..n)
+            .map(|i| NewJob {
+                delivery: format!("d-{i}"),
+                ..job(JobKind::Notify, "t", None)
+            })
+            .collect()
+    }
+
+    fn deliveries(sink: &Sink) -> Vec<String> {
+        let mut ids: Vec<String> = sink
+            .received()
+            .iter()
+            .map(|r| r.header("x-hookgate-delivery").unwrap().to_string())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_replicas_hold_a_targets_concurrency_together_and_deliver_each_job_once() {
+        let gate = Arc::new(Notify::new());
+        let g = gate.clone();
+        let sink = Sink::start(move |_, _| Reply {
+            gate: Some(g.clone()),
+            ..Reply::status(200)
+        })
+        .await;
+        let store = Store::new(Backend::Postgres);
+        let rules = || super::rules(&target(&sink, "t", "concurrency 2 timeout 30s"));
+        let one = start(Arc::new(store.open().await), rules(), config());
+        let two = start(Arc::new(store.open().await), rules(), config());
+        one.enqueue(numbered(3)).await;
+        two.enqueue(numbered(6).split_off(3)).await;
+        assert!(sink.wait_for(2, WAIT).await);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(sink.received().len(), 2, "two in flight for both replicas");
+        for released in 1..=4 {
+            gate.notify_one();
+            assert!(sink.wait_for(2 + released, WAIT).await);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert_eq!(
+                sink.received().len(),
+                2 + released,
+                "one more per finished delivery"
+            );
+        }
+        gate.notify_one();
+        gate.notify_one();
+        let queue = one.queue.clone();
+        let deadline = Instant::now() + WAIT;
+        while queue.stats().await.unwrap().done < 6 {
+            assert!(Instant::now() < deadline, "not all delivered");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let expected: Vec<String> = (0..6).map(|i| format!("d-{i}")).collect();
+        assert_eq!(deliveries(&sink), expected, "each job delivered once");
+        one.stop().await;
+        two.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_replicas_hold_a_targets_rate_together() {
+        let sink = Sink::always(200).await;
+        let store = Store::new(Backend::Postgres);
+        let rules = || super::rules(&target(&sink, "t", "rate 2 per 1s"));
+        let one = start(Arc::new(store.open().await), rules(), config());
+        let two = start(Arc::new(store.open().await), rules(), config());
+        one.enqueue(numbered(6)).await;
+        two.wake.notify_one();
+        let queue = one.queue.clone();
+        let deadline = Instant::now() + WAIT;
+        while queue.stats().await.unwrap().done < 6 {
+            assert!(Instant::now() < deadline, "not all delivered");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut at: Vec<Instant> = sink.received().iter().map(|r| r.at).collect();
+        at.sort();
+        assert_eq!(at.len(), 6);
+        // Two at once, then one every 500 ms, whichever replica sends: the sixth no sooner than 2 s
+        // after the first (each replica alone would have sent two at once).
+        let span = at[5] - at[0];
+        assert!(
+            span >= Duration::from_millis(1900),
+            "6 deliveries at 2 per second took only {span:?}"
+        );
+        for w in at.windows(3) {
+            assert!(
+                w[2] - w[0] >= Duration::from_millis(450),
+                "three deliveries within {:?}",
+                w[2] - w[0]
+            );
+        }
+        one.stop().await;
+        two.stop().await;
+    }
 }

@@ -93,6 +93,7 @@ impl Gateway {
         let config = hookgate::server::Config {
             rules: path,
             data: dir.path().join("data"),
+            queue: None,
             server: config,
             dispatch: DispatchConfig {
                 tick: Duration::from_millis(50),

@@ -26,6 +26,10 @@ pub(crate) struct ServeArgs {
     /// Address of the admin port (health, metrics, status, reload); keep it cluster-internal.
     #[arg(long, env = "HOOKGATE_ADMIN", default_value = "127.0.0.1:9090", value_parser = parse_listen_arg)]
     admin: String,
+    /// A queue shared by replicas: `postgres://USER:PASSWORD@HOST/DB` (`postgresql://` too). Without it,
+    /// the embedded SQLite queue in `--data`.
+    #[arg(long, env = "HOOKGATE_QUEUE")]
+    queue: Option<String>,
     /// Directory of the queue database.
     #[arg(long, env = "HOOKGATE_DATA", default_value = "data")]
     data: PathBuf,
@@ -187,6 +191,7 @@ fn config(args: &ServeArgs) -> Result<Config, Exit> {
     Ok(Config {
         rules: args.rules.clone(),
         data: args.data.clone(),
+        queue: args.queue.clone(),
         server: ServerConfig {
             max_body: args.max_body,
             max_body_in_flight: args.max_body_in_flight,

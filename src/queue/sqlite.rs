@@ -19,8 +19,8 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehav
 use tokio::sync::{mpsc, oneshot};
 
 use crate::queue::{
-    Accepted, Attempt, Job, JobKind, JobState, NewJob, QueueBackend, QueueError, Settle, Stats,
-    now_ms,
+    Accepted, Attempt, ClaimLimits, Job, JobKind, JobState, Lease, NewJob, QueueBackend,
+    QueueError, Settle, Stats, now_ms,
 };
 
 /// The most operations committed together.
@@ -74,10 +74,21 @@ const MIGRATIONS: &[&str] = &[
         seen_at  INTEGER NOT NULL,
         PRIMARY KEY (source, delivery)
     ) WITHOUT ROWID;",
+    // 3: claims are leases with a token (a late settle of an expired, re-claimed job is refused), and
+    // each target's rate-limit bucket lives in the queue, as it does in PostgreSQL.
+    "ALTER TABLE jobs ADD COLUMN lease INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX jobs_inflight ON jobs (target, claimed_until) WHERE state = 'inflight';
+    CREATE TABLE buckets (
+        target     TEXT    PRIMARY KEY,
+        tokens     REAL    NOT NULL,
+        at         INTEGER NOT NULL,
+        rate_count INTEGER NOT NULL,
+        rate_per   INTEGER NOT NULL
+    ) WITHOUT ROWID;",
 ];
 
 const JOB_COLUMNS: &str = "id, kind, target, key, source, event, delivery, rule, action, body, headers, sign_with, \
-     state, attempts, coalesced, run_at, created_at, updated_at, last_status, last_error";
+     state, attempts, coalesced, run_at, created_at, updated_at, last_status, last_error, lease";
 
 type Reply<T> = oneshot::Sender<Result<T, QueueError>>;
 
@@ -92,12 +103,13 @@ enum Op {
     DueTargets(Reply<Vec<(String, i64)>>),
     Claim {
         target: String,
+        limits: ClaimLimits,
         limit: usize,
         visibility: Duration,
         reply: Reply<Vec<Job>>,
     },
     Settle {
-        id: i64,
+        lease: Lease,
         attempt: Option<Attempt>,
         settle: Settle,
         reply: Reply<()>,
@@ -107,6 +119,7 @@ enum Op {
     Get(i64, Reply<(Job, Vec<Attempt>)>),
     Stats(Reply<Stats>),
     Prune(i64, Reply<u64>),
+    Ping(Reply<()>),
     /// Checkpoint, close, stop the writer.
     Close(Reply<()>),
 }
@@ -247,12 +260,14 @@ impl QueueBackend for SqliteQueue {
     async fn claim(
         &self,
         target: &str,
+        limits: ClaimLimits,
         limit: usize,
         visibility: Duration,
     ) -> Result<Vec<Job>, QueueError> {
         let target = target.to_string();
         self.call(|reply| Op::Claim {
             target,
+            limits,
             limit,
             visibility,
             reply,
@@ -262,12 +277,12 @@ impl QueueBackend for SqliteQueue {
 
     async fn settle(
         &self,
-        id: i64,
+        lease: Lease,
         attempt: Option<Attempt>,
         settle: Settle,
     ) -> Result<(), QueueError> {
         self.call(|reply| Op::Settle {
-            id,
+            lease,
             attempt,
             settle,
             reply,
@@ -293,6 +308,10 @@ impl QueueBackend for SqliteQueue {
 
     async fn prune(&self, before: i64) -> Result<u64, QueueError> {
         self.call(|reply| Op::Prune(before, reply)).await
+    }
+
+    async fn ping(&self) -> Result<(), QueueError> {
+        self.call(Op::Ping).await
     }
 }
 
@@ -505,6 +524,7 @@ fn fail(op: Op, message: &str) {
         Op::Get(_, r) => send(r, message),
         Op::Stats(r) => send(r, message),
         Op::Prune(_, r) => send(r, message),
+        Op::Ping(r) => send(r, message),
         Op::Close(r) => send(r, message),
     }
 }
@@ -570,30 +590,41 @@ fn apply(tx: &mut Transaction<'_>, op: Op) -> Answer {
         Op::DueTargets(reply) => answer(reply, guarded(tx, |t| due_targets(t, now))),
         Op::Claim {
             target,
+            limits,
             limit,
             visibility,
             reply,
         } => answer(
             reply,
-            guarded(tx, |t| claim(t, &target, limit, now, visibility)),
+            guarded(tx, |t| claim(t, &target, limits, limit, now, visibility)),
         ),
         Op::Settle {
-            id,
+            lease,
             attempt,
             settle,
             reply,
-        } => answer_for(
-            reply,
-            guarded(tx, |t| settle_job(t, id, attempt, &settle, now)),
-            Some(id),
-        ),
+        } => {
+            let result = guarded(tx, |t| settle_job(t, lease, attempt, &settle, now));
+            Box::new(move |commit_error| {
+                let result = match (commit_error, result) {
+                    (Some(e), _) => Err(QueueError::Storage(format!("commit failed: {e}"))),
+                    (None, Ok(inner)) => inner,
+                    (None, Err(e)) => Err(storage(e)),
+                };
+                let _ = reply.send(result);
+            })
+        }
         Op::Requeue(id, reply) => {
             let result = guarded(tx, |t| {
                 let state: Option<String> = t
                     .query_row("SELECT state FROM jobs WHERE id = ?1", [id], |r| r.get(0))
                     .optional()?;
                 Ok(match state.as_deref() {
-                    Some("dead") => Ok(to_pending(t, id, now, now, true)?),
+                    Some("dead") => {
+                        // A new lease: an outcome still arriving for the dead-lettering claim is stale.
+                        t.execute("UPDATE jobs SET lease = lease + 1 WHERE id = ?1", [id])?;
+                        Ok(to_pending(t, id, now, now, true)?)
+                    }
                     Some(other) => Err(QueueError::NotDead(id, other.to_string())),
                     None => Err(QueueError::NoSuchJob(id)),
                 })
@@ -642,6 +673,7 @@ fn apply(tx: &mut Transaction<'_>, op: Op) -> Answer {
             Some(id),
         ),
         Op::Stats(reply) => answer(reply, guarded(tx, stats)),
+        Op::Ping(reply) => answer(reply, Ok(())),
         Op::Close(_) => unreachable!("the writer takes `Close` out of its batch"),
         Op::Prune(before, reply) => answer(
             reply,
@@ -725,16 +757,52 @@ fn due_targets(t: &Connection, now: i64) -> rusqlite::Result<Vec<(String, i64)>>
         .collect()
 }
 
+/// Claims due jobs within the target's limits: its unexpired in-flight claims count against
+/// `concurrency`, and each claim takes a token from its bucket (refilled continuously, reset to full
+/// when the rate changes), as the PostgreSQL queue does across replicas.
 fn claim(
     t: &Connection,
     target: &str,
+    limits: ClaimLimits,
     limit: usize,
     now: i64,
     visibility: Duration,
 ) -> rusqlite::Result<Vec<Job>> {
+    let mut limit = limit as i64;
+    if limits.concurrency != u32::MAX {
+        let inflight: i64 = t
+            .prepare_cached(
+                "SELECT COUNT(*) FROM jobs WHERE state = 'inflight' AND target = ?1 AND claimed_until >= ?2",
+            )?
+            .query_row(params![target, now], |r| r.get(0))?;
+        limit = limit.min(i64::from(limits.concurrency) - inflight);
+    }
+    let mut bucket = None;
+    if let Some(rate) = limits.rate {
+        let (count, per) = (i64::from(rate.count), rate.per.as_millis().max(1) as i64);
+        let row: Option<(f64, i64, i64, i64)> = t
+            .prepare_cached(
+                "SELECT tokens, at, rate_count, rate_per FROM buckets WHERE target = ?1",
+            )?
+            .query_row([target], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .optional()?;
+        let tokens = match row {
+            Some((tokens, at, c, p)) if (c, p) == (count, per) => {
+                (tokens + (now - at).max(0) as f64 * count as f64 / per as f64).min(count as f64)
+            }
+            _ => count as f64,
+        };
+        limit = limit.min(tokens.floor() as i64);
+        bucket = Some((tokens, count, per));
+    }
+    if limit <= 0 {
+        return Ok(Vec::new());
+    }
     let until = now + visibility.as_millis() as i64;
     let sql = format!(
-        "UPDATE jobs SET state = 'inflight', claimed_until = ?1, updated_at = ?2
+        "UPDATE jobs SET state = 'inflight', claimed_until = ?1, updated_at = ?2, lease = lease + 1
          WHERE id IN (
              SELECT id FROM jobs j
              WHERE state = 'pending' AND target = ?3 AND run_at <= ?2
@@ -745,24 +813,35 @@ fn claim(
     );
     let mut stmt = t.prepare_cached(&sql)?;
     let mut jobs: Vec<Job> = stmt
-        .query_map(params![until, now, target, limit as i64], job_from_row)?
+        .query_map(params![until, now, target, limit], job_from_row)?
         .collect::<rusqlite::Result<_>>()?;
     jobs.sort_by_key(|j| (j.run_at, j.id));
+    if let Some((tokens, count, per)) = bucket {
+        t.prepare_cached(
+            "INSERT OR REPLACE INTO buckets (target, tokens, at, rate_count, rate_per) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![target, tokens - jobs.len() as f64, now, count, per])?;
+    }
     Ok(jobs)
 }
 
+/// Settles a job for the holder of `lease`: `Ok(Err(..))` when there is no such job or it was
+/// claimed again since (then nothing is recorded).
 fn settle_job(
     t: &Connection,
-    id: i64,
+    lease: Lease,
     attempt: Option<Attempt>,
     settle: &Settle,
     now: i64,
-) -> rusqlite::Result<()> {
-    let exists: Option<i64> = t
-        .query_row("SELECT id FROM jobs WHERE id = ?1", [id], |r| r.get(0))
+) -> rusqlite::Result<Result<(), QueueError>> {
+    let id = lease.id;
+    let token: Option<i64> = t
+        .query_row("SELECT lease FROM jobs WHERE id = ?1", [id], |r| r.get(0))
         .optional()?;
-    if exists.is_none() {
-        return Err(rusqlite::Error::QueryReturnedNoRows);
+    match token {
+        None => return Ok(Err(QueueError::NoSuchJob(id))),
+        Some(token) if token != lease.token => return Ok(Err(QueueError::LeaseLost(id))),
+        Some(_) => {}
     }
     if let Some(a) = &attempt {
         t.prepare_cached(
@@ -786,7 +865,7 @@ fn settle_job(
         Settle::Retry { delay } => to_pending(t, id, now + delay.as_millis() as i64, now, false)?,
         Settle::Release => to_pending(t, id, now, now, false)?,
     }
-    Ok(())
+    Ok(Ok(()))
 }
 
 /// Returns a job to pending, due at `run_at`. A check whose (target, key) already has a pending job
@@ -887,317 +966,6 @@ fn job_from_row(r: &Row<'_>) -> rusqlite::Result<Job> {
         updated_at: r.get(17)?,
         last_status: r.get(18)?,
         last_error: r.get(19)?,
+        lease: r.get(20)?,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn job(kind: JobKind, target: &str, key: Option<&str>) -> NewJob {
-        NewJob {
-            kind,
-            target: target.into(),
-            key: key.map(String::from),
-            source: "acme".into(),
-            event: Some("push".into()),
-            delivery: "d-1".into(),
-            rule: "r".into(),
-            action: 0,
-            body: b"{}".to_vec(),
-            headers: vec![("content-type".into(), "application/json".into())],
-            sign_with: None,
-        }
-    }
-
-    fn rt() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-    }
-
-    #[test]
-    fn jobs_survive_reopening_and_in_flight_ones_come_back() {
-        let dir = tempfile::tempdir().unwrap();
-        rt().block_on(async {
-            let q = SqliteQueue::open(dir.path()).unwrap();
-            let ids = q
-                .enqueue(vec![
-                    job(JobKind::Notify, "t", None),
-                    job(JobKind::Forward, "t", None),
-                ])
-                .await
-                .unwrap();
-            assert_eq!(ids.len(), 2);
-            let claimed = q.claim("t", 1, Duration::from_secs(60)).await.unwrap();
-            assert_eq!(
-                claimed.iter().map(|j| j.id).collect::<Vec<_>>(),
-                vec![ids[0]]
-            );
-            assert_eq!(claimed[0].state, JobState::Inflight);
-            assert_eq!(
-                claimed[0].headers,
-                vec![("content-type".to_string(), "application/json".to_string())]
-            );
-        });
-        // A new process on the same directory: the in-flight job is pending again.
-        rt().block_on(async {
-            let q = SqliteQueue::open(dir.path()).unwrap();
-            let stats = q.stats().await.unwrap();
-            assert_eq!((stats.pending, stats.inflight), (2, 0));
-            assert_eq!(stats.pending_by_target, vec![("t".to_string(), 2)]);
-        });
-    }
-
-    #[test]
-    fn due_targets_give_each_target_with_pending_jobs_its_earliest_due_time() {
-        let dir = tempfile::tempdir().unwrap();
-        rt().block_on(async {
-            let q = SqliteQueue::open(dir.path()).unwrap();
-            assert!(q.due_targets().await.unwrap().is_empty());
-            let mut ids = Vec::new();
-            for target in ["c", "a", "b", "a", "c", "a"] {
-                ids.extend(
-                    q.enqueue(vec![job(JobKind::Notify, target, None)])
-                        .await
-                        .unwrap(),
-                );
-            }
-            // `a`'s first job retries in an hour: `a` is due at its next job's time, not then.
-            let first_a = q.claim("a", 1, Duration::from_secs(60)).await.unwrap();
-            q.settle(
-                first_a[0].id,
-                None,
-                Settle::Retry {
-                    delay: Duration::from_secs(3600),
-                },
-            )
-            .await
-            .unwrap();
-            // `b`'s only job is in flight: `b` is not due.
-            q.claim("b", 1, Duration::from_secs(60)).await.unwrap();
-            let due = q.due_targets().await.unwrap();
-            let names: Vec<&str> = due.iter().map(|(t, _)| t.as_str()).collect();
-            assert_eq!(names, ["a", "c"]);
-            let created = q.get(ids[3]).await.unwrap().0.run_at;
-            assert_eq!(due[0].1, created, "a's earliest pending job");
-            assert!(due.iter().all(|(_, at)| *at <= now_ms()));
-        });
-    }
-
-    #[test]
-    fn pending_checks_coalesce_and_in_flight_ones_get_a_successor() {
-        let dir = tempfile::tempdir().unwrap();
-        rt().block_on(async {
-            let q = SqliteQueue::open(dir.path()).unwrap();
-            let a = q
-                .enqueue(vec![job(JobKind::Check, "ci", Some("app"))])
-                .await
-                .unwrap();
-            let b = q
-                .enqueue(vec![
-                    job(JobKind::Check, "ci", Some("app")),
-                    job(JobKind::Check, "ci", Some("app")),
-                ])
-                .await
-                .unwrap();
-            assert_eq!(b, vec![a[0], a[0]], "merged into the pending check");
-            let other = q
-                .enqueue(vec![job(JobKind::Check, "ci", Some("lib"))])
-                .await
-                .unwrap();
-            assert_ne!(other[0], a[0], "another key is another check");
-            let claimed = q.claim("ci", 10, Duration::from_secs(60)).await.unwrap();
-            assert_eq!(claimed.len(), 2);
-            let app = claimed.iter().find(|j| j.id == a[0]).unwrap();
-            assert_eq!(app.coalesced, 3);
-            // While `app` is in flight, a new request makes a new pending check, which is not due
-            // until the in-flight one settles.
-            let c = q
-                .enqueue(vec![job(JobKind::Check, "ci", Some("app"))])
-                .await
-                .unwrap();
-            assert_ne!(c[0], a[0]);
-            assert!(
-                q.claim("ci", 10, Duration::from_secs(60))
-                    .await
-                    .unwrap()
-                    .is_empty()
-            );
-            assert_eq!(
-                q.due_targets().await.unwrap().len(),
-                1,
-                "due, but not claimable:"
-            );
-            q.settle(a[0], None, Settle::Ack).await.unwrap();
-            let next = q.claim("ci", 10, Duration::from_secs(60)).await.unwrap();
-            assert_eq!(next.iter().map(|j| j.id).collect::<Vec<_>>(), vec![c[0]]);
-        });
-    }
-
-    #[test]
-    fn a_retried_check_merges_into_a_newer_pending_one() {
-        let dir = tempfile::tempdir().unwrap();
-        rt().block_on(async {
-            let q = SqliteQueue::open(dir.path()).unwrap();
-            let a = q
-                .enqueue(vec![job(JobKind::Check, "ci", None)])
-                .await
-                .unwrap()[0];
-            q.claim("ci", 1, Duration::from_secs(60)).await.unwrap();
-            let b = q
-                .enqueue(vec![job(JobKind::Check, "ci", None)])
-                .await
-                .unwrap()[0];
-            let attempt = Attempt {
-                attempt: 1,
-                started_at: now_ms(),
-                duration_ms: 3,
-                status: Some(503),
-                error: Some("503".into()),
-            };
-            q.settle(
-                a,
-                Some(attempt),
-                Settle::Retry {
-                    delay: Duration::from_secs(60),
-                },
-            )
-            .await
-            .unwrap();
-            let (merged, attempts) = q.get(a).await.unwrap();
-            assert_eq!(merged.state, JobState::Done);
-            assert_eq!(
-                merged.last_error.as_deref(),
-                Some(&*format!("merged into pending check {b}"))
-            );
-            assert_eq!(attempts.len(), 1);
-            assert_eq!(q.get(b).await.unwrap().0.coalesced, 2);
-        });
-    }
-
-    #[test]
-    fn retries_wait_dead_letters_stay_and_requeue() {
-        let dir = tempfile::tempdir().unwrap();
-        rt().block_on(async {
-            let q = SqliteQueue::open(dir.path()).unwrap();
-            let id = q
-                .enqueue(vec![job(JobKind::Notify, "t", None)])
-                .await
-                .unwrap()[0];
-            q.claim("t", 1, Duration::from_secs(60)).await.unwrap();
-            let attempt = |n| Attempt {
-                attempt: n,
-                started_at: now_ms(),
-                duration_ms: 1,
-                status: Some(500),
-                error: Some("HTTP 500".into()),
-            };
-            q.settle(
-                id,
-                Some(attempt(1)),
-                Settle::Retry {
-                    delay: Duration::from_secs(3600),
-                },
-            )
-            .await
-            .unwrap();
-            assert!(
-                q.claim("t", 1, Duration::from_secs(60))
-                    .await
-                    .unwrap()
-                    .is_empty(),
-                "not due for an hour"
-            );
-            let due = q.due_targets().await.unwrap();
-            assert_eq!(due.len(), 1);
-            assert!(due[0].1 > now_ms() + 3_500_000);
-            q.settle(id, Some(attempt(2)), Settle::DeadLetter)
-                .await
-                .unwrap();
-            let dead = q.list(JobState::Dead, 10).await.unwrap();
-            assert_eq!(dead.len(), 1);
-            assert_eq!(
-                (
-                    dead[0].attempts,
-                    dead[0].last_status,
-                    dead[0].last_error.as_deref()
-                ),
-                (2, Some(500), Some("HTTP 500"))
-            );
-            assert!(matches!(
-                q.requeue(id + 1).await,
-                Err(QueueError::NoSuchJob(_))
-            ));
-            q.requeue(id).await.unwrap();
-            assert!(matches!(q.requeue(id).await, Err(QueueError::NotDead(..))));
-            let again = q.claim("t", 1, Duration::from_secs(60)).await.unwrap();
-            assert_eq!((again[0].id, again[0].attempts), (id, 0));
-            assert_eq!(
-                q.get(id).await.unwrap().1.len(),
-                2,
-                "attempts are kept as history"
-            );
-            assert!(matches!(
-                q.settle(999, None, Settle::Ack).await,
-                Err(QueueError::NoSuchJob(999))
-            ));
-        });
-    }
-
-    #[test]
-    fn expired_claims_return_to_pending_and_pruning_removes_old_records() {
-        let dir = tempfile::tempdir().unwrap();
-        rt().block_on(async {
-            let q = SqliteQueue::open(dir.path()).unwrap();
-            let id = q
-                .enqueue(vec![job(JobKind::Notify, "t", None)])
-                .await
-                .unwrap()[0];
-            q.claim("t", 1, Duration::from_millis(1)).await.unwrap();
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            assert_eq!(q.due_targets().await.unwrap().len(), 1, "the claim expired");
-            assert_eq!(
-                q.claim("t", 1, Duration::from_secs(60)).await.unwrap()[0].id,
-                id
-            );
-            q.settle(id, None, Settle::Ack).await.unwrap();
-            assert_eq!(q.prune(now_ms() - 60_000).await.unwrap(), 0, "too recent");
-            assert_eq!(q.prune(now_ms() + 1).await.unwrap(), 1);
-            assert!(matches!(q.get(id).await, Err(QueueError::NoSuchJob(_))));
-        });
-    }
-
-    #[test]
-    fn deliveries_are_deduplicated_within_the_window_atomically_with_their_jobs() {
-        let dir = tempfile::tempdir().unwrap();
-        rt().block_on(async {
-            let q = SqliteQueue::open(dir.path()).unwrap();
-            let seen = || Some(("acme".to_string(), "d-1".to_string()));
-            let day = Duration::from_secs(86_400);
-            let first = q.accept(seen(), day, vec![job(JobKind::Notify, "t", None)]).await.unwrap();
-            assert!(matches!(first, Accepted::Enqueued(ref ids) if ids.len() == 1));
-            assert_eq!(q.accept(seen(), day, vec![job(JobKind::Notify, "t", None)]).await.unwrap(), Accepted::Duplicate);
-            assert_eq!(q.stats().await.unwrap().pending, 1, "the duplicate enqueued nothing");
-            let other = Some(("other".to_string(), "d-1".to_string()));
-            assert!(matches!(q.accept(other, day, vec![]).await.unwrap(), Accepted::Enqueued(ref ids) if ids.is_empty()));
-            // Outside the window it is a new delivery again.
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            assert!(matches!(q.accept(seen(), Duration::from_millis(1), vec![]).await.unwrap(), Accepted::Enqueued(_)));
-            // No id, no deduplication.
-            assert!(matches!(q.accept(None, day, vec![]).await.unwrap(), Accepted::Enqueued(_)));
-        });
-    }
-
-    #[test]
-    fn a_newer_schema_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        drop(SqliteQueue::open(dir.path()).unwrap());
-        let conn = Connection::open(dir.path().join("hookgate.db")).unwrap();
-        conn.pragma_update(None, "user_version", 99i64).unwrap();
-        drop(conn);
-        let err = SqliteQueue::open(dir.path()).err().unwrap();
-        assert!(err.to_string().contains("schema version 99"), "{err}");
-    }
 }

@@ -118,7 +118,7 @@ fn page() -> Response<Full<Bytes>> {
 
 async fn ready(state: &State) -> Response<Full<Bytes>> {
     // Ready when rules are loaded (always, once serving) and the queue answers.
-    match tokio::time::timeout(Duration::from_secs(2), state.queue.stats()).await {
+    match tokio::time::timeout(Duration::from_secs(2), state.queue.ping()).await {
         Ok(Ok(_)) => text(StatusCode::OK, "ready\n"),
         Ok(Err(e)) => text(
             StatusCode::SERVICE_UNAVAILABLE,

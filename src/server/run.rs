@@ -12,8 +12,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::delivery_log::{DeliveryLog, LogConfig};
 use crate::dispatch::{DispatchConfig, Dispatcher};
-use crate::queue::QueueError;
-use crate::queue::sqlite::SqliteQueue;
+use crate::queue::{Queue, QueueError};
 use crate::reload::RuleStore;
 use crate::server::{ServerConfig, State};
 
@@ -21,8 +20,10 @@ use crate::server::{ServerConfig, State};
 #[derive(Debug, Clone)]
 pub struct Config {
     pub rules: PathBuf,
-    /// The queue's data directory (SQLite).
+    /// The embedded SQLite queue's data directory, used unless `queue` names a database.
     pub data: PathBuf,
+    /// `--queue`: a `postgres://` URL of a queue shared by replicas.
+    pub queue: Option<String>,
     pub server: ServerConfig,
     pub dispatch: DispatchConfig,
     pub log: LogConfig,
@@ -73,7 +74,11 @@ pub async fn run(
     reload: Arc<Notify>,
 ) -> Result<(), RunError> {
     let store = Arc::new(RuleStore::load(&config.rules).map_err(RunError::Rules)?);
-    let queue = Arc::new(SqliteQueue::open(&config.data)?);
+    let spec = match &config.queue {
+        Some(url) => url.clone(),
+        None => config.data.display().to_string(),
+    };
+    let queue = Arc::new(Queue::open(&spec).await?);
     let dispatcher = Dispatcher::new(queue.clone(), store.handle(), config.dispatch.clone());
     let mut state = State::new(
         store.clone(),
@@ -90,7 +95,7 @@ pub async fn run(
         admin = %bound(&listeners.admin),
         rules = %config.rules.display(),
         hash = %store.status().hash,
-        data = %config.data.display(),
+        queue = %queue.describe(),
         "hookgate serving"
     );
 

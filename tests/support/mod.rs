@@ -3,6 +3,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod browser;
+pub mod pg;
 pub mod serve;
 
 use std::convert::Infallible;

@@ -1,0 +1,1139 @@
+//! The shared queue: PostgreSQL, for several gateway replicas on one database (`--queue
+//! postgres://...`). It keeps the SQLite queue's guarantees, across replicas.
+//!
+//! - **Accept is one transaction.** The delivery id and all of the delivery's jobs are written by one
+//!   call of `hookgate_accept`, and the caller hears back only after COMMIT.
+//! - **Group commit.** Accepts and settles go to writer tasks; each takes whatever has queued up (up
+//!   to [`MAX_BATCH`]) and sends `BEGIN`, one statement per operation and `COMMIT` down one
+//!   connection as a pipeline, so concurrent requests share one round trip and one WAL flush. If a
+//!   statement fails (bad data, a deadlock with another replica), the transaction is rolled back
+//!   whole and each operation is run again alone, so only the bad one fails. (No savepoints: a
+//!   savepoint per operation would spend a subtransaction each, and past 64 in one transaction
+//!   PostgreSQL's snapshots slow down for every session.)
+//! - **Dedup and coalescing hold across replicas** because they are unique indexes: `deliveries`'
+//!   primary key, and the partial unique index on pending checks of (target, key), both hit with
+//!   `INSERT .. ON CONFLICT`, which waits for a concurrent inserter's commit.
+//! - **Claims are leases.** `hookgate_claim` picks due jobs `FOR UPDATE SKIP LOCKED`, marks them in
+//!   flight until `now + visibility`, and bumps their lease token. `due_targets` first returns expired
+//!   claims to pending (a replica that died mid-delivery), and a settle with an outdated token is
+//!   refused.
+//! - **Limits hold across replicas.** A target's claims lock its row in `buckets`: under that lock the
+//!   claim counts the target's unexpired in-flight jobs against `concurrency` and takes tokens from the
+//!   bucket (its rate), so concurrent replicas see each other's claims.
+//! - **One clock.** Every time the queue compares or stores (run_at, claimed_until, seen_at, ...) is
+//!   PostgreSQL's `clock_timestamp()`, so replicas whose clocks differ agree on what is due.
+//! - **Connection loss fails fast.** An operation that cannot reach the database returns a
+//!   [`QueueError`] within [`OP_TIMEOUT`] (the server answers 503, never 202); the pool replaces
+//!   broken connections by itself, so the queue works again as soon as the database is back.
+//!
+//! The logic that must be atomic lives in PL/pgSQL functions created by the migrations, so each
+//! operation is one statement and one round trip. Inspect with `psql` (see `docs/delivery.md`).
+
+use std::borrow::Cow;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use futures_util::future::join_all;
+use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{NoTls, Row};
+
+use crate::queue::{
+    Accepted, Attempt, ClaimLimits, Job, JobKind, JobState, Lease, NewJob, QueueBackend,
+    QueueError, Settle, Stats,
+};
+
+/// The most operations committed together.
+const MAX_BATCH: usize = 512;
+/// Writer tasks: while one waits for its COMMIT, another gathers and sends the next batch.
+const WRITERS: usize = 2;
+/// Operations waiting for a writer; beyond this, `accept` fails fast (the server answers 503).
+const CHANNEL_CAPACITY: usize = 65_536;
+/// Connections per replica (two are the writers').
+const POOL_SIZE: usize = 16;
+/// The longest any operation waits for the database, connecting included.
+pub const OP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a new connection may take, unless the URL sets `connect_timeout`.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Attempts of an operation that lost a deadlock or serialization race with another replica.
+const RACE_RETRIES: usize = 3;
+/// The advisory lock held while migrating, so replicas starting together migrate once.
+const MIGRATION_LOCK: i64 = 0x686f_6f6b_6761_7465; // "hookgate"
+
+/// Schema migrations, applied in order in one transaction; `hookgate_schema.version` records how many
+/// ran.
+const MIGRATIONS: &[&str] = &[
+    // 1: the tables (as SQLite's, with the lease token and the rate buckets), and the functions that
+    // make each operation one atomic statement.
+    r#"
+CREATE TABLE jobs (
+    id            bigint  GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    kind          text    NOT NULL,
+    target        text    NOT NULL,
+    key           text,
+    state         text    NOT NULL,
+    run_at        bigint  NOT NULL,
+    claimed_until bigint,
+    lease         bigint  NOT NULL DEFAULT 0,
+    attempts      integer NOT NULL DEFAULT 0,
+    coalesced     integer NOT NULL DEFAULT 1,
+    created_at    bigint  NOT NULL,
+    updated_at    bigint  NOT NULL,
+    source        text    NOT NULL,
+    event         text,
+    delivery      text    NOT NULL,
+    rule          text    NOT NULL,
+    action        bigint  NOT NULL,
+    sign_with     text,
+    last_status   integer,
+    last_error    text,
+    headers       text    NOT NULL,
+    body          bytea   NOT NULL
+);
+CREATE UNIQUE INDEX jobs_pending_check ON jobs (target, key) WHERE kind = 'check' AND state = 'pending';
+CREATE INDEX jobs_due ON jobs (state, target, run_at);
+CREATE INDEX jobs_updated ON jobs (state, updated_at);
+CREATE INDEX jobs_inflight ON jobs (target, claimed_until) WHERE state = 'inflight';
+CREATE TABLE attempts (
+    job_id      bigint  NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    attempt     integer NOT NULL,
+    started_at  bigint  NOT NULL,
+    duration_ms bigint  NOT NULL,
+    status      integer,
+    error       text,
+    PRIMARY KEY (job_id, attempt)
+);
+CREATE TABLE deliveries (
+    source   text   NOT NULL,
+    delivery text   NOT NULL,
+    seen_at  bigint NOT NULL,
+    PRIMARY KEY (source, delivery)
+);
+CREATE INDEX deliveries_seen ON deliveries (seen_at);
+CREATE TABLE buckets (
+    target     text             PRIMARY KEY,
+    tokens     double precision NOT NULL,
+    at         bigint           NOT NULL,
+    rate_count integer          NOT NULL,
+    rate_per   bigint           NOT NULL
+);
+
+-- Unix milliseconds by the database's clock, the one clock all replicas share.
+CREATE FUNCTION hookgate_now() RETURNS bigint LANGUAGE sql VOLATILE AS
+$$ SELECT floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint $$;
+
+-- Returns a job to pending, due at p_run_at. A check whose (target, key) already has a pending job
+-- merges into it (its count added), since one check serves both; if such a job appears meanwhile
+-- (another replica's accept), the unique index says so and the check merges into that one.
+CREATE FUNCTION hookgate_to_pending(p_id bigint, p_run_at bigint, p_reset boolean) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_job record;
+    v_sibling bigint;
+    v_now bigint := hookgate_now();
+BEGIN
+    SELECT kind, target, key, coalesced INTO v_job FROM jobs WHERE id = p_id;
+    LOOP
+        IF v_job.kind = 'check' THEN
+            SELECT id INTO v_sibling FROM jobs
+             WHERE kind = 'check' AND state = 'pending' AND target = v_job.target AND key = v_job.key
+               AND id <> p_id
+             FOR UPDATE;
+            IF FOUND THEN
+                UPDATE jobs SET coalesced = coalesced + v_job.coalesced, updated_at = v_now WHERE id = v_sibling;
+                UPDATE jobs SET state = 'done', claimed_until = NULL, updated_at = v_now,
+                                last_error = 'merged into pending check ' || v_sibling
+                 WHERE id = p_id;
+                RETURN;
+            END IF;
+        END IF;
+        BEGIN
+            UPDATE jobs SET state = 'pending', run_at = p_run_at, claimed_until = NULL, updated_at = v_now,
+                            attempts = CASE WHEN p_reset THEN 0 ELSE attempts END
+             WHERE id = p_id;
+            RETURN;
+        EXCEPTION WHEN unique_violation THEN
+            -- A pending check of this key was committed meanwhile: loop, and merge into it.
+        END;
+    END LOOP;
+END $$;
+
+-- Records a delivery and enqueues its jobs. Returns the jobs' ids, or NULL when the delivery id was
+-- seen within the window (a duplicate: nothing enqueued).
+CREATE FUNCTION hookgate_accept(
+    p_source text, p_delivery text, p_window bigint,
+    p_kinds text[], p_targets text[], p_keys text[], p_sources text[], p_events text[],
+    p_deliveries text[], p_rules text[], p_actions bigint[], p_headers text[], p_sign_withs text[],
+    p_bodies bytea[]
+) RETURNS bigint[] LANGUAGE plpgsql AS $$
+DECLARE
+    v_now bigint := hookgate_now();
+    v_ids bigint[];
+    v_id bigint;
+    v_fresh boolean;
+    v_sorted boolean;
+    i bigint;
+BEGIN
+    IF p_source IS NOT NULL THEN
+        -- Insert the id, or refresh it only if its last sighting is outside the window: a row comes
+        -- back exactly when the delivery is new. A concurrent insert of the same id waits for ours.
+        INSERT INTO deliveries (source, delivery, seen_at) VALUES (p_source, p_delivery, v_now)
+        ON CONFLICT (source, delivery) DO UPDATE SET seen_at = excluded.seen_at
+         WHERE deliveries.seen_at < v_now - p_window
+        RETURNING true INTO v_fresh;
+        IF v_fresh IS NULL THEN
+            RETURN NULL;
+        END IF;
+    END IF;
+    -- With several checks, ids are taken first in the jobs' order (the order they are delivered in,
+    -- within a target) and the rows written in (target, key) order, so deliveries touching the same
+    -- pending checks lock them in the same order and queue behind each other instead of deadlocking.
+    v_sorted := cardinality(array_positions(p_kinds, 'check')) > 1;
+    IF v_sorted THEN
+        SELECT array_agg(v ORDER BY v) INTO v_ids
+          FROM (SELECT nextval('jobs_id_seq') AS v FROM generate_series(1, cardinality(p_kinds))) AS s;
+    ELSE
+        v_ids := array_fill(NULL::bigint, ARRAY[cardinality(p_kinds)]);
+    END IF;
+    FOR i IN SELECT o FROM unnest(p_targets, p_keys) WITH ORDINALITY AS u(t, k, o)
+              ORDER BY CASE WHEN v_sorted THEN t END, CASE WHEN v_sorted THEN k END, o LOOP
+        -- Checks always have a key ('' when none is given), so the unique index sees them all.
+        INSERT INTO jobs (id, kind, target, key, source, event, delivery, rule, action, body, headers,
+                          sign_with, state, run_at, created_at, updated_at)
+        OVERRIDING SYSTEM VALUE
+        VALUES (coalesce(v_ids[i], nextval('jobs_id_seq')), p_kinds[i], p_targets[i],
+                CASE WHEN p_kinds[i] = 'check' THEN coalesce(p_keys[i], '') ELSE p_keys[i] END,
+                p_sources[i], p_events[i], p_deliveries[i], p_rules[i], p_actions[i], p_bodies[i],
+                p_headers[i], p_sign_withs[i], 'pending', v_now, v_now, v_now)
+        ON CONFLICT (target, key) WHERE kind = 'check' AND state = 'pending'
+        DO UPDATE SET coalesced = jobs.coalesced + 1, updated_at = excluded.updated_at
+        RETURNING id INTO v_id;
+        v_ids[i] := v_id;
+    END LOOP;
+    RETURN v_ids;
+END $$;
+
+-- Settles a job for the holder of lease p_lease. Returns 0, or 1: no such job, 2: claimed again since
+-- (then nothing is recorded).
+CREATE FUNCTION hookgate_settle(
+    p_id bigint, p_lease bigint, p_attempt integer, p_started bigint, p_duration bigint,
+    p_status integer, p_error text, p_outcome text, p_delay bigint
+) RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    v_now bigint := hookgate_now();
+BEGIN
+    IF p_outcome IN ('ack', 'dead') THEN
+        -- The common case in one write: the outcome and the attempt's summary, if the lease holds.
+        UPDATE jobs SET state = CASE p_outcome WHEN 'ack' THEN 'done' ELSE 'dead' END,
+                        claimed_until = NULL, updated_at = v_now,
+                        attempts = coalesce(p_attempt, attempts),
+                        last_status = CASE WHEN p_attempt IS NULL THEN last_status ELSE p_status END,
+                        last_error = CASE WHEN p_attempt IS NULL THEN last_error ELSE p_error END
+         WHERE id = p_id AND lease = p_lease;
+    ELSE
+        PERFORM 1 FROM jobs WHERE id = p_id AND lease = p_lease FOR UPDATE;
+    END IF;
+    IF NOT FOUND THEN
+        PERFORM 1 FROM jobs WHERE id = p_id;
+        RETURN CASE WHEN FOUND THEN 2 ELSE 1 END;
+    END IF;
+    IF p_attempt IS NOT NULL THEN
+        INSERT INTO attempts (job_id, attempt, started_at, duration_ms, status, error)
+        VALUES (p_id, p_attempt, p_started, p_duration, p_status, p_error)
+        ON CONFLICT (job_id, attempt) DO UPDATE
+           SET started_at = excluded.started_at, duration_ms = excluded.duration_ms,
+               status = excluded.status, error = excluded.error;
+    END IF;
+    IF p_outcome NOT IN ('ack', 'dead') THEN
+        IF p_attempt IS NOT NULL THEN
+            UPDATE jobs SET attempts = p_attempt, last_status = p_status, last_error = p_error
+             WHERE id = p_id;
+        END IF;
+        PERFORM hookgate_to_pending(p_id, v_now + CASE WHEN p_outcome = 'retry' THEN p_delay ELSE 0 END, false);
+    END IF;
+    RETURN 0;
+END $$;
+
+-- Puts a dead job back to pending with its attempts reset and a new lease. Returns the state it was
+-- in ('dead' when requeued), or NULL when there is no such job.
+CREATE FUNCTION hookgate_requeue(p_id bigint) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    v_state text;
+BEGIN
+    SELECT state INTO v_state FROM jobs WHERE id = p_id FOR UPDATE;
+    IF FOUND AND v_state = 'dead' THEN
+        UPDATE jobs SET lease = lease + 1 WHERE id = p_id;
+        PERFORM hookgate_to_pending(p_id, hookgate_now(), true);
+    END IF;
+    RETURN v_state;
+END $$;
+
+-- Returns claims whose visibility timeout passed to pending: their holder died or hangs.
+CREATE FUNCTION hookgate_expire() RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    v_job record;
+    v_count integer := 0;
+BEGIN
+    FOR v_job IN SELECT id FROM jobs WHERE state = 'inflight' AND claimed_until < hookgate_now()
+                 FOR UPDATE SKIP LOCKED LOOP
+        PERFORM hookgate_to_pending(v_job.id, hookgate_now(), false);
+        v_count := v_count + 1;
+    END LOOP;
+    RETURN v_count;
+END $$;
+
+-- Claims up to p_limit due jobs of p_target for p_visibility ms, within its limits across every
+-- replica: p_concurrency unexpired claims at once (NULL: no limit), and a token bucket of
+-- p_rate_count tokens refilled over p_rate_per ms (NULL: no rate). The target's bucket row is locked
+-- for the claim, so claims of one target are serialized and each sees the others' commits.
+CREATE FUNCTION hookgate_claim(
+    p_target text, p_limit bigint, p_visibility bigint, p_concurrency bigint,
+    p_rate_count integer, p_rate_per bigint
+) RETURNS SETOF jobs LANGUAGE plpgsql AS $$
+DECLARE
+    v_now bigint;
+    v_limit bigint := p_limit;
+    v_inflight bigint;
+    v_bucket buckets%ROWTYPE;
+    v_tokens double precision;
+    v_claimed bigint;
+BEGIN
+    IF p_concurrency IS NOT NULL OR p_rate_count IS NOT NULL THEN
+        INSERT INTO buckets (target, tokens, at, rate_count, rate_per)
+        VALUES (p_target, coalesce(p_rate_count, 0), hookgate_now(), coalesce(p_rate_count, 0), coalesce(p_rate_per, 0))
+        ON CONFLICT (target) DO NOTHING;
+        SELECT * INTO v_bucket FROM buckets WHERE target = p_target FOR UPDATE;
+    END IF;
+    v_now := hookgate_now();
+    IF p_concurrency IS NOT NULL THEN
+        SELECT count(*) INTO v_inflight FROM jobs
+         WHERE state = 'inflight' AND target = p_target AND claimed_until >= v_now;
+        v_limit := least(v_limit, p_concurrency - v_inflight);
+    END IF;
+    IF p_rate_count IS NOT NULL THEN
+        IF v_bucket.rate_count = p_rate_count AND v_bucket.rate_per = p_rate_per THEN
+            v_tokens := least(p_rate_count::double precision,
+                              v_bucket.tokens + greatest(v_now - v_bucket.at, 0)::double precision * p_rate_count / p_rate_per);
+        ELSE
+            v_tokens := p_rate_count;
+        END IF;
+        v_limit := least(v_limit, floor(v_tokens)::bigint);
+    END IF;
+    IF v_limit <= 0 THEN
+        RETURN;
+    END IF;
+    RETURN QUERY
+    WITH picked AS (
+        SELECT j.id FROM jobs j
+         WHERE j.state = 'pending' AND j.target = p_target AND j.run_at <= v_now
+           AND NOT (j.kind = 'check' AND EXISTS (
+               SELECT 1 FROM jobs i
+                WHERE i.state = 'inflight' AND i.kind = 'check' AND i.target = j.target AND i.key = j.key))
+         ORDER BY j.run_at, j.id
+         LIMIT v_limit
+         FOR UPDATE SKIP LOCKED)
+    UPDATE jobs SET state = 'inflight', claimed_until = v_now + p_visibility, updated_at = v_now,
+                    lease = jobs.lease + 1
+      FROM picked WHERE jobs.id = picked.id
+    RETURNING jobs.*;
+    GET DIAGNOSTICS v_claimed = ROW_COUNT;
+    IF p_rate_count IS NOT NULL THEN
+        UPDATE buckets SET tokens = v_tokens - v_claimed, at = v_now, rate_count = p_rate_count,
+                           rate_per = p_rate_per
+         WHERE target = p_target;
+    END IF;
+END $$;
+"#,
+];
+
+const JOB_COLUMNS: &str = "id, kind, target, key, source, event, delivery, rule, action, body, headers, sign_with, \
+     state, attempts, coalesced, run_at, created_at, updated_at, last_status, last_error, lease";
+
+const ACCEPT: &str =
+    "SELECT hookgate_accept($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
+const SETTLE: &str = "SELECT hookgate_settle($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+
+type Reply<T> = oneshot::Sender<Result<T, QueueError>>;
+
+/// An operation for the writers.
+enum Op {
+    Accept {
+        seen: Option<(String, String)>,
+        window: Duration,
+        jobs: Vec<NewJob>,
+        reply: Reply<Accepted>,
+    },
+    Settle {
+        lease: Lease,
+        attempt: Option<Attempt>,
+        settle: Settle,
+        reply: Reply<()>,
+    },
+}
+
+/// The PostgreSQL queue of one replica: a connection pool and its writer tasks. Dropping it stops the
+/// writers after they have answered everything already sent.
+pub struct PostgresQueue {
+    pool: Pool,
+    tx: mpsc::Sender<Op>,
+    describe: String,
+}
+
+impl PostgresQueue {
+    /// Connects to `url`, checks the database, and migrates it (once, however many replicas start
+    /// together). Must be called within a Tokio runtime: the writers are tasks.
+    pub async fn open(url: &str) -> Result<PostgresQueue, QueueError> {
+        let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
+            QueueError::Storage(format!(
+                "the queue URL is not a PostgreSQL connection URL: {e}\nhelp: write it as `postgres://USER:PASSWORD@HOST:PORT/DATABASE`"
+            ))
+        })?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("hookgate");
+        }
+        let describe = describe(&config);
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .wait_timeout(Some(OP_TIMEOUT))
+            .create_timeout(Some(OP_TIMEOUT))
+            .recycle_timeout(Some(OP_TIMEOUT))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| QueueError::Storage(format!("cannot set up the connection pool: {e}")))?;
+        {
+            let mut client = get(&pool).await.map_err(|e| {
+                QueueError::Storage(format!(
+                    "{e}\nhelp: check that PostgreSQL runs at {describe} and accepts this user"
+                ))
+            })?;
+            let encoding: String = client
+                .query_one("SHOW server_encoding", &[])
+                .await
+                .map_err(pg)?
+                .get(0);
+            if encoding != "UTF8" {
+                return Err(QueueError::Storage(format!(
+                    "the database's encoding is `{encoding}`, not UTF8\nhelp: create the database with `CREATE DATABASE ... ENCODING 'UTF8' TEMPLATE template0`"
+                )));
+            }
+            migrate(&mut client).await?;
+        }
+        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+        let rx = Arc::new(Mutex::new(rx));
+        for _ in 0..WRITERS {
+            tokio::spawn(writer(pool.clone(), rx.clone()));
+        }
+        Ok(PostgresQueue { pool, tx, describe })
+    }
+
+    /// `postgres HOST:PORT/DATABASE`, for logs (never the password).
+    pub fn describe(&self) -> String {
+        self.describe.clone()
+    }
+
+    async fn call<T>(&self, op: impl FnOnce(Reply<T>) -> Op) -> Result<T, QueueError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.try_send(op(reply)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                QueueError::Storage("the queue's writers are overloaded".into())
+            }
+            mpsc::error::TrySendError::Closed(_) => QueueError::Closed,
+        })?;
+        rx.await.map_err(|_| QueueError::Closed)?
+    }
+}
+
+/// `work` within [`OP_TIMEOUT`].
+async fn timed<T>(work: impl Future<Output = Result<T, QueueError>>) -> Result<T, QueueError> {
+    tokio::time::timeout(OP_TIMEOUT, work)
+        .await
+        .unwrap_or_else(|_| Err(timed_out()))
+}
+
+fn describe(config: &tokio_postgres::Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let db = config
+        .get_dbname()
+        .or(config.get_user())
+        .unwrap_or("postgres");
+    format!("postgres {host}:{port}/{db}")
+}
+
+async fn get(pool: &Pool) -> Result<deadpool_postgres::Client, QueueError> {
+    pool.get().await.map_err(|e| {
+        use deadpool_postgres::PoolError;
+        QueueError::Storage(match e {
+            PoolError::Backend(e) => format!("cannot reach PostgreSQL: {}", reason(&e)),
+            PoolError::Timeout(_) => format!(
+                "cannot reach PostgreSQL: no connection within {}s",
+                OP_TIMEOUT.as_secs()
+            ),
+            other => format!("cannot reach PostgreSQL: {other}"),
+        })
+    })
+}
+
+fn timed_out() -> QueueError {
+    QueueError::Storage(format!(
+        "PostgreSQL did not answer within {}s",
+        OP_TIMEOUT.as_secs()
+    ))
+}
+
+/// A database error's own message, or the error as tokio-postgres says it.
+fn reason(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => db.message().to_string(),
+        None => e.to_string(),
+    }
+}
+
+fn pg(e: tokio_postgres::Error) -> QueueError {
+    if e.is_closed() || e.as_db_error().is_none() {
+        QueueError::Storage(format!("lost the connection to PostgreSQL: {}", reason(&e)))
+    } else {
+        QueueError::Storage(format!("PostgreSQL: {}", reason(&e)))
+    }
+}
+
+/// Lost a race with another transaction: worth running again.
+fn is_race(e: &tokio_postgres::Error) -> bool {
+    matches!(
+        e.code(),
+        Some(c) if *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE
+    )
+}
+
+async fn migrate(client: &mut deadpool_postgres::Client) -> Result<(), QueueError> {
+    let tx = client.transaction().await.map_err(pg)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(pg)?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS hookgate_schema (version integer NOT NULL)")
+        .await
+        .map_err(pg)?;
+    let version: Option<i32> = tx
+        .query_opt("SELECT version FROM hookgate_schema", &[])
+        .await
+        .map_err(pg)?
+        .map(|r| r.get(0));
+    let version = match version {
+        Some(v) => v as usize,
+        None => {
+            tx.execute("INSERT INTO hookgate_schema (version) VALUES (0)", &[])
+                .await
+                .map_err(pg)?;
+            0
+        }
+    };
+    if version > MIGRATIONS.len() {
+        return Err(QueueError::Storage(format!(
+            "the database is at schema version {version}, newer than this gateway ({})\nhelp: use a newer gateway",
+            MIGRATIONS.len()
+        )));
+    }
+    for sql in &MIGRATIONS[version..] {
+        tx.batch_execute(sql).await.map_err(pg)?;
+    }
+    tx.execute(
+        "UPDATE hookgate_schema SET version = $1",
+        &[&(MIGRATIONS.len() as i32)],
+    )
+    .await
+    .map_err(pg)?;
+    tx.commit().await.map_err(pg)
+}
+
+/// A writer: takes a batch, runs it, answers; until every sender is gone.
+async fn writer(pool: Pool, rx: Arc<Mutex<mpsc::Receiver<Op>>>) {
+    loop {
+        let batch = {
+            let mut rx = rx.lock().await;
+            let Some(first) = rx.recv().await else {
+                return;
+            };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
+                }
+            }
+            batch
+        };
+        run_batch(&pool, batch).await;
+    }
+}
+
+/// What an operation's statement returned.
+enum Outcome {
+    Accepted(Option<Vec<i64>>),
+    Settled(i32),
+}
+
+type Results = Vec<Result<Outcome, tokio_postgres::Error>>;
+
+/// Why a pipelined batch did not go through.
+enum Failure {
+    /// A statement failed, so PostgreSQL rolled the transaction back: nothing was written.
+    RolledBack,
+    /// The connection or the session failed.
+    Error(tokio_postgres::Error),
+}
+
+/// Runs a batch as one pipelined transaction; if a statement fails, runs each operation alone.
+async fn run_batch(pool: &Pool, batch: Vec<Op>) {
+    let client = match tokio::time::timeout(OP_TIMEOUT, get(pool)).await {
+        Ok(Ok(client)) => client,
+        Ok(Err(e)) => return fail_all(batch, &e.to_string()),
+        Err(_) => return fail_all(batch, &timed_out().to_string()),
+    };
+    let work = async {
+        match pipelined(&client, &batch, true).await {
+            Err(Failure::RolledBack) => pipelined(&client, &batch, false).await,
+            other => other,
+        }
+    };
+    let results = match tokio::time::timeout(OP_TIMEOUT, work).await {
+        Ok(Ok(results)) => results,
+        Ok(Err(failure)) => {
+            // The connection broke mid-batch: whether the COMMIT happened is unknown, so nobody
+            // hears "done" (an accept's sender retries, and deduplication catches a committed one).
+            let message = match failure {
+                Failure::Error(e) => pg(e).to_string(),
+                Failure::RolledBack => "the transaction was rolled back".into(),
+            };
+            drop(deadpool_postgres::Object::take(client));
+            return fail_all(batch, &message);
+        }
+        Err(_) => {
+            // A transaction may still be open on that connection: close it.
+            drop(deadpool_postgres::Object::take(client));
+            return fail_all(batch, &timed_out().to_string());
+        }
+    };
+    for (op, result) in batch.into_iter().zip(results) {
+        answer(op, result.map_err(pg));
+    }
+}
+
+/// Sends every operation's statement down the connection before reading any answer; with
+/// `transaction`, between `BEGIN` and `COMMIT`, else each statement is its own transaction (and one
+/// that lost a deadlock with another replica is run again).
+async fn pipelined(
+    client: &deadpool_postgres::Client,
+    batch: &[Op],
+    transaction: bool,
+) -> Result<Results, Failure> {
+    let accept = client
+        .prepare_cached(ACCEPT)
+        .await
+        .map_err(Failure::Error)?;
+    let settle = client
+        .prepare_cached(SETTLE)
+        .await
+        .map_err(Failure::Error)?;
+    let begin = async {
+        if transaction {
+            client.batch_execute("BEGIN").await
+        } else {
+            Ok(())
+        }
+    };
+    let statements = join_all(batch.iter().map(|op| run_op(client, &accept, &settle, op)));
+    let commit = async {
+        if transaction {
+            client.batch_execute("COMMIT").await
+        } else {
+            Ok(())
+        }
+    };
+    // Polled in this order, so sent in this order: BEGIN, the statements, COMMIT.
+    let (begin, mut results, commit) = tokio::join!(begin, statements, commit);
+    begin.map_err(Failure::Error)?;
+    if let Some(i) = results.iter().position(Result::is_err) {
+        let server_said = results[i]
+            .as_ref()
+            .err()
+            .and_then(|e| e.as_db_error())
+            .is_some();
+        if client.is_closed() || !server_said {
+            // The connection broke, or a statement failed before it was sent (so the others may
+            // have committed): the outcome is unknown.
+            let Err(e) = results.swap_remove(i) else {
+                unreachable!("found as an error")
+            };
+            return Err(Failure::Error(e));
+        }
+        if transaction {
+            // PostgreSQL refused a statement and so answers COMMIT with a rollback, not an error.
+            return Err(Failure::RolledBack);
+        }
+    }
+    commit.map_err(Failure::Error)?;
+    if !transaction {
+        for (op, result) in batch.iter().zip(results.iter_mut()) {
+            for _ in 1..RACE_RETRIES {
+                if !result.as_ref().err().is_some_and(is_race) {
+                    break;
+                }
+                *result = run_op(client, &accept, &settle, op).await;
+            }
+        }
+    }
+    Ok(results)
+}
+
+/// An operation's one statement.
+async fn run_op(
+    client: &deadpool_postgres::Client,
+    accept: &tokio_postgres::Statement,
+    settle: &tokio_postgres::Statement,
+    op: &Op,
+) -> Result<Outcome, tokio_postgres::Error> {
+    match op {
+        Op::Accept {
+            seen, window, jobs, ..
+        } => {
+            let (source, delivery) = match seen {
+                Some((s, d)) => (Some(text(s)), Some(text(d))),
+                None => (None, None),
+            };
+            let window = window.as_millis() as i64;
+            let kinds: Vec<&str> = jobs.iter().map(|j| j.kind.as_str()).collect();
+            let targets: Vec<Cow<'_, str>> = jobs.iter().map(|j| text(&j.target)).collect();
+            let keys: Vec<Option<Cow<'_, str>>> =
+                jobs.iter().map(|j| j.key.as_deref().map(text)).collect();
+            let sources: Vec<Cow<'_, str>> = jobs.iter().map(|j| text(&j.source)).collect();
+            let events: Vec<Option<Cow<'_, str>>> =
+                jobs.iter().map(|j| j.event.as_deref().map(text)).collect();
+            let deliveries: Vec<Cow<'_, str>> = jobs.iter().map(|j| text(&j.delivery)).collect();
+            let rules: Vec<Cow<'_, str>> = jobs.iter().map(|j| text(&j.rule)).collect();
+            let actions: Vec<i64> = jobs.iter().map(|j| i64::from(j.action)).collect();
+            let headers: Vec<String> = jobs
+                .iter()
+                .map(|j| {
+                    text(&serde_json::to_string(&j.headers).unwrap_or_else(|_| "[]".into()))
+                        .into_owned()
+                })
+                .collect();
+            let sign_withs: Vec<Option<Cow<'_, str>>> = jobs
+                .iter()
+                .map(|j| j.sign_with.as_deref().map(text))
+                .collect();
+            let bodies: Vec<&[u8]> = jobs.iter().map(|j| j.body.as_slice()).collect();
+            let row = client
+                .query_one(
+                    accept,
+                    &[
+                        &source,
+                        &delivery,
+                        &window,
+                        &kinds,
+                        &targets,
+                        &keys,
+                        &sources,
+                        &events,
+                        &deliveries,
+                        &rules,
+                        &actions,
+                        &headers,
+                        &sign_withs,
+                        &bodies,
+                    ],
+                )
+                .await?;
+            Ok(Outcome::Accepted(row.try_get(0)?))
+        }
+        Op::Settle {
+            lease,
+            attempt,
+            settle: how,
+            ..
+        } => {
+            let (outcome, delay) = match how {
+                Settle::Ack => ("ack", 0),
+                Settle::DeadLetter => ("dead", 0),
+                Settle::Retry { delay } => ("retry", delay.as_millis() as i64),
+                Settle::Release => ("release", 0),
+            };
+            let a = attempt.as_ref();
+            let row = client
+                .query_one(
+                    settle,
+                    &[
+                        &lease.id,
+                        &lease.token,
+                        &a.map(|a| a.attempt as i32),
+                        &a.map(|a| a.started_at),
+                        &a.map(|a| a.duration_ms as i64),
+                        &a.and_then(|a| a.status).map(i32::from),
+                        &a.and_then(|a| a.error.as_deref()).map(text),
+                        &outcome,
+                        &delay,
+                    ],
+                )
+                .await?;
+            Ok(Outcome::Settled(row.try_get(0)?))
+        }
+    }
+}
+
+/// PostgreSQL's text cannot hold NUL: it is stored as U+FFFD (a key or delivery id that had one
+/// still coalesces and deduplicates consistently; bodies are bytes and stored exactly).
+fn text(s: &str) -> Cow<'_, str> {
+    if s.contains('\0') {
+        Cow::Owned(s.replace('\0', "\u{FFFD}"))
+    } else {
+        Cow::Borrowed(s)
+    }
+}
+
+fn answer(op: Op, result: Result<Outcome, QueueError>) {
+    match (op, result) {
+        (Op::Accept { reply, .. }, Ok(Outcome::Accepted(ids))) => {
+            let _ = reply.send(Ok(match ids {
+                None => Accepted::Duplicate,
+                Some(ids) => Accepted::Enqueued(ids),
+            }));
+        }
+        (Op::Settle { lease, reply, .. }, Ok(Outcome::Settled(code))) => {
+            let _ = reply.send(match code {
+                0 => Ok(()),
+                1 => Err(QueueError::NoSuchJob(lease.id)),
+                _ => Err(QueueError::LeaseLost(lease.id)),
+            });
+        }
+        (op, Err(e)) => fail(op, e),
+        (op, Ok(_)) => fail(op, QueueError::Storage("unexpected answer".into())),
+    }
+}
+
+fn fail_all(batch: Vec<Op>, message: &str) {
+    for op in batch {
+        fail(op, QueueError::Storage(message.to_string()));
+    }
+}
+
+fn fail(op: Op, e: QueueError) {
+    match op {
+        Op::Accept { reply, .. } => {
+            let _ = reply.send(Err(e));
+        }
+        Op::Settle { reply, .. } => {
+            let _ = reply.send(Err(e));
+        }
+    }
+}
+
+impl QueueBackend for PostgresQueue {
+    async fn accept(
+        &self,
+        seen: Option<(String, String)>,
+        window: Duration,
+        jobs: Vec<NewJob>,
+    ) -> Result<Accepted, QueueError> {
+        self.call(|reply| Op::Accept {
+            seen,
+            window,
+            jobs,
+            reply,
+        })
+        .await
+    }
+
+    async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<Vec<i64>, QueueError> {
+        match self.accept(None, Duration::ZERO, jobs).await? {
+            Accepted::Enqueued(ids) => Ok(ids),
+            Accepted::Duplicate => unreachable!("without a delivery id nothing is a duplicate"),
+        }
+    }
+
+    async fn due_targets(&self) -> Result<Vec<(String, i64)>, QueueError> {
+        timed(async {
+            let client = get(&self.pool).await?;
+            let expire = client
+                .prepare_cached("SELECT hookgate_expire()")
+                .await
+                .map_err(pg)?;
+            client.query_one(&expire, &[]).await.map_err(pg)?;
+            // A skip scan of the `(state, target, run_at)` index, as in SQLite: one probe per distinct
+            // pending target, so the cost follows the number of targets, not of pending jobs.
+            let due = client
+                .prepare_cached(
+                    "WITH RECURSIVE targets(name) AS (
+                         SELECT (SELECT min(target) FROM jobs WHERE state = 'pending')
+                         UNION ALL
+                         SELECT (SELECT min(target) FROM jobs WHERE state = 'pending' AND target > name)
+                         FROM targets WHERE name IS NOT NULL)
+                     SELECT name, (SELECT min(run_at) FROM jobs WHERE state = 'pending' AND target = name)
+                     FROM targets WHERE name IS NOT NULL",
+                )
+                .await
+                .map_err(pg)?;
+            let rows = client.query(&due, &[]).await.map_err(pg)?;
+            rows.iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                .collect::<Result<_, tokio_postgres::Error>>()
+                .map_err(pg)
+        })
+        .await
+    }
+
+    async fn claim(
+        &self,
+        target: &str,
+        limits: ClaimLimits,
+        limit: usize,
+        visibility: Duration,
+    ) -> Result<Vec<Job>, QueueError> {
+        let target = text(target);
+        timed(async {
+            let client = get(&self.pool).await?;
+            let claim = client
+                .prepare_cached(&format!(
+                    "SELECT {JOB_COLUMNS} FROM hookgate_claim($1, $2, $3, $4, $5, $6)"
+                ))
+                .await
+                .map_err(pg)?;
+            let concurrency =
+                (limits.concurrency != u32::MAX).then_some(i64::from(limits.concurrency));
+            let rate_count = limits.rate.map(|r| r.count as i32);
+            let rate_per = limits.rate.map(|r| r.per.as_millis().max(1) as i64);
+            let rows = client
+                .query(
+                    &claim,
+                    &[
+                        &target,
+                        &(limit as i64),
+                        &(visibility.as_millis() as i64),
+                        &concurrency,
+                        &rate_count,
+                        &rate_per,
+                    ],
+                )
+                .await
+                .map_err(pg)?;
+            let mut jobs = rows
+                .iter()
+                .map(job_from_row)
+                .collect::<Result<Vec<_>, _>>()?;
+            jobs.sort_by_key(|j| (j.run_at, j.id));
+            Ok(jobs)
+        })
+        .await
+    }
+
+    async fn settle(
+        &self,
+        lease: Lease,
+        attempt: Option<Attempt>,
+        settle: Settle,
+    ) -> Result<(), QueueError> {
+        self.call(|reply| Op::Settle {
+            lease,
+            attempt,
+            settle,
+            reply,
+        })
+        .await
+    }
+
+    async fn requeue(&self, id: i64) -> Result<(), QueueError> {
+        let state: Option<String> = timed(async {
+            let client = get(&self.pool).await?;
+            let requeue = client
+                .prepare_cached("SELECT hookgate_requeue($1)")
+                .await
+                .map_err(pg)?;
+            let row = client.query_one(&requeue, &[&id]).await.map_err(pg)?;
+            row.try_get(0).map_err(pg)
+        })
+        .await?;
+        match state.as_deref() {
+            Some("dead") => Ok(()),
+            Some(other) => Err(QueueError::NotDead(id, other.to_string())),
+            None => Err(QueueError::NoSuchJob(id)),
+        }
+    }
+
+    async fn list(&self, state: JobState, limit: usize) -> Result<Vec<Job>, QueueError> {
+        timed(async {
+            let client = get(&self.pool).await?;
+            let list = client
+                .prepare_cached(&format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs WHERE state = $1 ORDER BY id DESC LIMIT $2"
+                ))
+                .await
+                .map_err(pg)?;
+            let rows = client
+                .query(&list, &[&state.as_str(), &(limit as i64)])
+                .await
+                .map_err(pg)?;
+            rows.iter().map(job_from_row).collect()
+        })
+        .await
+    }
+
+    async fn get(&self, id: i64) -> Result<(Job, Vec<Attempt>), QueueError> {
+        timed(async {
+            let client = get(&self.pool).await?;
+            let job = client
+                .prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"))
+                .await
+                .map_err(pg)?;
+            let attempts = client
+                .prepare_cached(
+                    "SELECT attempt, started_at, duration_ms, status, error FROM attempts
+                     WHERE job_id = $1 ORDER BY attempt",
+                )
+                .await
+                .map_err(pg)?;
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&id];
+            let (job, attempts) = tokio::join!(
+                client.query_opt(&job, &params),
+                client.query(&attempts, &params)
+            );
+            let job = job_from_row(&job.map_err(pg)?.ok_or(QueueError::NoSuchJob(id))?)?;
+            let attempts = attempts
+                .map_err(pg)?
+                .iter()
+                .map(|r| {
+                    Ok(Attempt {
+                        attempt: r.try_get::<_, i32>(0)? as u32,
+                        started_at: r.try_get(1)?,
+                        duration_ms: r.try_get::<_, i64>(2)? as u64,
+                        status: r.try_get::<_, Option<i32>>(3)?.map(|s| s as u16),
+                        error: r.try_get(4)?,
+                    })
+                })
+                .collect::<Result<_, tokio_postgres::Error>>()
+                .map_err(pg)?;
+            Ok((job, attempts))
+        })
+        .await
+    }
+
+    async fn stats(&self) -> Result<Stats, QueueError> {
+        timed(async {
+            let client = get(&self.pool).await?;
+            let by_state = client
+                .prepare_cached("SELECT state, count(*) FROM jobs GROUP BY state")
+                .await
+                .map_err(pg)?;
+            let by_target = client
+                .prepare_cached(
+                    "SELECT target, count(*) FROM jobs WHERE state = 'pending' GROUP BY target ORDER BY target",
+                )
+                .await
+                .map_err(pg)?;
+            let (by_state, by_target) = tokio::join!(
+                client.query(&by_state, &[]),
+                client.query(&by_target, &[])
+            );
+            let mut s = Stats::default();
+            for row in by_state.map_err(pg)? {
+                let state: String = row.try_get(0).map_err(pg)?;
+                let n = row.try_get::<_, i64>(1).map_err(pg)? as u64;
+                match JobState::parse(&state) {
+                    Some(JobState::Pending) => s.pending = n,
+                    Some(JobState::Inflight) => s.inflight = n,
+                    Some(JobState::Done) => s.done = n,
+                    Some(JobState::Dead) => s.dead = n,
+                    None => {}
+                }
+            }
+            s.pending_by_target = by_target
+                .map_err(pg)?
+                .iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get::<_, i64>(1)? as u64)))
+                .collect::<Result<_, tokio_postgres::Error>>()
+                .map_err(pg)?;
+            Ok(s)
+        })
+        .await
+    }
+
+    async fn prune(&self, before: i64) -> Result<u64, QueueError> {
+        timed(async {
+            let client = get(&self.pool).await?;
+            // Attempts go with their jobs (ON DELETE CASCADE).
+            let jobs = client
+                .execute(
+                    "DELETE FROM jobs WHERE state IN ('done', 'dead') AND updated_at < $1",
+                    &[&before],
+                )
+                .await
+                .map_err(pg)?;
+            client
+                .execute("DELETE FROM deliveries WHERE seen_at < $1", &[&before])
+                .await
+                .map_err(pg)?;
+            Ok(jobs)
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), QueueError> {
+        timed(async {
+            let client = get(&self.pool).await?;
+            client.simple_query("SELECT 1").await.map_err(pg)?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+fn job_from_row(r: &Row) -> Result<Job, QueueError> {
+    let bad = |what: &str| QueueError::Storage(format!("a job row has an unknown {what}"));
+    let row = || -> Result<Job, tokio_postgres::Error> {
+        Ok(Job {
+            id: r.try_get(0)?,
+            kind: JobKind::Notify,
+            target: r.try_get(2)?,
+            key: r.try_get(3)?,
+            source: r.try_get(4)?,
+            event: r.try_get(5)?,
+            delivery: r.try_get(6)?,
+            rule: r.try_get(7)?,
+            action: r.try_get::<_, i64>(8)? as u32,
+            body: r.try_get(9)?,
+            headers: Vec::new(),
+            sign_with: r.try_get(11)?,
+            state: JobState::Pending,
+            attempts: r.try_get::<_, i32>(13)? as u32,
+            coalesced: r.try_get::<_, i32>(14)? as u32,
+            run_at: r.try_get(15)?,
+            created_at: r.try_get(16)?,
+            updated_at: r.try_get(17)?,
+            last_status: r.try_get::<_, Option<i32>>(18)?.map(|s| s as u16),
+            last_error: r.try_get(19)?,
+            lease: r.try_get(20)?,
+        })
+    };
+    let mut job = row().map_err(pg)?;
+    let kind: &str = r.try_get(1).map_err(pg)?;
+    let state: &str = r.try_get(12).map_err(pg)?;
+    let headers: &str = r.try_get(10).map_err(pg)?;
+    job.kind = JobKind::parse(kind).ok_or_else(|| bad("job kind"))?;
+    job.state = JobState::parse(state).ok_or_else(|| bad("job state"))?;
+    job.headers = serde_json::from_str(headers).map_err(|_| bad("headers"))?;
+    Ok(job)
+}

@@ -1,0 +1,1059 @@
+//! One conformance suite for every queue backend: each test runs against the embedded SQLite queue and
+//! against PostgreSQL (a real server, started by `support::pg`). The `replicas` tests open two
+//! PostgreSQL queues on one database — two gateway replicas — and check that deduplication,
+//! coalescing, leases and a target's limits hold across them.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hookgate::queue::{
+    Accepted, Attempt, ClaimLimits, JobKind, JobState, Lease, NewJob, Queue, QueueBackend,
+    QueueError, Settle,
+};
+use hookgate::ruleset::Rate;
+use support::pg::{Backend, Store};
+
+const MINUTE: Duration = Duration::from_secs(60);
+const WAIT: Duration = Duration::from_secs(10);
+
+fn job(kind: JobKind, target: &str, key: Option<&str>) -> NewJob {
+    NewJob {
+        kind,
+        target: target.into(),
+        key: key.map(String::from),
+        source: "acme".into(),
+        event: Some("push".into()),
+        delivery: "d-1".into(),
+        rule: "r".into(),
+        action: 0,
+        body: b"{}".to_vec(),
+        headers: vec![("content-type".into(), "application/json".into())],
+        sign_with: None,
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn concurrency(n: u32) -> ClaimLimits {
+    ClaimLimits {
+        concurrency: n,
+        rate: None,
+    }
+}
+
+/// Waits until `check` holds, asking again every 20 ms; fails after [`WAIT`].
+async fn eventually<F: Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
+    let deadline = Instant::now() + WAIT;
+    while !check().await {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Backend::Postgres).await
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    jobs_survive_reopening_and_in_flight_ones_come_back,
+    due_targets_give_each_target_with_pending_jobs_its_earliest_due_time,
+    pending_checks_coalesce_and_in_flight_ones_get_a_successor,
+    a_retried_check_merges_into_a_newer_pending_one,
+    retries_wait_dead_letters_stay_and_requeue,
+    expired_claims_return_to_pending_and_pruning_removes_old_records,
+    deliveries_are_deduplicated_within_the_window_atomically_with_their_jobs,
+    a_newer_schema_is_refused,
+    a_settle_under_an_outdated_lease_is_refused_and_records_nothing,
+    claims_hold_the_targets_concurrency,
+    concurrent_claims_hold_the_targets_concurrency_together,
+    claims_hold_the_targets_rate,
+    text_with_nul_characters_is_accepted,
+    many_concurrent_accepts_share_commits_and_each_gets_its_own_ids,
+    a_deliverys_jobs_are_claimed_in_their_order,
+);
+
+async fn jobs_survive_reopening_and_in_flight_ones_come_back(backend: Backend) {
+    let store = Store::new(backend);
+    // SQLite: a new process on the same directory returns every in-flight job at once (it is the only
+    // process). PostgreSQL: a new replica leaves other replicas' live claims alone; they come back when
+    // their visibility timeout passes.
+    let visibility = match backend {
+        Backend::Sqlite => MINUTE,
+        Backend::Postgres => Duration::from_millis(300),
+    };
+    {
+        let q = store.open().await;
+        let ids = q
+            .enqueue(vec![
+                job(JobKind::Notify, "t", None),
+                job(JobKind::Forward, "t", None),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(ids.len(), 2);
+        let claimed = q.claim("t", concurrency(4), 1, visibility).await.unwrap();
+        assert_eq!(
+            claimed.iter().map(|j| j.id).collect::<Vec<_>>(),
+            vec![ids[0]]
+        );
+        assert_eq!(claimed[0].state, JobState::Inflight);
+        assert_eq!(
+            claimed[0].headers,
+            vec![("content-type".to_string(), "application/json".to_string())]
+        );
+    }
+    let q = store.open().await;
+    if backend == Backend::Postgres {
+        let stats = q.stats().await.unwrap();
+        assert_eq!(
+            (stats.pending, stats.inflight),
+            (1, 1),
+            "a live claim stays with its holder"
+        );
+        let q = &q;
+        eventually("the expired claim returns to pending", move || async move {
+            q.due_targets().await.unwrap();
+            q.stats().await.unwrap().inflight == 0
+        })
+        .await;
+    }
+    let stats = q.stats().await.unwrap();
+    assert_eq!((stats.pending, stats.inflight), (2, 0));
+    assert_eq!(stats.pending_by_target, vec![("t".to_string(), 2)]);
+}
+
+async fn due_targets_give_each_target_with_pending_jobs_its_earliest_due_time(backend: Backend) {
+    let store = Store::new(backend);
+    let q = store.open().await;
+    q.ping().await.unwrap();
+    assert!(q.due_targets().await.unwrap().is_empty());
+    let mut ids = Vec::new();
+    for target in ["c", "a", "b", "a", "c", "a"] {
+        ids.extend(
+            q.enqueue(vec![job(JobKind::Notify, target, None)])
+                .await
+                .unwrap(),
+        );
+    }
+    // `a`'s first job retries in an hour: `a` is due at its next job's time, not then.
+    let first_a = q.claim("a", concurrency(4), 1, MINUTE).await.unwrap();
+    q.settle(
+        first_a[0].lease(),
+        None,
+        Settle::Retry {
+            delay: Duration::from_secs(3600),
+        },
+    )
+    .await
+    .unwrap();
+    // `b`'s only job is in flight: `b` is not due.
+    q.claim("b", concurrency(4), 1, MINUTE).await.unwrap();
+    let due = q.due_targets().await.unwrap();
+    let names: Vec<&str> = due.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(names, ["a", "c"]);
+    let created = q.get(ids[3]).await.unwrap().0.run_at;
+    assert_eq!(due[0].1, created, "a's earliest pending job");
+    assert!(due.iter().all(|(_, at)| *at <= now_ms()));
+}
+
+async fn pending_checks_coalesce_and_in_flight_ones_get_a_successor(backend: Backend) {
+    let store = Store::new(backend);
+    let q = store.open().await;
+    let a = q
+        .enqueue(vec![job(JobKind::Check, "ci", Some("app"))])
+        .await
+        .unwrap();
+    let b = q
+        .enqueue(vec![
+            job(JobKind::Check, "ci", Some("app")),
+            job(JobKind::Check, "ci", Some("app")),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(b, vec![a[0], a[0]], "merged into the pending check");
+    let other = q
+        .enqueue(vec![job(JobKind::Check, "ci", Some("lib"))])
+        .await
+        .unwrap();
+    assert_ne!(other[0], a[0], "another key is another check");
+    let claimed = q.claim("ci", concurrency(10), 10, MINUTE).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+    let app = claimed.iter().find(|j| j.id == a[0]).unwrap();
+    assert_eq!(app.coalesced, 3);
+    // While `app` is in flight, a new request makes a new pending check, which is not due until the
+    // in-flight one settles.
+    let c = q
+        .enqueue(vec![job(JobKind::Check, "ci", Some("app"))])
+        .await
+        .unwrap();
+    assert_ne!(c[0], a[0]);
+    assert!(
+        q.claim("ci", concurrency(10), 10, MINUTE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        q.due_targets().await.unwrap().len(),
+        1,
+        "due, but not claimable:"
+    );
+    q.settle(app.lease(), None, Settle::Ack).await.unwrap();
+    let next = q.claim("ci", concurrency(10), 10, MINUTE).await.unwrap();
+    assert_eq!(next.iter().map(|j| j.id).collect::<Vec<_>>(), vec![c[0]]);
+}
+
+async fn a_retried_check_merges_into_a_newer_pending_one(backend: Backend) {
+    let store = Store::new(backend);
+    let q = store.open().await;
+    let a = q
+        .enqueue(vec![job(JobKind::Check, "ci", None)])
+        .await
+        .unwrap()[0];
+    let claimed = q.claim("ci", concurrency(4), 1, MINUTE).await.unwrap();
+    let b = q
+        .enqueue(vec![job(JobKind::Check, "ci", None)])
+        .await
+        .unwrap()[0];
+    let attempt = Attempt {
+        attempt: 1,
+        started_at: now_ms(),
+        duration_ms: 3,
+        status: Some(503),
+        error: Some("503".into()),
+    };
+    q.settle(
+        claimed[0].lease(),
+        Some(attempt),
+        Settle::Retry {
+            delay: Duration::from_secs(60),
+        },
+    )
+    .await
+    .unwrap();
+    let (merged, attempts) = q.get(a).await.unwrap();
+    assert_eq!(merged.state, JobState::Done);
+    assert_eq!(
+        merged.last_error.as_deref(),
+        Some(&*format!("merged into pending check {b}"))
+    );
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(q.get(b).await.unwrap().0.coalesced, 2);
+}
+
+async fn retries_wait_dead_letters_stay_and_requeue(backend: Backend) {
+    let store = Store::new(backend);
+    let q = store.open().await;
+    let id = q
+        .enqueue(vec![job(JobKind::Notify, "t", None)])
+        .await
+        .unwrap()[0];
+    let lease = q.claim("t", concurrency(4), 1, MINUTE).await.unwrap()[0].lease();
+    let attempt = |n| Attempt {
+        attempt: n,
+        started_at: now_ms(),
+        duration_ms: 1,
+        status: Some(500),
+        error: Some("HTTP 500".into()),
+    };
+    q.settle(
+        lease,
+        Some(attempt(1)),
+        Settle::Retry {
+            delay: Duration::from_secs(3600),
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        q.claim("t", concurrency(4), 1, MINUTE)
+            .await
+            .unwrap()
+            .is_empty(),
+        "not due for an hour"
+    );
+    let due = q.due_targets().await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert!(due[0].1 > now_ms() + 3_500_000);
+    // Nobody claimed it since: the lease still holds.
+    q.settle(lease, Some(attempt(2)), Settle::DeadLetter)
+        .await
+        .unwrap();
+    let dead = q.list(JobState::Dead, 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        (
+            dead[0].attempts,
+            dead[0].last_status,
+            dead[0].last_error.as_deref()
+        ),
+        (2, Some(500), Some("HTTP 500"))
+    );
+    assert!(matches!(
+        q.requeue(id + 1).await,
+        Err(QueueError::NoSuchJob(_))
+    ));
+    q.requeue(id).await.unwrap();
+    assert!(matches!(q.requeue(id).await, Err(QueueError::NotDead(..))));
+    assert!(
+        matches!(
+            q.settle(lease, None, Settle::Ack).await,
+            Err(QueueError::LeaseLost(_))
+        ),
+        "a requeued job has a new lease"
+    );
+    let again = q.claim("t", concurrency(4), 1, MINUTE).await.unwrap();
+    assert_eq!((again[0].id, again[0].attempts), (id, 0));
+    assert_eq!(
+        q.get(id).await.unwrap().1.len(),
+        2,
+        "attempts are kept as history"
+    );
+    assert!(matches!(
+        q.settle(Lease { id: 999, token: 1 }, None, Settle::Ack)
+            .await,
+        Err(QueueError::NoSuchJob(999))
+    ));
+}
+
+async fn expired_claims_return_to_pending_and_pruning_removes_old_records(backend: Backend) {
+    let store = Store::new(backend);
+    let q = store.open().await;
+    let id = q
+        .enqueue(vec![job(JobKind::Notify, "t", None)])
+        .await
+        .unwrap()[0];
+    q.claim("t", concurrency(4), 1, Duration::from_millis(1))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(q.due_targets().await.unwrap().len(), 1, "the claim expired");
+    let again = q.claim("t", concurrency(4), 1, MINUTE).await.unwrap();
+    assert_eq!(again[0].id, id);
+    q.settle(again[0].lease(), None, Settle::Ack).await.unwrap();
+    assert_eq!(q.prune(now_ms() - 60_000).await.unwrap(), 0, "too recent");
+    assert_eq!(q.prune(now_ms() + 1).await.unwrap(), 1);
+    assert!(matches!(q.get(id).await, Err(QueueError::NoSuchJob(_))));
+}
+
+async fn deliveries_are_deduplicated_within_the_window_atomically_with_their_jobs(
+    backend: Backend,
+) {
+    let store = Store::new(backend);
+    let q = store.open().await;
+    let seen = || Some(("acme".to_string(), "d-1".to_string()));
+    let day = Duration::from_secs(86_400);
+    let first = q
+        .accept(seen(), day, vec![job(JobKind::Notify, "t", None)])
+        .await
+        .unwrap();
+    assert!(matches!(first, Accepted::Enqueued(ref ids) if ids.len() == 1));
+    assert_eq!(
+        q.accept(seen(), day, vec![job(JobKind::Notify, "t", None)])
+            .await
+            .unwrap(),
+        Accepted::Duplicate
+    );
+    assert_eq!(
+        q.stats().await.unwrap().pending,
+        1,
+        "the duplicate enqueued nothing"
+    );
+    let other = Some(("other".to_string(), "d-1".to_string()));
+    assert!(
+        matches!(q.accept(other, day, vec![]).await.unwrap(), Accepted::Enqueued(ref ids) if ids.is_empty())
+    );
+    // Outside the window it is a new delivery again.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert!(matches!(
+        q.accept(seen(), Duration::from_millis(1), vec![])
+            .await
+            .unwrap(),
+        Accepted::Enqueued(_)
+    ));
+    // No id, no deduplication.
+    assert!(matches!(
+        q.accept(None, day, vec![]).await.unwrap(),
+        Accepted::Enqueued(_)
+    ));
+}
+
+async fn a_newer_schema_is_refused(backend: Backend) {
+    let store = Store::new(backend);
+    drop(store.open().await);
+    match backend {
+        Backend::Sqlite => {
+            let file = std::path::Path::new(&store.spec()).join("hookgate.db");
+            let conn = rusqlite::Connection::open(file).unwrap();
+            conn.pragma_update(None, "user_version", 99i64).unwrap();
+        }
+        Backend::Postgres => {
+            support::pg::shared().psql(&store.spec(), "UPDATE hookgate_schema SET version = 99");
+        }
+    }
+    let err = Queue::open(&store.spec()).await.err().unwrap();
+    assert!(err.to_string().contains("schema version 99"), "{err}");
+}
+
+async fn a_settle_under_an_outdated_lease_is_refused_and_records_nothing(backend: Backend) {
+    let store = Store::new(backend);
+    let q = store.open().await;
+    let id = q
+        .enqueue(vec![job(JobKind::Notify, "t", None)])
+        .await
+        .unwrap()[0];
+    let first = q
+        .claim("t", concurrency(4), 1, Duration::from_millis(1))
+        .await
+        .unwrap()[0]
+        .lease();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    q.due_targets().await.unwrap();
+    let second = q.claim("t", concurrency(4), 1, MINUTE).await.unwrap()[0].lease();
+    assert_eq!(second.id, id);
+    assert_ne!(second.token, first.token);
+    // The first holder, late, reports a failure: refused, so the new holder's claim stands.
+    let late = Attempt {
+        attempt: 1,
+        started_at: now_ms(),
+        duration_ms: 9,
+        status: Some(500),
+        error: Some("HTTP 500".into()),
+    };
+    let refused = q.settle(first, Some(late), Settle::DeadLetter).await;
+    assert!(
+        matches!(refused, Err(QueueError::LeaseLost(i)) if i == id),
+        "{refused:?}"
+    );
+    let (job, attempts) = q.get(id).await.unwrap();
+    assert_eq!(
+        (job.state, job.attempts, job.lease),
+        (JobState::Inflight, 0, second.token)
+    );
+    assert!(attempts.is_empty());
+    q.settle(second, None, Settle::Ack).await.unwrap();
+    assert_eq!(q.get(id).await.unwrap().0.state, JobState::Done);
+}
+
+async fn claims_hold_the_targets_concurrency(backend: Backend) {
+    let store = Store::new(backend);
+    let q = store.open().await;
+    q.enqueue((0..6).map(|_| job(JobKind::Notify, "t", None)).collect())
+        .await
+        .unwrap();
+    let first = q.claim("t", concurrency(2), 10, MINUTE).await.unwrap();
+    assert_eq!(first.len(), 2, "no more than the concurrency");
+    assert!(
+        q.claim("t", concurrency(2), 10, MINUTE)
+            .await
+            .unwrap()
+            .is_empty(),
+        "both slots are taken"
+    );
+    q.settle(first[0].lease(), None, Settle::Ack).await.unwrap();
+    assert_eq!(
+        q.claim("t", concurrency(2), 10, MINUTE)
+            .await
+            .unwrap()
+            .len(),
+        1,
+        "a settled job frees its slot"
+    );
+    assert_eq!(
+        q.claim("t", concurrency(4), 10, MINUTE)
+            .await
+            .unwrap()
+            .len(),
+        2,
+        "a larger limit (after a reload) counts the same claims"
+    );
+    // An expired claim does not hold a slot: its holder is presumed dead.
+    let store = Store::new(backend);
+    let q = store.open().await;
+    q.enqueue((0..3).map(|_| job(JobKind::Notify, "t", None)).collect())
+        .await
+        .unwrap();
+    q.claim("t", concurrency(1), 10, Duration::from_millis(1))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(
+        q.claim("t", concurrency(1), 10, MINUTE)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+async fn concurrent_claims_hold_the_targets_concurrency_together(backend: Backend) {
+    let store = Store::new(backend);
+    let q = Arc::new(store.open().await);
+    q.enqueue((0..50).map(|_| job(JobKind::Notify, "t", None)).collect())
+        .await
+        .unwrap();
+    let claims: Vec<_> = (0..20)
+        .map(|_| {
+            let q = q.clone();
+            tokio::spawn(async move { q.claim("t", concurrency(3), 5, MINUTE).await.unwrap() })
+        })
+        .collect();
+    let mut total = 0;
+    for c in claims {
+        total += c.await.unwrap().len();
+    }
+    assert_eq!(total, 3);
+    assert_eq!(q.stats().await.unwrap().inflight, 3);
+}
+
+async fn claims_hold_the_targets_rate(backend: Backend) {
+    let store = Store::new(backend);
+    let q = store.open().await;
+    q.enqueue((0..10).map(|_| job(JobKind::Notify, "t", None)).collect())
+        .await
+        .unwrap();
+    let limits = ClaimLimits {
+        concurrency: 100,
+        rate: Some(Rate {
+            count: 2,
+            per: Duration::from_secs(1),
+        }),
+    };
+    let start = Instant::now();
+    assert_eq!(
+        q.claim("t", limits, 10, MINUTE).await.unwrap().len(),
+        2,
+        "the bucket starts full"
+    );
+    assert!(q.claim("t", limits, 10, MINUTE).await.unwrap().is_empty());
+    // One token every 500 ms.
+    let deadline = Instant::now() + WAIT;
+    let next = loop {
+        let got = q.claim("t", limits, 10, MINUTE).await.unwrap();
+        if !got.is_empty() {
+            break got;
+        }
+        assert!(Instant::now() < deadline, "no token came back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(next.len(), 1);
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_millis(450),
+        "a third claim after {waited:?}"
+    );
+    // A changed rate starts a full bucket of the new size.
+    let faster = ClaimLimits {
+        rate: Some(Rate {
+            count: 3,
+            per: Duration::from_secs(1),
+        }),
+        ..limits
+    };
+    assert_eq!(q.claim("t", faster, 10, MINUTE).await.unwrap().len(), 3);
+}
+
+async fn text_with_nul_characters_is_accepted(backend: Backend) {
+    let store = Store::new(backend);
+    let q = store.open().await;
+    let nul = NewJob {
+        delivery: "d\0".into(),
+        ..job(JobKind::Check, "t", Some("a\0b"))
+    };
+    let seen = Some(("acme".to_string(), "id\0x".to_string()));
+    let day = Duration::from_secs(86_400);
+    let Accepted::Enqueued(ids) = q
+        .accept(seen.clone(), day, vec![nul.clone()])
+        .await
+        .unwrap()
+    else {
+        panic!("a new delivery")
+    };
+    assert_eq!(
+        q.accept(seen, day, vec![]).await.unwrap(),
+        Accepted::Duplicate
+    );
+    assert_eq!(q.enqueue(vec![nul]).await.unwrap(), ids, "coalesced by key");
+    let (stored, _) = q.get(ids[0]).await.unwrap();
+    let expected = match backend {
+        Backend::Sqlite => "a\0b",
+        // PostgreSQL's text cannot hold NUL: it becomes U+FFFD.
+        Backend::Postgres => "a\u{FFFD}b",
+    };
+    assert_eq!(stored.key.as_deref(), Some(expected));
+    assert_eq!(stored.coalesced, 2);
+}
+
+async fn many_concurrent_accepts_share_commits_and_each_gets_its_own_ids(backend: Backend) {
+    let store = Store::new(backend);
+    let q = Arc::new(store.open().await);
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let q = q.clone();
+            tokio::spawn(async move {
+                let seen = Some(("acme".to_string(), format!("d-{}", i % 100)));
+                let jobs = vec![
+                    job(JobKind::Notify, "t", None),
+                    job(JobKind::Forward, "u", None),
+                ];
+                q.accept(seen, Duration::from_secs(60), jobs).await.unwrap()
+            })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    let mut duplicates = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Accepted::Enqueued(i) => {
+                assert_eq!(i.len(), 2);
+                ids.extend(i);
+            }
+            Accepted::Duplicate => duplicates += 1,
+        }
+    }
+    assert_eq!(duplicates, 100, "each delivery id was accepted once");
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 200);
+    assert_eq!(q.stats().await.unwrap().pending, 200);
+}
+
+async fn a_deliverys_jobs_are_claimed_in_their_order(backend: Backend) {
+    let store = Store::new(backend);
+    let q = store.open().await;
+    let jobs = vec![
+        job(JobKind::Check, "t", Some("z")),
+        job(JobKind::Notify, "t", None),
+        job(JobKind::Check, "t", Some("a")),
+        job(JobKind::Forward, "t", None),
+    ];
+    let seen = Some(("acme".to_string(), "d-1".to_string()));
+    let Accepted::Enqueued(ids) = q.accept(seen, MINUTE, jobs).await.unwrap() else {
+        panic!("a new delivery")
+    };
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    let claimed: Vec<i64> = q
+        .claim("t", concurrency(10), 10, MINUTE)
+        .await
+        .unwrap()
+        .iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(claimed, ids);
+}
+
+/// Two replicas: two PostgreSQL queues on one database.
+mod replicas {
+    use super::*;
+
+    async fn two() -> (Store, Arc<Queue>, Arc<Queue>) {
+        let store = Store::new(Backend::Postgres);
+        let (a, b) = (Arc::new(store.open().await), Arc::new(store.open().await));
+        (store, a, b)
+    }
+
+    #[tokio::test]
+    async fn replicas_migrate_once_when_they_start_together() {
+        let store = Store::new(Backend::Postgres);
+        let opens: Vec<_> = (0..4)
+            .map(|_| {
+                let spec = store.spec();
+                tokio::spawn(async move { Queue::open(&spec).await.map(|_| ()) })
+            })
+            .collect();
+        for open in opens {
+            open.await.unwrap().unwrap();
+        }
+        let version =
+            support::pg::shared().psql(&store.spec(), "SELECT version FROM hookgate_schema");
+        assert_eq!(version, "1");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_delivery_sent_to_both_replicas_is_accepted_once() {
+        let (_store, a, b) = two().await;
+        let day = Duration::from_secs(86_400);
+        let seen = || Some(("acme".to_string(), "d-1".to_string()));
+        assert!(matches!(
+            a.accept(seen(), day, vec![job(JobKind::Notify, "t", None)])
+                .await
+                .unwrap(),
+            Accepted::Enqueued(_)
+        ));
+        assert_eq!(
+            b.accept(seen(), day, vec![job(JobKind::Notify, "t", None)])
+                .await
+                .unwrap(),
+            Accepted::Duplicate
+        );
+        // At the same moment on both: exactly one of each id gets in.
+        let tasks: Vec<_> = (0..40)
+            .map(|i| {
+                let q = if i % 2 == 0 { a.clone() } else { b.clone() };
+                tokio::spawn(async move {
+                    let seen = Some(("acme".to_string(), format!("race-{}", i / 4)));
+                    q.accept(seen, day, vec![job(JobKind::Notify, "t", None)])
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        let mut accepted = 0;
+        for t in tasks {
+            if matches!(t.await.unwrap(), Accepted::Enqueued(_)) {
+                accepted += 1;
+            }
+        }
+        assert_eq!(accepted, 10);
+        assert_eq!(a.stats().await.unwrap().pending, 11);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn checks_coalesce_across_replicas() {
+        let (_store, a, b) = two().await;
+        let tasks: Vec<_> = (0..40)
+            .map(|i| {
+                let q = if i % 2 == 0 { a.clone() } else { b.clone() };
+                tokio::spawn(async move {
+                    q.enqueue(vec![job(JobKind::Check, "ci", Some("app"))])
+                        .await
+                        .unwrap()[0]
+                })
+            })
+            .collect();
+        let mut ids = Vec::new();
+        for t in tasks {
+            ids.push(t.await.unwrap());
+        }
+        ids.dedup();
+        assert_eq!(ids.len(), 1, "one pending check: {ids:?}");
+        let claimed = b.claim("ci", concurrency(4), 10, MINUTE).await.unwrap();
+        assert_eq!((claimed.len(), claimed[0].coalesced), (1, 40));
+        // While it is in flight, requests on either replica make one successor, not claimable yet.
+        let c1 = a
+            .enqueue(vec![job(JobKind::Check, "ci", Some("app"))])
+            .await
+            .unwrap();
+        let c2 = b
+            .enqueue(vec![job(JobKind::Check, "ci", Some("app"))])
+            .await
+            .unwrap();
+        assert_eq!(c1, c2);
+        assert!(
+            a.claim("ci", concurrency(4), 10, MINUTE)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        b.settle(claimed[0].lease(), None, Settle::Ack)
+            .await
+            .unwrap();
+        assert_eq!(
+            a.claim("ci", concurrency(4), 10, MINUTE).await.unwrap()[0].id,
+            c1[0]
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dead_replicas_claims_pass_to_another_when_they_expire() {
+        let (store, a, b) = two().await;
+        let ids = a
+            .enqueue((0..5).map(|_| job(JobKind::Notify, "t", None)).collect())
+            .await
+            .unwrap();
+        let held = a
+            .claim("t", concurrency(10), 10, Duration::from_millis(400))
+            .await
+            .unwrap();
+        assert_eq!(held.len(), 5);
+        drop(a); // The replica dies holding every job.
+        assert!(
+            b.claim("t", concurrency(10), 10, MINUTE)
+                .await
+                .unwrap()
+                .is_empty(),
+            "live claims are not taken over"
+        );
+        let mut taken = Vec::new();
+        let deadline = Instant::now() + WAIT;
+        while taken.len() < 5 {
+            assert!(
+                Instant::now() < deadline,
+                "the jobs were not taken over: {taken:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            b.due_targets().await.unwrap();
+            taken.extend(b.claim("t", concurrency(10), 10, MINUTE).await.unwrap());
+        }
+        let mut got: Vec<i64> = taken.iter().map(|j| j.id).collect();
+        got.sort();
+        assert_eq!(got, ids);
+        // The dead replica's outcome, arriving late through a third one, cannot undo the new claims.
+        let late = store.open().await;
+        assert!(matches!(
+            late.settle(held[0].lease(), None, Settle::DeadLetter).await,
+            Err(QueueError::LeaseLost(_))
+        ));
+        for job in &taken {
+            b.settle(job.lease(), None, Settle::Ack).await.unwrap();
+        }
+        assert_eq!(late.stats().await.unwrap().done, 5);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrency_holds_across_replicas() {
+        let (_store, a, b) = two().await;
+        a.enqueue((0..40).map(|_| job(JobKind::Notify, "t", None)).collect())
+            .await
+            .unwrap();
+        let claims: Vec<_> = (0..20)
+            .map(|i| {
+                let q = if i % 2 == 0 { a.clone() } else { b.clone() };
+                tokio::spawn(async move { q.claim("t", concurrency(3), 3, MINUTE).await.unwrap() })
+            })
+            .collect();
+        let mut held = Vec::new();
+        for c in claims {
+            held.extend(c.await.unwrap());
+        }
+        assert_eq!(held.len(), 3, "three slots for both replicas together");
+        b.settle(held[0].lease(), None, Settle::Ack).await.unwrap();
+        assert_eq!(
+            a.claim("t", concurrency(3), 3, MINUTE).await.unwrap().len(),
+            1
+        );
+        assert!(
+            b.claim("t", concurrency(3), 3, MINUTE)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_rate_holds_across_replicas() {
+        let (_store, a, b) = two().await;
+        a.enqueue((0..200).map(|_| job(JobKind::Notify, "t", None)).collect())
+            .await
+            .unwrap();
+        let limits = ClaimLimits {
+            concurrency: 1000,
+            rate: Some(Rate {
+                count: 5,
+                per: Duration::from_secs(1),
+            }),
+        };
+        // Both replicas claim as fast as they can for 1.5 s.
+        let start = Instant::now();
+        let run = Duration::from_millis(1500);
+        let claimers: Vec<_> = [a.clone(), b.clone()]
+            .into_iter()
+            .map(|q| {
+                tokio::spawn(async move {
+                    let mut got = 0;
+                    while start.elapsed() < run {
+                        got += q.claim("t", limits, 10, MINUTE).await.unwrap().len();
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    got
+                })
+            })
+            .collect();
+        let mut per_replica = Vec::new();
+        for c in claimers {
+            per_replica.push(c.await.unwrap());
+        }
+        let total: usize = per_replica.iter().sum();
+        let elapsed = start.elapsed().as_secs_f64();
+        // A full bucket of 5, then 5 per second, for both together.
+        let most = 5 + (elapsed * 5.0).ceil() as usize;
+        assert!(
+            (7..=most).contains(&total),
+            "{total} claims ({per_replica:?}) in {elapsed:.2} s at 5 per second"
+        );
+    }
+}
+
+/// PostgreSQL going away and coming back.
+mod faults {
+    use super::*;
+    use support::pg::PgServer;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn operations_fail_fast_while_postgresql_is_down_and_work_again_when_it_is_back() {
+        let server = PgServer::start();
+        let q = Queue::open(&server.database()).await.unwrap();
+        let day = Duration::from_secs(86_400);
+        let seen = |id: &str| Some(("acme".to_string(), id.to_string()));
+        let jobs = || vec![job(JobKind::Notify, "t", None)];
+        assert!(matches!(
+            q.accept(seen("before"), day, jobs()).await.unwrap(),
+            Accepted::Enqueued(_)
+        ));
+
+        server.stop();
+        let start = Instant::now();
+        let refused = q.accept(seen("during"), day, jobs()).await;
+        assert!(
+            matches!(refused, Err(QueueError::Storage(ref m)) if m.contains("PostgreSQL")),
+            "{refused:?}"
+        );
+        assert!(
+            q.claim("t", concurrency(4), 10, MINUTE).await.is_err(),
+            "claims fail too"
+        );
+        assert!(q.stats().await.is_err());
+        assert!(q.ping().await.is_err(), "not ready");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "failing took {:?}",
+            start.elapsed()
+        );
+
+        server.start_again();
+        // No restart of the queue: the pool reconnects by itself.
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match q.accept(seen("after"), day, jobs()).await {
+                Ok(accepted) => {
+                    assert!(matches!(accepted, Accepted::Enqueued(_)));
+                    break;
+                }
+                Err(e) => assert!(Instant::now() < deadline, "never recovered: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        q.ping().await.unwrap();
+        assert_eq!(
+            q.accept(seen("before"), day, jobs()).await.unwrap(),
+            Accepted::Duplicate,
+            "what was committed before is still there"
+        );
+        assert_eq!(
+            q.stats().await.unwrap().pending,
+            2,
+            "the refused delivery left nothing"
+        );
+    }
+}
+
+/// Deliveries on two replicas touching the same checks in different orders: each delivery's checks are
+/// written in (target, key) order, so the replicas' transactions queue behind each other instead of
+/// deadlocking (a deadlock would stall both for a second). None may fail, and none may count twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crossing_checks_on_two_replicas_all_land_once() {
+    let store = Store::new(Backend::Postgres);
+    let (a, b) = (Arc::new(store.open().await), Arc::new(store.open().await));
+    let keys = ["k1", "k2", "k3"];
+    let tasks: Vec<_> = (0..120)
+        .map(|i| {
+            let q = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tokio::spawn(async move {
+                let mut order: Vec<&str> = keys.to_vec();
+                if i % 3 == 0 {
+                    order.reverse();
+                } else if i % 3 == 1 {
+                    order.rotate_left(1);
+                }
+                let jobs = order
+                    .iter()
+                    .map(|k| job(JobKind::Check, "ci", Some(k)))
+                    .collect();
+                let seen = Some(("acme".to_string(), format!("d-{i}")));
+                q.accept(seen, Duration::from_secs(60), jobs).await
+            })
+        })
+        .collect();
+    for t in tasks {
+        let accepted = t.await.unwrap();
+        assert!(
+            matches!(accepted, Ok(Accepted::Enqueued(ref ids)) if ids.len() == 3),
+            "{accepted:?}"
+        );
+    }
+    let claimed = a.claim("ci", concurrency(10), 10, MINUTE).await.unwrap();
+    assert_eq!(claimed.len(), 3);
+    assert!(claimed.iter().all(|j| j.coalesced == 120), "{claimed:?}");
+}
+
+/// One bad operation in a batch: PostgreSQL rolls the batch's transaction back, the writer runs each
+/// operation alone, and only the bad one fails — leaving nothing behind, not even its delivery id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_operation_fails_alone_and_leaves_nothing() {
+    let store = Store::new(Backend::Postgres);
+    let q = Arc::new(store.open().await);
+    let server = support::pg::shared();
+    server.psql(
+        &store.spec(),
+        "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN IF NEW.rule = 'poison' THEN RAISE EXCEPTION 'poisoned job'; END IF; RETURN NEW; END $$;
+         CREATE TRIGGER poison BEFORE INSERT ON jobs FOR EACH ROW EXECUTE FUNCTION poison();",
+    );
+    let seen = |i: usize| Some(("acme".to_string(), format!("d-{i}")));
+    let tasks: Vec<_> = (0..100)
+        .map(|i| {
+            let q = q.clone();
+            tokio::spawn(async move {
+                let rule = if i % 10 == 3 { "poison" } else { "r" };
+                let jobs = vec![
+                    job(JobKind::Notify, "t", None),
+                    NewJob {
+                        rule: rule.into(),
+                        ..job(JobKind::Notify, "t", None)
+                    },
+                ];
+                (i, q.accept(seen(i), Duration::from_secs(60), jobs).await)
+            })
+        })
+        .collect();
+    for t in tasks {
+        let (i, accepted) = t.await.unwrap();
+        if i % 10 == 3 {
+            assert!(
+                matches!(accepted, Err(QueueError::Storage(ref m)) if m.contains("poisoned job")),
+                "{i}: {accepted:?}"
+            );
+        } else {
+            assert!(
+                matches!(accepted, Ok(Accepted::Enqueued(ref ids)) if ids.len() == 2),
+                "{i}: {accepted:?}"
+            );
+        }
+    }
+    assert_eq!(q.stats().await.unwrap().pending, 180);
+    server.psql(&store.spec(), "DROP TRIGGER poison ON jobs");
+    assert!(
+        matches!(
+            q.accept(seen(3), Duration::from_secs(60), vec![])
+                .await
+                .unwrap(),
+            Accepted::Enqueued(_)
+        ),
+        "the failed delivery's id was not recorded: its redelivery is accepted"
+    );
+}
