@@ -184,6 +184,113 @@ impl Record {
     }
 }
 
+/// A record as the queue's database stores it: the lists as JSON text, the body as bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordRow {
+    pub id: String,
+    pub received_at: i64,
+    pub source: Option<String>,
+    pub delivery: Option<String>,
+    pub event: Option<String>,
+    pub status: i64,
+    pub outcome: String,
+    pub reason: Option<String>,
+    /// JSON array of rule names.
+    pub matched: String,
+    /// JSON array of actions (their `job` fields included).
+    pub actions: String,
+    pub rules_version: Option<String>,
+    pub replay_of: Option<String>,
+    /// JSON arrays of `[name, value]` pairs; `None` when nothing of the request was kept.
+    pub headers: Option<String>,
+    pub query: Option<String>,
+    pub body: Option<Vec<u8>>,
+    /// Bytes, for the byte bound.
+    pub size: i64,
+}
+
+impl Record {
+    /// The row to store; `jobs` (when given) are the ids of the actions' jobs, in order.
+    pub fn to_row(&self, jobs: Option<&[i64]>) -> RecordRow {
+        let mut actions = self.actions.clone();
+        if let Some(ids) = jobs {
+            for (a, id) in actions.iter_mut().zip(ids) {
+                a.job = Some(*id);
+            }
+        }
+        RecordRow {
+            id: self.id.clone(),
+            received_at: self.received_at,
+            source: self.source.clone(),
+            delivery: self.delivery.clone(),
+            event: self.event.clone(),
+            status: i64::from(self.status),
+            outcome: self.outcome.as_str().to_string(),
+            reason: self.reason.clone(),
+            matched: json(&self.matched),
+            actions: json(&actions),
+            rules_version: self.rules_version.clone(),
+            replay_of: self.replay_of.clone(),
+            headers: self.request.as_ref().map(|r| json(&r.headers)),
+            query: self.request.as_ref().map(|r| json(&r.query)),
+            body: self
+                .request
+                .as_ref()
+                .and_then(|r| r.body.as_ref().map(|b| b.to_vec())),
+            size: self.size() as i64,
+        }
+    }
+
+    /// The record a stored row holds (lists that do not parse are left empty).
+    pub fn from_row(row: RecordRow) -> Record {
+        let request = row.headers.map(|headers| RecordedRequest {
+            headers: serde_json::from_str(&headers).unwrap_or_default(),
+            query: row
+                .query
+                .and_then(|q| serde_json::from_str(&q).ok())
+                .unwrap_or_default(),
+            body: row.body.map(Bytes::from),
+        });
+        Record {
+            id: row.id,
+            received_at: row.received_at,
+            source: row.source,
+            delivery: row.delivery,
+            event: row.event,
+            status: u16::try_from(row.status).unwrap_or(0),
+            outcome: Outcome::parse(&row.outcome).unwrap_or(Outcome::Rejected),
+            reason: row.reason,
+            matched: serde_json::from_str(&row.matched).unwrap_or_default(),
+            actions: serde_json::from_str(&row.actions).unwrap_or_default(),
+            rules_version: row.rules_version,
+            replay_of: row.replay_of,
+            request,
+        }
+    }
+}
+
+/// JSON text of plain data (which cannot fail to serialise).
+fn json<T: Serialize + ?Sized>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "[]".into())
+}
+
+/// What the admin API shows of a target: its queue, and how its last deliveries went.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct TargetStats {
+    pub name: String,
+    pub pending: u64,
+    pub inflight: u64,
+    /// Unix ms: when the oldest pending job was created.
+    pub oldest_pending_at: Option<i64>,
+    /// Unix ms: when the next pending job is due (a retry's time, when it is one).
+    pub next_attempt_at: Option<i64>,
+    /// Unix ms of the last attempt of any outcome, and of the last that reached it (2xx).
+    pub last_attempt_at: Option<i64>,
+    pub last_delivery_at: Option<i64>,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<i64>,
+}
+
 /// A time-ordered, globally unique record id.
 pub fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
@@ -256,7 +363,13 @@ impl Default for LogConfig {
 pub struct DeliveryLog {
     config: LogConfig,
     ring: Mutex<Ring>,
+    /// Where records not stored with their jobs go to be stored too (replicas on PostgreSQL, so every
+    /// replica lists every replica's deliveries); `None` keeps them in memory only.
+    persist: Option<tokio::sync::mpsc::Sender<Arc<Record>>>,
 }
+
+/// Records waiting to be stored; past this, new ones are kept in memory only (and counted).
+pub const PERSIST_BACKLOG: usize = 10_000;
 
 #[derive(Default)]
 struct Ring {
@@ -269,6 +382,18 @@ impl DeliveryLog {
         DeliveryLog {
             config,
             ring: Mutex::new(Ring::default()),
+            persist: None,
+        }
+    }
+
+    /// A log that also hands every record not stored with its jobs to `persist`.
+    pub fn persisting(
+        config: LogConfig,
+        persist: tokio::sync::mpsc::Sender<Arc<Record>>,
+    ) -> DeliveryLog {
+        DeliveryLog {
+            persist: Some(persist),
+            ..DeliveryLog::new(config)
         }
     }
 
@@ -279,6 +404,12 @@ impl DeliveryLog {
     /// Appends a record, dropping the oldest past the bounds.
     pub fn append(&self, record: Record) -> Arc<Record> {
         let record = Arc::new(record);
+        if let Some(tx) = &self.persist
+            && record.outcome != Outcome::Accepted
+            && tx.try_send(record.clone()).is_err()
+        {
+            crate::metrics::records_not_stored();
+        }
         let size = record.size();
         let mut ring = self.lock();
         ring.bytes += size;

@@ -457,7 +457,12 @@ async fn deliver<Q: QueueBackend>(
     let result = http::send(&shared.client, target, &job, &rules).await;
     let duration_ms = clock.elapsed().as_millis() as u64;
     let attempt_no = job.attempts + 1;
-    let (settle, status, error) = decide(target, attempt_no, result);
+    // Retries are counted from the last requeue; attempt numbers keep rising across requeues.
+    let (settle, status, error) = decide(
+        target,
+        attempt_no - job.retry_base.min(job.attempts),
+        result,
+    );
     let outcome = match &settle {
         Settle::Ack => "delivered",
         Settle::Retry { .. } => "retry",

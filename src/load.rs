@@ -86,6 +86,18 @@ pub fn load_text(name: &str, path: Option<PathBuf>, bytes: &[u8], secrets: &dyn 
     load_with(name, path, bytes, secrets, Inputs::default())
 }
 
+/// Compiles a rules set from the texts of all its files, in load order (`RuleStore::texts`)
+/// (the delivery log stores them to explain deliveries against the rules that judged them). Nothing is
+/// read: `include`s are not followed, since every included file is among the texts.
+pub fn load_texts(texts: &[(String, String)], secrets: &dyn Secrets) -> Loaded {
+    let mut loader = Loader::new(Inputs::default());
+    loader.follow_includes = false;
+    for (name, text) in texts {
+        loader.add(name, None, text.as_bytes());
+    }
+    loader.finish(secrets)
+}
+
 fn load_with(
     name: &str,
     path: Option<PathBuf>,
@@ -93,48 +105,60 @@ fn load_with(
     secrets: &dyn Secrets,
     inputs: Inputs,
 ) -> Loaded {
-    let mut loader = Loader {
-        files: SourceMap::default(),
-        asts: Vec::new(),
-        diags: Diagnostics::default(),
-        seen: HashSet::new(),
-        stack: Vec::new(),
-        hasher: Sha256::new(),
-        io: inputs,
-    };
+    let mut loader = Loader::new(inputs);
     loader.add(name, path, bytes);
-    let Loader {
-        files,
-        asts,
-        mut diags,
-        hasher,
-        io: inputs,
-        ..
-    } = loader;
-    let hash = hex::encode(hasher.finalize());
-    let result = if diags.has_errors() {
-        diags.sort();
-        Err(diags)
-    } else {
-        match compile::compile(&files, &asts, secrets) {
-            Ok(mut compiled) => {
-                diags.extend(compiled.warnings);
-                diags.sort();
-                compiled.warnings = diags;
-                Ok(compiled)
-            }
-            Err(errors) => {
-                diags.extend(errors);
-                diags.sort();
-                Err(diags)
-            }
+    loader.finish(secrets)
+}
+
+impl Loader {
+    fn new(io: Inputs) -> Loader {
+        Loader {
+            files: SourceMap::default(),
+            asts: Vec::new(),
+            diags: Diagnostics::default(),
+            seen: HashSet::new(),
+            stack: Vec::new(),
+            hasher: Sha256::new(),
+            io,
+            follow_includes: true,
         }
-    };
-    Loaded {
-        files,
-        result,
-        hash,
-        inputs,
+    }
+
+    fn finish(self, secrets: &dyn Secrets) -> Loaded {
+        let loader = self;
+        let Loader {
+            files,
+            asts,
+            mut diags,
+            hasher,
+            io: inputs,
+            ..
+        } = loader;
+        let hash = hex::encode(hasher.finalize());
+        let result = if diags.has_errors() {
+            diags.sort();
+            Err(diags)
+        } else {
+            match compile::compile(&files, &asts, secrets) {
+                Ok(mut compiled) => {
+                    diags.extend(compiled.warnings);
+                    diags.sort();
+                    compiled.warnings = diags;
+                    Ok(compiled)
+                }
+                Err(errors) => {
+                    diags.extend(errors);
+                    diags.sort();
+                    Err(diags)
+                }
+            }
+        };
+        Loaded {
+            files,
+            result,
+            hash,
+            inputs,
+        }
     }
 }
 
@@ -148,6 +172,8 @@ struct Loader {
     stack: Vec<PathBuf>,
     hasher: Sha256,
     io: Inputs,
+    /// Off when every file is given (`load_texts`).
+    follow_includes: bool,
 }
 
 impl Loader {
@@ -207,6 +233,11 @@ impl Loader {
             })
             .collect();
         self.asts.push((file, ast));
+        let includes = if self.follow_includes {
+            includes
+        } else {
+            Vec::new()
+        };
         for include in includes {
             for interp in include.interps() {
                 self.diags.error(

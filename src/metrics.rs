@@ -23,6 +23,10 @@ struct Metrics {
     reloads: IntCounterVec,
     config_info: IntGaugeVec,
     config_generation: IntGauge,
+    records_not_stored: prometheus::IntCounter,
+    target_jobs: IntGaugeVec,
+    target_oldest_pending: prometheus::GaugeVec,
+    target_last_delivery: prometheus::GaugeVec,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -113,8 +117,47 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     registry
         .register(Box::new(config_generation.clone()))
         .unwrap_or_else(|e| unreachable!("registered once: {e}"));
+    let records_not_stored = prometheus::IntCounter::new(
+        "hookgate_delivery_records_not_stored_total",
+        "Delivery records kept only in memory because the store fell behind.",
+    )
+    .unwrap_or_else(|e| unreachable!("valid metric: {e}"));
+    registry
+        .register(Box::new(records_not_stored.clone()))
+        .unwrap_or_else(|e| unreachable!("registered once: {e}"));
+    let target_jobs = IntGaugeVec::new(
+        Opts::new(
+            "hookgate_target_jobs",
+            "Jobs of a target, by state, read at scrape.",
+        ),
+        &["target", "state"],
+    )
+    .unwrap_or_else(|e| unreachable!("valid metric: {e}"));
+    registry
+        .register(Box::new(target_jobs.clone()))
+        .unwrap_or_else(|e| unreachable!("registered once: {e}"));
+    let gauge = |name: &str, help: &str| {
+        let g = prometheus::GaugeVec::new(Opts::new(name, help), &["target"])
+            .unwrap_or_else(|e| unreachable!("valid metric: {e}"));
+        registry
+            .register(Box::new(g.clone()))
+            .unwrap_or_else(|e| unreachable!("registered once: {e}"));
+        g
+    };
+    let target_oldest_pending = gauge(
+        "hookgate_target_oldest_pending_age_seconds",
+        "Age of a target's oldest pending job (0 when none), read at scrape.",
+    );
+    let target_last_delivery = gauge(
+        "hookgate_target_last_delivery_timestamp_seconds",
+        "When a delivery last reached the target (2xx), Unix seconds.",
+    );
     Metrics {
         registry,
+        records_not_stored,
+        target_jobs,
+        target_oldest_pending,
+        target_last_delivery,
         requests,
         verification_failures,
         rule_matches,
@@ -174,6 +217,41 @@ pub fn queue(stats: &crate::queue::Stats) {
         ("dead", stats.dead),
     ] {
         METRICS.queue_jobs.with_label_values(&[state]).set(n as i64);
+    }
+}
+
+pub fn records_not_stored() {
+    METRICS.records_not_stored.inc();
+}
+
+/// Per-target gauges, read at scrape.
+pub fn targets(stats: &[crate::delivery_log::TargetStats], now_ms: i64) {
+    METRICS.target_jobs.reset();
+    METRICS.target_oldest_pending.reset();
+    METRICS.target_last_delivery.reset();
+    for t in stats {
+        let name = t.name.as_str();
+        METRICS
+            .target_jobs
+            .with_label_values(&[name, "pending"])
+            .set(t.pending as i64);
+        METRICS
+            .target_jobs
+            .with_label_values(&[name, "inflight"])
+            .set(t.inflight as i64);
+        METRICS
+            .target_oldest_pending
+            .with_label_values(&[name])
+            .set(
+                t.oldest_pending_at
+                    .map_or(0.0, |at| (now_ms - at).max(0) as f64 / 1000.0),
+            );
+        if let Some(at) = t.last_delivery_at {
+            METRICS
+                .target_last_delivery
+                .with_label_values(&[name])
+                .set(at as f64 / 1000.0);
+        }
     }
 }
 

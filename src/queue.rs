@@ -11,9 +11,12 @@ pub mod postgres;
 pub mod sqlite;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use crate::delivery_log::{Filter, Record, TargetStats};
 
 use crate::ruleset::Rate;
 
@@ -137,6 +140,9 @@ pub struct Job {
     /// How many times the job has been claimed: the token of its latest claim. Only that claim's
     /// holder can settle it (see [`Lease`]).
     pub lease: i64,
+    /// `attempts` when it was last re-queued: its retries are counted from here, while attempt numbers
+    /// keep rising (so every attempt stays on record).
+    pub retry_base: u32,
 }
 
 impl Job {
@@ -243,12 +249,25 @@ pub enum Accepted {
 pub trait QueueBackend: Send + Sync + 'static {
     /// Records a delivery and enqueues its jobs in one durable step. With `seen = Some((source,
     /// delivery id))`, a delivery already recorded within `window` is a duplicate: nothing is enqueued.
+    /// With a `record`, the delivery log's record of it is stored in the same step (as accepted, with
+    /// its actions' job ids), so an accepted delivery is never without its record.
+    fn accept_recorded(
+        &self,
+        seen: Option<(String, String)>,
+        window: Duration,
+        jobs: Vec<NewJob>,
+        record: Option<Arc<Record>>,
+    ) -> impl Future<Output = Result<Accepted, QueueError>> + Send;
+
+    /// [`QueueBackend::accept_recorded`] without a record.
     fn accept(
         &self,
         seen: Option<(String, String)>,
         window: Duration,
         jobs: Vec<NewJob>,
-    ) -> impl Future<Output = Result<Accepted, QueueError>> + Send;
+    ) -> impl Future<Output = Result<Accepted, QueueError>> + Send {
+        self.accept_recorded(seen, window, jobs, None)
+    }
 
     /// Stores jobs; returns their ids once they are durable. A `check` whose (target, key) already has
     /// a pending job merges into it (returning that job's id) instead of adding one.
@@ -281,7 +300,7 @@ pub trait QueueBackend: Send + Sync + 'static {
         settle: Settle,
     ) -> impl Future<Output = Result<(), QueueError>> + Send;
 
-    /// Puts a dead job back to pending with its attempts reset.
+    /// Puts a dead job back to pending with a fresh retry budget (its attempts stay on record).
     fn requeue(&self, id: i64) -> impl Future<Output = Result<(), QueueError>> + Send;
 
     /// Jobs in a state, newest first.
@@ -302,6 +321,48 @@ pub trait QueueBackend: Send + Sync + 'static {
     /// Answers once the queue can serve a request (for readiness checks): cheap, whatever the
     /// queue's size, unlike `stats`.
     fn ping(&self) -> impl Future<Output = Result<(), QueueError>> + Send;
+
+    /// Per target: pending and in-flight jobs, the oldest and the next due, and how its last attempts
+    /// went (recorded as jobs settle).
+    fn target_stats(&self) -> impl Future<Output = Result<Vec<TargetStats>, QueueError>> + Send;
+
+    /// Stores delivery-log records (those not stored by `accept_recorded`); a record already stored is
+    /// left as it is.
+    fn store_records(
+        &self,
+        records: Vec<Arc<Record>>,
+    ) -> impl Future<Output = Result<(), QueueError>> + Send;
+
+    /// Stored records passing `filter`, newest first, at most `filter.limit`.
+    fn list_records(
+        &self,
+        filter: Filter,
+    ) -> impl Future<Output = Result<Vec<Record>, QueueError>> + Send;
+
+    fn get_record(
+        &self,
+        id: String,
+    ) -> impl Future<Output = Result<Option<Record>, QueueError>> + Send;
+
+    /// Deletes records received before `before` (unix ms) and all but the newest `keep`.
+    fn prune_records(
+        &self,
+        before: i64,
+        keep: u64,
+    ) -> impl Future<Output = Result<u64, QueueError>> + Send;
+
+    /// Keeps the text of a rules version (its files, as JSON), so deliveries it judged can be explained
+    /// after a restart; storing a version twice changes nothing.
+    fn put_rules_version(
+        &self,
+        hash: String,
+        files: String,
+    ) -> impl Future<Output = Result<(), QueueError>> + Send;
+
+    fn get_rules_version(
+        &self,
+        hash: String,
+    ) -> impl Future<Output = Result<Option<String>, QueueError>> + Send;
 }
 
 /// The queue the gateway runs on: the embedded SQLite queue or PostgreSQL shared by replicas.
@@ -355,13 +416,14 @@ macro_rules! delegate {
 }
 
 impl QueueBackend for Queue {
-    async fn accept(
+    async fn accept_recorded(
         &self,
         seen: Option<(String, String)>,
         window: Duration,
         jobs: Vec<NewJob>,
+        record: Option<Arc<Record>>,
     ) -> Result<Accepted, QueueError> {
-        delegate!(self, q => q.accept(seen, window, jobs))
+        delegate!(self, q => q.accept_recorded(seen, window, jobs, record))
     }
 
     async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<Vec<i64>, QueueError> {
@@ -413,6 +475,34 @@ impl QueueBackend for Queue {
 
     async fn ping(&self) -> Result<(), QueueError> {
         delegate!(self, q => q.ping())
+    }
+
+    async fn target_stats(&self) -> Result<Vec<TargetStats>, QueueError> {
+        delegate!(self, q => q.target_stats())
+    }
+
+    async fn store_records(&self, records: Vec<Arc<Record>>) -> Result<(), QueueError> {
+        delegate!(self, q => q.store_records(records))
+    }
+
+    async fn list_records(&self, filter: Filter) -> Result<Vec<Record>, QueueError> {
+        delegate!(self, q => q.list_records(filter))
+    }
+
+    async fn get_record(&self, id: String) -> Result<Option<Record>, QueueError> {
+        delegate!(self, q => q.get_record(id))
+    }
+
+    async fn prune_records(&self, before: i64, keep: u64) -> Result<u64, QueueError> {
+        delegate!(self, q => q.prune_records(before, keep))
+    }
+
+    async fn put_rules_version(&self, hash: String, files: String) -> Result<(), QueueError> {
+        delegate!(self, q => q.put_rules_version(hash, files))
+    }
+
+    async fn get_rules_version(&self, hash: String) -> Result<Option<String>, QueueError> {
+        delegate!(self, q => q.get_rules_version(hash))
     }
 }
 

@@ -85,6 +85,10 @@ pub struct RuleStore {
     /// The sets served most recently (the current one included), newest last: the delivery log explains
     /// a delivery against the set that judged it.
     recent: Mutex<std::collections::VecDeque<Arc<RuleSet>>>,
+    /// The hash and file texts of the set now serving (the delivery log stores them).
+    texts: Mutex<(String, Vec<(String, String)>)>,
+    /// Told the hash of every set swapped in.
+    on_swap: Mutex<Option<tokio::sync::mpsc::UnboundedSender<String>>>,
 }
 
 /// How many rule sets `RuleStore::version` remembers.
@@ -164,6 +168,8 @@ fn digest_secret(loaded: &Result<SecretValue, String>) -> [u8; 32] {
 /// A compiled set with what the store keeps about it.
 struct Fresh {
     rules: RuleSet,
+    /// The texts of its files, for `RuleStore::texts`.
+    texts: Vec<(String, String)>,
     hash: String,
     fingerprint: String,
     files: Vec<String>,
@@ -198,6 +204,8 @@ impl RuleStore {
         Ok(RuleStore {
             path: path.to_path_buf(),
             recent: Mutex::new([rules.clone()].into()),
+            texts: Mutex::new((fresh.hash.clone(), fresh.texts)),
+            on_swap: Mutex::new(None),
             rules: Arc::new(ArcSwap::new(rules)),
             reloading: Mutex::new(Reads {
                 serving: fresh.reads,
@@ -222,7 +230,18 @@ impl RuleStore {
             .cloned()
     }
 
-    fn remember(&self, rules: Arc<RuleSet>) {
+    /// The hash and the file texts of the set now serving.
+    pub fn texts(&self) -> (String, Vec<(String, String)>) {
+        self.texts.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Sends the hash of every set swapped in from now on to `tx`.
+    pub fn on_swap(&self, tx: tokio::sync::mpsc::UnboundedSender<String>) {
+        *self.on_swap.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+    }
+
+    /// Keeps `rules` among the recent versions (`version` finds it).
+    pub fn remember(&self, rules: Arc<RuleSet>) {
         let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
         recent.retain(|r| r.version() != rules.version());
         recent.push_back(rules);
@@ -328,6 +347,11 @@ impl RuleStore {
                 let rules = Arc::new(fresh.rules);
                 self.rules.store(rules.clone());
                 self.remember(rules);
+                *self.texts.lock().unwrap_or_else(|p| p.into_inner()) =
+                    (fresh.hash.clone(), fresh.texts);
+                if let Some(tx) = &*self.on_swap.lock().unwrap_or_else(|p| p.into_inner()) {
+                    let _ = tx.send(fresh.hash.clone());
+                }
                 let s = &mut state.status;
                 s.generation += 1;
                 s.hash = fresh.hash;
@@ -427,7 +451,13 @@ fn compile(path: &Path) -> Result<Fresh, Failure> {
         tracing::warn!(warnings = %text, "rules loaded with warnings");
     }
     let files = loaded.files.files().map(|(_, f)| f.name.clone()).collect();
+    let texts = loaded
+        .files
+        .files()
+        .map(|(_, f)| (f.name.clone(), f.text.to_string()))
+        .collect();
     Ok(Fresh {
+        texts,
         rules: compiled.rules.with_version(loaded.hash.clone()),
         fingerprint: format!("{}:{values}", loaded.hash),
         hash: loaded.hash,

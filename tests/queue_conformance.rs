@@ -8,6 +8,9 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hookgate::delivery_log::{
+    ActionRecord, Filter, Outcome, Record, RecordedRequest, StatusFilter,
+};
 use hookgate::queue::{
     Accepted, Attempt, ClaimLimits, JobKind, JobState, Lease, NewJob, Queue, QueueBackend,
     QueueError, Settle,
@@ -95,6 +98,10 @@ conformance!(
     text_with_nul_characters_is_accepted,
     many_concurrent_accepts_share_commits_and_each_gets_its_own_ids,
     a_deliverys_jobs_are_claimed_in_their_order,
+    an_accepted_deliverys_record_is_stored_with_its_jobs,
+    records_are_listed_filtered_paged_and_pruned,
+    rules_versions_are_kept_once,
+    targets_report_their_queue_and_last_attempts,
 );
 
 async fn jobs_survive_reopening_and_in_flight_ones_come_back(backend: Backend) {
@@ -328,11 +335,33 @@ async fn retries_wait_dead_letters_stay_and_requeue(backend: Backend) {
         "a requeued job has a new lease"
     );
     let again = q.claim("t", concurrency(4), 1, MINUTE).await.unwrap();
-    assert_eq!((again[0].id, again[0].attempts), (id, 0));
+    // A fresh retry budget, counted from the attempts made so far; the next attempt is number 3, so
+    // the first two stay on record.
     assert_eq!(
-        q.get(id).await.unwrap().1.len(),
-        2,
-        "attempts are kept as history"
+        (again[0].id, again[0].attempts, again[0].retry_base),
+        (id, 2, 2)
+    );
+    q.settle(
+        again[0].lease(),
+        Some(Attempt {
+            attempt: 3,
+            started_at: 0,
+            duration_ms: 1,
+            status: Some(200),
+            error: None,
+        }),
+        Settle::Ack,
+    )
+    .await
+    .unwrap();
+    let attempts = q.get(id).await.unwrap().1;
+    assert_eq!(
+        attempts
+            .iter()
+            .map(|a| (a.attempt, a.status))
+            .collect::<Vec<_>>(),
+        vec![(1, Some(500)), (2, Some(500)), (3, Some(200))],
+        "every attempt is kept, the requeued one after the others"
     );
     assert!(matches!(
         q.settle(Lease { id: 999, token: 1 }, None, Settle::Ack)
@@ -691,7 +720,7 @@ mod replicas {
         }
         let version =
             support::pg::shared().psql(&store.spec(), "SELECT version FROM hookgate_schema");
-        assert_eq!(version, "1");
+        assert_eq!(version, "2", "every migration ran, once");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1055,5 +1084,233 @@ async fn a_failing_operation_fails_alone_and_leaves_nothing() {
             Accepted::Enqueued(_)
         ),
         "the failed delivery's id was not recorded: its redelivery is accepted"
+    );
+}
+
+fn record(source: &str, outcome: Outcome, status: u16) -> Record {
+    let mut r = Record::new(Some(source.to_string()));
+    r.delivery = Some(format!("d-{}", r.id));
+    r.event = Some("push".into());
+    r.outcome = outcome;
+    r.status = status;
+    r.rules_version = Some("v1".into());
+    r.request = Some(RecordedRequest {
+        headers: vec![("x-github-event".into(), "push".into())],
+        query: vec![("team".into(), "core".into())],
+        body: Some(bytes::Bytes::from_static(b"{\"ref\":\"refs/heads/main\"}")),
+    });
+    r
+}
+
+async fn an_accepted_deliverys_record_is_stored_with_its_jobs(backend: Backend) {
+    let store = Store::new(backend);
+    let q = store.open().await;
+    let day = Duration::from_secs(86_400);
+    let mut r = record("acme", Outcome::Rejected, 0);
+    r.matched = vec!["rule".into()];
+    r.actions = vec![
+        ActionRecord {
+            rule: "rule".into(),
+            action: 0,
+            kind: JobKind::Notify,
+            target: "t".into(),
+            job: None,
+        },
+        ActionRecord {
+            rule: "rule".into(),
+            action: 1,
+            kind: JobKind::Check,
+            target: "t".into(),
+            job: None,
+        },
+    ];
+    let seen = Some(("acme".to_string(), "d-1".to_string()));
+    let jobs = vec![
+        job(JobKind::Notify, "t", None),
+        job(JobKind::Check, "t", Some("k")),
+    ];
+    let Accepted::Enqueued(ids) = q
+        .accept_recorded(seen.clone(), day, jobs.clone(), Some(Arc::new(r.clone())))
+        .await
+        .unwrap()
+    else {
+        panic!("a new delivery is enqueued")
+    };
+    let stored = q.get_record(r.id.clone()).await.unwrap().expect("stored");
+    assert_eq!((stored.status, stored.outcome), (202, Outcome::Accepted));
+    assert_eq!(
+        stored.actions.iter().map(|a| a.job).collect::<Vec<_>>(),
+        ids.iter().map(|&i| Some(i)).collect::<Vec<_>>(),
+        "the actions know their jobs"
+    );
+    assert_eq!(
+        stored.request, r.request,
+        "headers, query and body as recorded"
+    );
+    assert_eq!(stored.rules_version.as_deref(), Some("v1"));
+    // A duplicate stores no record: nothing was accepted.
+    let dup = record("acme", Outcome::Rejected, 0);
+    assert_eq!(
+        q.accept_recorded(seen, day, jobs, Some(Arc::new(dup.clone())))
+            .await
+            .unwrap(),
+        Accepted::Duplicate
+    );
+    assert_eq!(q.get_record(dup.id.clone()).await.unwrap(), None);
+    // After reopening (a restart), it is still there.
+    drop(q);
+    let q = store.open().await;
+    assert!(q.get_record(r.id.clone()).await.unwrap().is_some());
+}
+
+async fn records_are_listed_filtered_paged_and_pruned(backend: Backend) {
+    let store = Store::new(backend);
+    let q = store.open().await;
+    let mut all = Vec::new();
+    for i in 0..6 {
+        let mut r = match i % 3 {
+            0 => record("a", Outcome::NoMatch, 200),
+            1 => record("b", Outcome::Rejected, 401),
+            _ => record("a", Outcome::Filtered, 200),
+        };
+        if i == 4 {
+            r.matched = vec!["special".into()];
+        }
+        all.push(Arc::new(r));
+    }
+    q.store_records(all.clone()).await.unwrap();
+    q.store_records(vec![all[0].clone()]).await.unwrap(); // Stored twice: kept once.
+    let ids = |rs: &[Record]| rs.iter().map(|r| r.id.clone()).collect::<Vec<_>>();
+    let newest_first: Vec<String> = all.iter().rev().map(|r| r.id.clone()).collect();
+    let every = Filter {
+        limit: 100,
+        ..Filter::default()
+    };
+    assert_eq!(
+        ids(&q.list_records(every.clone()).await.unwrap()),
+        newest_first
+    );
+    let by_source = q
+        .list_records(Filter {
+            source: Some("b".into()),
+            ..every.clone()
+        })
+        .await
+        .unwrap();
+    assert_eq!(by_source.len(), 2);
+    let rejected = q
+        .list_records(Filter {
+            status: StatusFilter::parse("401"),
+            ..every.clone()
+        })
+        .await
+        .unwrap();
+    assert_eq!(rejected.len(), 2);
+    let filtered = q
+        .list_records(Filter {
+            status: StatusFilter::parse("filtered"),
+            ..every.clone()
+        })
+        .await
+        .unwrap();
+    assert_eq!(filtered.len(), 2);
+    let special = q
+        .list_records(Filter {
+            rule: Some("special".into()),
+            ..every.clone()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(&special), vec![all[4].id.clone()]);
+    let page = q
+        .list_records(Filter {
+            before: Some(all[3].id.clone()),
+            limit: 2,
+            ..Filter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(&page), vec![all[2].id.clone(), all[1].id.clone()]);
+    let received = all[0].received_at;
+    let since = q
+        .list_records(Filter {
+            since: Some(received + 1_000_000),
+            ..every.clone()
+        })
+        .await
+        .unwrap();
+    assert!(since.is_empty());
+    // Pruning keeps the newest `keep`, and drops what is older than `before`.
+    assert_eq!(q.prune_records(0, 4).await.unwrap(), 2);
+    assert_eq!(
+        ids(&q.list_records(every.clone()).await.unwrap()),
+        newest_first[..4].to_vec()
+    );
+    q.prune_records(received + 1_000_000, 100).await.unwrap();
+    assert!(q.list_records(every).await.unwrap().is_empty());
+}
+
+async fn rules_versions_are_kept_once(backend: Backend) {
+    let store = Store::new(backend);
+    let q = store.open().await;
+    assert_eq!(q.get_rules_version("h1".into()).await.unwrap(), None);
+    q.put_rules_version("h1".into(), "[[\"a.hook\",\"x\"]]".into())
+        .await
+        .unwrap();
+    q.put_rules_version("h1".into(), "ignored".into())
+        .await
+        .unwrap();
+    assert_eq!(
+        q.get_rules_version("h1".into()).await.unwrap().as_deref(),
+        Some("[[\"a.hook\",\"x\"]]")
+    );
+}
+
+async fn targets_report_their_queue_and_last_attempts(backend: Backend) {
+    let store = Store::new(backend);
+    let q = store.open().await;
+    q.enqueue(vec![
+        job(JobKind::Notify, "t", None),
+        job(JobKind::Notify, "t", None),
+    ])
+    .await
+    .unwrap();
+    let claimed = q.claim("t", concurrency(4), 1, MINUTE).await.unwrap();
+    let attempt = |status| Attempt {
+        attempt: 1,
+        started_at: 0,
+        duration_ms: 1,
+        status: Some(status),
+        error: Some(format!("HTTP {status}")),
+    };
+    q.settle(
+        claimed[0].lease(),
+        Some(attempt(503)),
+        Settle::Retry {
+            delay: Duration::from_secs(3600),
+        },
+    )
+    .await
+    .unwrap();
+    let stats = q.target_stats().await.unwrap();
+    assert_eq!(stats.len(), 1);
+    let t = &stats[0];
+    assert_eq!((t.name.as_str(), t.pending, t.inflight), ("t", 2, 0));
+    assert!(t.oldest_pending_at.is_some() && t.next_attempt_at.is_some());
+    assert!(t.last_attempt_at.is_some() && t.last_delivery_at.is_none());
+    assert_eq!(t.last_error.as_deref(), Some("HTTP 503"));
+    let claimed = q.claim("t", concurrency(4), 1, MINUTE).await.unwrap();
+    assert_eq!(q.target_stats().await.unwrap()[0].inflight, 1);
+    let mut ok = attempt(200);
+    ok.error = None;
+    q.settle(claimed[0].lease(), Some(ok), Settle::Ack)
+        .await
+        .unwrap();
+    let t = &q.target_stats().await.unwrap()[0];
+    assert!(t.last_delivery_at.is_some(), "{t:?}");
+    assert_eq!(
+        t.last_error.as_deref(),
+        Some("HTTP 503"),
+        "the last error stays, with its time"
     );
 }

@@ -40,6 +40,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{NoTls, Row};
 
+use crate::delivery_log::{Filter, Record, RecordRow, StatusFilter, TargetStats};
 use crate::queue::{
     Accepted, Attempt, ClaimLimits, Job, JobKind, JobState, Lease, NewJob, QueueBackend,
     QueueError, Settle, Stats,
@@ -346,13 +347,168 @@ BEGIN
     END IF;
 END $$;
 "#,
+    // 2: the delivery log's records (accepted ones are written with their jobs, by
+    // `hookgate_accept_recorded`), the texts of the rules versions that judged them, each target's last
+    // attempts (written by `hookgate_settle`), and a re-queued job's retry base (its attempts keep their
+    // numbers).
+    r#"
+ALTER TABLE jobs ADD COLUMN retry_base integer NOT NULL DEFAULT 0;
+CREATE TABLE records (
+    id            text    PRIMARY KEY,
+    received_at   bigint  NOT NULL,
+    source        text,
+    delivery      text,
+    event         text,
+    status        integer NOT NULL,
+    outcome       text    NOT NULL,
+    reason        text,
+    matched       text    NOT NULL,
+    actions       text    NOT NULL,
+    rules_version text,
+    replay_of     text,
+    headers       text,
+    query         text,
+    size          bigint  NOT NULL,
+    body          bytea
+);
+CREATE INDEX records_received ON records (received_at);
+CREATE TABLE rules_versions (
+    hash       text   PRIMARY KEY,
+    created_at bigint NOT NULL,
+    files      text   NOT NULL
+);
+CREATE TABLE target_status (
+    target           text PRIMARY KEY,
+    last_attempt_at  bigint,
+    last_delivery_at bigint,
+    last_error       text,
+    last_error_at    bigint
+);
+
+CREATE OR REPLACE FUNCTION hookgate_to_pending(p_id bigint, p_run_at bigint, p_reset boolean) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_job record;
+    v_sibling bigint;
+    v_now bigint := hookgate_now();
+BEGIN
+    SELECT kind, target, key, coalesced INTO v_job FROM jobs WHERE id = p_id;
+    LOOP
+        IF v_job.kind = 'check' THEN
+            SELECT id INTO v_sibling FROM jobs
+             WHERE kind = 'check' AND state = 'pending' AND target = v_job.target AND key = v_job.key
+               AND id <> p_id
+             FOR UPDATE;
+            IF FOUND THEN
+                UPDATE jobs SET coalesced = coalesced + v_job.coalesced, updated_at = v_now WHERE id = v_sibling;
+                UPDATE jobs SET state = 'done', claimed_until = NULL, updated_at = v_now,
+                                last_error = 'merged into pending check ' || v_sibling
+                 WHERE id = p_id;
+                RETURN;
+            END IF;
+        END IF;
+        BEGIN
+            UPDATE jobs SET state = 'pending', run_at = p_run_at, claimed_until = NULL, updated_at = v_now,
+                            retry_base = CASE WHEN p_reset THEN attempts ELSE retry_base END
+             WHERE id = p_id;
+            RETURN;
+        EXCEPTION WHEN unique_violation THEN
+            -- A pending check of this key was committed meanwhile: loop, and merge into it.
+        END;
+    END LOOP;
+END $$;
+
+CREATE OR REPLACE FUNCTION hookgate_settle(
+    p_id bigint, p_lease bigint, p_attempt integer, p_started bigint, p_duration bigint,
+    p_status integer, p_error text, p_outcome text, p_delay bigint
+) RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    v_now bigint := hookgate_now();
+BEGIN
+    IF p_outcome IN ('ack', 'dead') THEN
+        -- The common case in one write: the outcome and the attempt's summary, if the lease holds.
+        UPDATE jobs SET state = CASE p_outcome WHEN 'ack' THEN 'done' ELSE 'dead' END,
+                        claimed_until = NULL, updated_at = v_now,
+                        attempts = coalesce(p_attempt, attempts),
+                        last_status = CASE WHEN p_attempt IS NULL THEN last_status ELSE p_status END,
+                        last_error = CASE WHEN p_attempt IS NULL THEN last_error ELSE p_error END
+         WHERE id = p_id AND lease = p_lease;
+    ELSE
+        PERFORM 1 FROM jobs WHERE id = p_id AND lease = p_lease FOR UPDATE;
+    END IF;
+    IF NOT FOUND THEN
+        PERFORM 1 FROM jobs WHERE id = p_id;
+        RETURN CASE WHEN FOUND THEN 2 ELSE 1 END;
+    END IF;
+    IF p_attempt IS NOT NULL THEN
+        -- The target's last attempts, for the admin API: when, and whether it reached it.
+        INSERT INTO target_status (target, last_attempt_at, last_delivery_at, last_error, last_error_at)
+        SELECT target, v_now,
+               CASE WHEN p_status BETWEEN 200 AND 299 THEN v_now END,
+               CASE WHEN p_status BETWEEN 200 AND 299 THEN NULL
+                    ELSE coalesce(p_error, 'HTTP ' || coalesce(p_status, 0)) END,
+               CASE WHEN p_status BETWEEN 200 AND 299 THEN NULL ELSE v_now END
+          FROM jobs WHERE id = p_id
+        ON CONFLICT (target) DO UPDATE SET
+            last_attempt_at = excluded.last_attempt_at,
+            last_delivery_at = coalesce(excluded.last_delivery_at, target_status.last_delivery_at),
+            last_error = coalesce(excluded.last_error, target_status.last_error),
+            last_error_at = coalesce(excluded.last_error_at, target_status.last_error_at);
+        INSERT INTO attempts (job_id, attempt, started_at, duration_ms, status, error)
+        VALUES (p_id, p_attempt, p_started, p_duration, p_status, p_error)
+        ON CONFLICT (job_id, attempt) DO UPDATE
+           SET started_at = excluded.started_at, duration_ms = excluded.duration_ms,
+               status = excluded.status, error = excluded.error;
+    END IF;
+    IF p_outcome NOT IN ('ack', 'dead') THEN
+        IF p_attempt IS NOT NULL THEN
+            UPDATE jobs SET attempts = p_attempt, last_status = p_status, last_error = p_error
+             WHERE id = p_id;
+        END IF;
+        PERFORM hookgate_to_pending(p_id, v_now + CASE WHEN p_outcome = 'retry' THEN p_delay ELSE 0 END, false);
+    END IF;
+    RETURN 0;
+END $$;
+
+-- hookgate_accept, and the delivery's record in the same transaction when it was accepted (not a
+-- duplicate), with its actions' job ids filled in.
+CREATE FUNCTION hookgate_accept_recorded(
+    p_source text, p_delivery text, p_window bigint,
+    p_kinds text[], p_targets text[], p_keys text[], p_sources text[], p_events text[],
+    p_deliveries text[], p_rules text[], p_actions bigint[], p_headers text[], p_sign_withs text[],
+    p_bodies bytea[],
+    r_id text, r_received bigint, r_source text, r_delivery text, r_event text, r_reason text,
+    r_matched text, r_actions text, r_rules_version text, r_replay_of text, r_headers text,
+    r_query text, r_body bytea, r_size bigint
+) RETURNS bigint[] LANGUAGE plpgsql AS $$
+DECLARE
+    v_ids bigint[];
+BEGIN
+    v_ids := hookgate_accept(p_source, p_delivery, p_window, p_kinds, p_targets, p_keys, p_sources,
+                             p_events, p_deliveries, p_rules, p_actions, p_headers, p_sign_withs,
+                             p_bodies);
+    IF v_ids IS NOT NULL THEN
+        INSERT INTO records (id, received_at, source, delivery, event, status, outcome, reason, matched,
+                             actions, rules_version, replay_of, headers, query, size, body)
+        VALUES (r_id, r_received, r_source, r_delivery, r_event, 202, 'accepted', r_reason, r_matched,
+                coalesce((SELECT jsonb_agg(jsonb_set(a, '{job}', to_jsonb(v_ids[o])) ORDER BY o)
+                            FROM jsonb_array_elements(r_actions::jsonb) WITH ORDINALITY AS x(a, o))::text,
+                         '[]'),
+                r_rules_version, r_replay_of, r_headers, r_query, r_size, r_body)
+        ON CONFLICT (id) DO NOTHING;
+    END IF;
+    RETURN v_ids;
+END $$;
+"#,
 ];
 
 const JOB_COLUMNS: &str = "id, kind, target, key, source, event, delivery, rule, action, body, headers, sign_with, \
-     state, attempts, coalesced, run_at, created_at, updated_at, last_status, last_error, lease";
+     state, attempts, coalesced, run_at, created_at, updated_at, last_status, last_error, lease, retry_base";
 
 const ACCEPT: &str =
     "SELECT hookgate_accept($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
+const ACCEPT_RECORDED: &str = "SELECT hookgate_accept_recorded($1, $2, $3, $4, $5, $6, $7, $8, $9, \
+     $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28)";
 const SETTLE: &str = "SELECT hookgate_settle($1, $2, $3, $4, $5, $6, $7, $8, $9)";
 
 type Reply<T> = oneshot::Sender<Result<T, QueueError>>;
@@ -363,6 +519,7 @@ enum Op {
         seen: Option<(String, String)>,
         window: Duration,
         jobs: Vec<NewJob>,
+        record: Option<Arc<Record>>,
         reply: Reply<Accepted>,
     },
     Settle {
@@ -650,6 +807,15 @@ async fn pipelined(
         .prepare_cached(SETTLE)
         .await
         .map_err(Failure::Error)?;
+    let accept_recorded = client
+        .prepare_cached(ACCEPT_RECORDED)
+        .await
+        .map_err(Failure::Error)?;
+    let prepared = Statements {
+        accept: &accept,
+        accept_recorded: &accept_recorded,
+        settle: &settle,
+    };
     let begin = async {
         if transaction {
             client.batch_execute("BEGIN").await
@@ -657,7 +823,7 @@ async fn pipelined(
             Ok(())
         }
     };
-    let statements = join_all(batch.iter().map(|op| run_op(client, &accept, &settle, op)));
+    let statements = join_all(batch.iter().map(|op| run_op(client, &prepared, op)));
     let commit = async {
         if transaction {
             client.batch_execute("COMMIT").await
@@ -694,23 +860,34 @@ async fn pipelined(
                 if !result.as_ref().err().is_some_and(is_race) {
                     break;
                 }
-                *result = run_op(client, &accept, &settle, op).await;
+                *result = run_op(client, &prepared, op).await;
             }
         }
     }
     Ok(results)
 }
 
+/// The writers' prepared statements.
+struct Statements<'a> {
+    accept: &'a tokio_postgres::Statement,
+    accept_recorded: &'a tokio_postgres::Statement,
+    settle: &'a tokio_postgres::Statement,
+}
+
 /// An operation's one statement.
 async fn run_op(
     client: &deadpool_postgres::Client,
-    accept: &tokio_postgres::Statement,
-    settle: &tokio_postgres::Statement,
+    statements: &Statements<'_>,
     op: &Op,
 ) -> Result<Outcome, tokio_postgres::Error> {
+    let settle = statements.settle;
     match op {
         Op::Accept {
-            seen, window, jobs, ..
+            seen,
+            window,
+            jobs,
+            record,
+            ..
         } => {
             let (source, delivery) = match seen {
                 Some((s, d)) => (Some(text(s)), Some(text(d))),
@@ -739,27 +916,57 @@ async fn run_op(
                 .map(|j| j.sign_with.as_deref().map(text))
                 .collect();
             let bodies: Vec<&[u8]> = jobs.iter().map(|j| j.body.as_slice()).collect();
-            let row = client
-                .query_one(
-                    accept,
-                    &[
-                        &source,
-                        &delivery,
-                        &window,
-                        &kinds,
-                        &targets,
-                        &keys,
-                        &sources,
-                        &events,
-                        &deliveries,
-                        &rules,
-                        &actions,
-                        &headers,
-                        &sign_withs,
-                        &bodies,
-                    ],
-                )
-                .await?;
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 14] = [
+                &source,
+                &delivery,
+                &window,
+                &kinds,
+                &targets,
+                &keys,
+                &sources,
+                &events,
+                &deliveries,
+                &rules,
+                &actions,
+                &headers,
+                &sign_withs,
+                &bodies,
+            ];
+            let row = match record {
+                None => client.query_one(statements.accept, &params).await?,
+                Some(record) => {
+                    let r = record.to_row(None);
+                    let opt = |v: &Option<String>| v.as_deref().map(|s| text(s).into_owned());
+                    let (id, source_, delivery_, event_) =
+                        (text(&r.id), opt(&r.source), opt(&r.delivery), opt(&r.event));
+                    let (reason, matched, actions_) =
+                        (opt(&r.reason), text(&r.matched), text(&r.actions));
+                    let (version, replay_of, headers_, query_) = (
+                        opt(&r.rules_version),
+                        opt(&r.replay_of),
+                        opt(&r.headers),
+                        opt(&r.query),
+                    );
+                    let mut all: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params.to_vec();
+                    all.extend_from_slice(&[
+                        &id,
+                        &r.received_at,
+                        &source_,
+                        &delivery_,
+                        &event_,
+                        &reason,
+                        &matched,
+                        &actions_,
+                        &version,
+                        &replay_of,
+                        &headers_,
+                        &query_,
+                        &r.body,
+                        &r.size,
+                    ]);
+                    client.query_one(statements.accept_recorded, &all).await?
+                }
+            };
             Ok(Outcome::Accepted(row.try_get(0)?))
         }
         Op::Settle {
@@ -844,16 +1051,18 @@ fn fail(op: Op, e: QueueError) {
 }
 
 impl QueueBackend for PostgresQueue {
-    async fn accept(
+    async fn accept_recorded(
         &self,
         seen: Option<(String, String)>,
         window: Duration,
         jobs: Vec<NewJob>,
+        record: Option<Arc<Record>>,
     ) -> Result<Accepted, QueueError> {
         self.call(|reply| Op::Accept {
             seen,
             window,
             jobs,
+            record,
             reply,
         })
         .await
@@ -1099,6 +1308,244 @@ impl QueueBackend for PostgresQueue {
         })
         .await
     }
+
+    async fn target_stats(&self) -> Result<Vec<TargetStats>, QueueError> {
+        timed(async {
+            let client = get(&self.pool).await?;
+            let counts = client
+                .query(
+                    "SELECT target, state, count(*), min(created_at), min(run_at) FROM jobs
+                     WHERE state IN ('pending', 'inflight') GROUP BY target, state",
+                    &[],
+                )
+                .await
+                .map_err(pg)?;
+            let status = client
+                .query(
+                    "SELECT target, last_attempt_at, last_delivery_at, last_error, last_error_at
+                     FROM target_status",
+                    &[],
+                )
+                .await
+                .map_err(pg)?;
+            let mut out: std::collections::BTreeMap<String, TargetStats> = Default::default();
+            let entry = |out: &mut std::collections::BTreeMap<String, TargetStats>,
+                         name: String| {
+                out.entry(name.clone())
+                    .or_insert_with(|| TargetStats {
+                        name,
+                        ..TargetStats::default()
+                    })
+                    .clone()
+            };
+            for row in counts {
+                let name: String = row.try_get(0).map_err(pg)?;
+                let state: String = row.try_get(1).map_err(pg)?;
+                let n = row.try_get::<_, i64>(2).map_err(pg)? as u64;
+                let mut s = entry(&mut out, name.clone());
+                if state == "pending" {
+                    s.pending = n;
+                    s.oldest_pending_at = row.try_get(3).map_err(pg)?;
+                    s.next_attempt_at = row.try_get(4).map_err(pg)?;
+                } else {
+                    s.inflight = n;
+                }
+                out.insert(name, s);
+            }
+            for row in status {
+                let name: String = row.try_get(0).map_err(pg)?;
+                let mut s = entry(&mut out, name.clone());
+                s.last_attempt_at = row.try_get(1).map_err(pg)?;
+                s.last_delivery_at = row.try_get(2).map_err(pg)?;
+                s.last_error = row.try_get(3).map_err(pg)?;
+                s.last_error_at = row.try_get(4).map_err(pg)?;
+                out.insert(name, s);
+            }
+            Ok(out.into_values().collect())
+        })
+        .await
+    }
+
+    async fn store_records(&self, records: Vec<Arc<Record>>) -> Result<(), QueueError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        timed(async {
+            let client = get(&self.pool).await?;
+            let rows: Vec<RecordRow> = records.iter().map(|r| r.to_row(None)).collect();
+            let col = |f: fn(&RecordRow) -> Option<String>| -> Vec<Option<String>> {
+                rows.iter()
+                    .map(|r| f(r).map(|s| text(&s).into_owned()))
+                    .collect()
+            };
+            let ids = col(|r| Some(r.id.clone()));
+            let received: Vec<i64> = rows.iter().map(|r| r.received_at).collect();
+            let sources = col(|r| r.source.clone());
+            let deliveries = col(|r| r.delivery.clone());
+            let events = col(|r| r.event.clone());
+            let statuses: Vec<i32> = rows.iter().map(|r| r.status as i32).collect();
+            let outcomes = col(|r| Some(r.outcome.clone()));
+            let reasons = col(|r| r.reason.clone());
+            let matched = col(|r| Some(r.matched.clone()));
+            let actions = col(|r| Some(r.actions.clone()));
+            let versions = col(|r| r.rules_version.clone());
+            let replays = col(|r| r.replay_of.clone());
+            let headers = col(|r| r.headers.clone());
+            let queries = col(|r| r.query.clone());
+            let sizes: Vec<i64> = rows.iter().map(|r| r.size).collect();
+            let bodies: Vec<Option<&[u8]>> = rows.iter().map(|r| r.body.as_deref()).collect();
+            client
+                .execute(
+                    "INSERT INTO records (id, received_at, source, delivery, event, status, outcome, reason,
+                                          matched, actions, rules_version, replay_of, headers, query, size, body)
+                     SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[],
+                                          $6::integer[], $7::text[], $8::text[], $9::text[], $10::text[],
+                                          $11::text[], $12::text[], $13::text[], $14::text[], $15::bigint[],
+                                          $16::bytea[])
+                     ON CONFLICT (id) DO NOTHING",
+                    &[
+                        &ids, &received, &sources, &deliveries, &events, &statuses, &outcomes,
+                        &reasons, &matched, &actions, &versions, &replays, &headers, &queries,
+                        &sizes, &bodies,
+                    ],
+                )
+                .await
+                .map_err(pg)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_records(&self, f: Filter) -> Result<Vec<Record>, QueueError> {
+        timed(async {
+            let client = get(&self.pool).await?;
+            let (code, outcome) = match f.status {
+                Some(StatusFilter::Code(c)) => (Some(i32::from(c)), None),
+                Some(StatusFilter::Outcome(o)) => (None, Some(o.as_str())),
+                None => (None, None),
+            };
+            let limit = i64::try_from(f.limit).unwrap_or(i64::MAX);
+            let rows = client
+                .query(
+                    &format!(
+                        "SELECT {RECORD_COLUMNS} FROM records
+                         WHERE ($1::text IS NULL OR source = $1) AND ($2::text IS NULL OR event = $2)
+                           AND ($3::text IS NULL OR matched::jsonb ? $3)
+                           AND ($4::integer IS NULL OR status = $4) AND ($5::text IS NULL OR outcome = $5)
+                           AND ($6::bigint IS NULL OR received_at >= $6) AND ($7::text IS NULL OR id < $7)
+                         ORDER BY id DESC LIMIT $8"
+                    ),
+                    &[
+                        &f.source, &f.event, &f.rule, &code, &outcome, &f.since, &f.before, &limit,
+                    ],
+                )
+                .await
+                .map_err(pg)?;
+            rows.iter()
+                .map(|r| record_from_row(r).map(Record::from_row))
+                .collect()
+        })
+        .await
+    }
+
+    async fn get_record(&self, id: String) -> Result<Option<Record>, QueueError> {
+        timed(async {
+            let client = get(&self.pool).await?;
+            let row = client
+                .query_opt(
+                    &format!("SELECT {RECORD_COLUMNS} FROM records WHERE id = $1"),
+                    &[&id],
+                )
+                .await
+                .map_err(pg)?;
+            row.map(|r| record_from_row(&r).map(Record::from_row))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn prune_records(&self, before: i64, keep: u64) -> Result<u64, QueueError> {
+        timed(async {
+            let client = get(&self.pool).await?;
+            let old = client
+                .execute("DELETE FROM records WHERE received_at < $1", &[&before])
+                .await
+                .map_err(pg)?;
+            let offset = keep.saturating_sub(1) as i64;
+            let over = client
+                .execute(
+                    "DELETE FROM records WHERE id < (SELECT id FROM records ORDER BY id DESC LIMIT 1 OFFSET $1)",
+                    &[&offset],
+                )
+                .await
+                .map_err(pg)?;
+            client
+                .execute(
+                    "DELETE FROM rules_versions WHERE hash NOT IN (SELECT rules_version FROM records WHERE rules_version IS NOT NULL)
+                     AND hash <> (SELECT hash FROM rules_versions ORDER BY created_at DESC LIMIT 1)",
+                    &[],
+                )
+                .await
+                .map_err(pg)?;
+            Ok(old + over)
+        })
+        .await
+    }
+
+    async fn put_rules_version(&self, hash: String, files: String) -> Result<(), QueueError> {
+        timed(async {
+            let client = get(&self.pool).await?;
+            client
+                .execute(
+                    "INSERT INTO rules_versions (hash, created_at, files) VALUES ($1, hookgate_now(), $2)
+                     ON CONFLICT (hash) DO NOTHING",
+                    &[&hash, &text(&files)],
+                )
+                .await
+                .map_err(pg)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_rules_version(&self, hash: String) -> Result<Option<String>, QueueError> {
+        timed(async {
+            let client = get(&self.pool).await?;
+            let row = client
+                .query_opt("SELECT files FROM rules_versions WHERE hash = $1", &[&hash])
+                .await
+                .map_err(pg)?;
+            row.map(|r| r.try_get(0).map_err(pg)).transpose()
+        })
+        .await
+    }
+}
+
+const RECORD_COLUMNS: &str = "id, received_at, source, delivery, event, status, outcome, reason, matched, \
+     actions, rules_version, replay_of, headers, query, body, size";
+
+fn record_from_row(r: &Row) -> Result<RecordRow, QueueError> {
+    let row = || -> Result<RecordRow, tokio_postgres::Error> {
+        Ok(RecordRow {
+            id: r.try_get(0)?,
+            received_at: r.try_get(1)?,
+            source: r.try_get(2)?,
+            delivery: r.try_get(3)?,
+            event: r.try_get(4)?,
+            status: i64::from(r.try_get::<_, i32>(5)?),
+            outcome: r.try_get(6)?,
+            reason: r.try_get(7)?,
+            matched: r.try_get(8)?,
+            actions: r.try_get(9)?,
+            rules_version: r.try_get(10)?,
+            replay_of: r.try_get(11)?,
+            headers: r.try_get(12)?,
+            query: r.try_get(13)?,
+            body: r.try_get(14)?,
+            size: r.try_get(15)?,
+        })
+    };
+    row().map_err(pg)
 }
 
 fn job_from_row(r: &Row) -> Result<Job, QueueError> {
@@ -1126,6 +1573,7 @@ fn job_from_row(r: &Row) -> Result<Job, QueueError> {
             last_status: r.try_get::<_, Option<i32>>(18)?.map(|s| s as u16),
             last_error: r.try_get(19)?,
             lease: r.try_get(20)?,
+            retry_base: r.try_get::<_, i32>(21)? as u32,
         })
     };
     let mut job = row().map_err(pg)?;

@@ -12,12 +12,13 @@
 //! Inspect by hand with `sqlite3 DATA/hookgate.db` (see `docs/delivery.md`).
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::delivery_log::{Filter, Record, RecordRow, StatusFilter, TargetStats};
 use crate::queue::{
     Accepted, Attempt, ClaimLimits, Job, JobKind, JobState, Lease, NewJob, QueueBackend,
     QueueError, Settle, Stats, now_ms,
@@ -85,10 +86,45 @@ const MIGRATIONS: &[&str] = &[
         rate_count INTEGER NOT NULL,
         rate_per   INTEGER NOT NULL
     ) WITHOUT ROWID;",
+    // 4: the delivery log's records (accepted ones are written with their jobs), the texts of the rules
+    // versions that judged them, each target's last attempts, and a re-queued job's retry base (its
+    // attempts keep their numbers).
+    "ALTER TABLE jobs ADD COLUMN retry_base INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE records (
+        id            TEXT    NOT NULL UNIQUE,
+        received_at   INTEGER NOT NULL,
+        source        TEXT,
+        delivery      TEXT,
+        event         TEXT,
+        status        INTEGER NOT NULL,
+        outcome       TEXT    NOT NULL,
+        reason        TEXT,
+        matched       TEXT    NOT NULL,
+        actions       TEXT    NOT NULL,
+        rules_version TEXT,
+        replay_of     TEXT,
+        headers       TEXT,
+        query         TEXT,
+        size          INTEGER NOT NULL,
+        body          BLOB
+    );
+    CREATE INDEX records_received ON records (received_at);
+    CREATE TABLE rules_versions (
+        hash       TEXT    PRIMARY KEY,
+        created_at INTEGER NOT NULL,
+        files      TEXT    NOT NULL
+    );
+    CREATE TABLE target_status (
+        target           TEXT PRIMARY KEY,
+        last_attempt_at  INTEGER,
+        last_delivery_at INTEGER,
+        last_error       TEXT,
+        last_error_at    INTEGER
+    ) WITHOUT ROWID;",
 ];
 
 const JOB_COLUMNS: &str = "id, kind, target, key, source, event, delivery, rule, action, body, headers, sign_with, \
-     state, attempts, coalesced, run_at, created_at, updated_at, last_status, last_error, lease";
+     state, attempts, coalesced, run_at, created_at, updated_at, last_status, last_error, lease, retry_base";
 
 type Reply<T> = oneshot::Sender<Result<T, QueueError>>;
 
@@ -98,6 +134,7 @@ enum Op {
         seen: Option<(String, String)>,
         window: Duration,
         jobs: Vec<NewJob>,
+        record: Option<Arc<Record>>,
         reply: Reply<Accepted>,
     },
     DueTargets(Reply<Vec<(String, i64)>>),
@@ -120,6 +157,13 @@ enum Op {
     Stats(Reply<Stats>),
     Prune(i64, Reply<u64>),
     Ping(Reply<()>),
+    TargetStats(Reply<Vec<TargetStats>>),
+    StoreRecords(Vec<Arc<Record>>, Reply<()>),
+    ListRecords(Filter, Reply<Vec<Record>>),
+    GetRecord(String, Reply<Option<Record>>),
+    PruneRecords(i64, u64, Reply<u64>),
+    PutRulesVersion(String, String, Reply<()>),
+    GetRulesVersion(String, Reply<Option<String>>),
     /// Checkpoint, close, stop the writer.
     Close(Reply<()>),
 }
@@ -234,16 +278,18 @@ fn storage(e: rusqlite::Error) -> QueueError {
 }
 
 impl QueueBackend for SqliteQueue {
-    async fn accept(
+    async fn accept_recorded(
         &self,
         seen: Option<(String, String)>,
         window: Duration,
         jobs: Vec<NewJob>,
+        record: Option<Arc<Record>>,
     ) -> Result<Accepted, QueueError> {
         self.call(|reply| Op::Accept {
             seen,
             window,
             jobs,
+            record,
             reply,
         })
         .await
@@ -312,6 +358,36 @@ impl QueueBackend for SqliteQueue {
 
     async fn ping(&self) -> Result<(), QueueError> {
         self.call(Op::Ping).await
+    }
+
+    async fn target_stats(&self) -> Result<Vec<TargetStats>, QueueError> {
+        self.call(Op::TargetStats).await
+    }
+
+    async fn store_records(&self, records: Vec<Arc<Record>>) -> Result<(), QueueError> {
+        self.call(|reply| Op::StoreRecords(records, reply)).await
+    }
+
+    async fn list_records(&self, filter: Filter) -> Result<Vec<Record>, QueueError> {
+        self.call(|reply| Op::ListRecords(filter, reply)).await
+    }
+
+    async fn get_record(&self, id: String) -> Result<Option<Record>, QueueError> {
+        self.call(|reply| Op::GetRecord(id, reply)).await
+    }
+
+    async fn prune_records(&self, before: i64, keep: u64) -> Result<u64, QueueError> {
+        self.call(|reply| Op::PruneRecords(before, keep, reply))
+            .await
+    }
+
+    async fn put_rules_version(&self, hash: String, files: String) -> Result<(), QueueError> {
+        self.call(|reply| Op::PutRulesVersion(hash, files, reply))
+            .await
+    }
+
+    async fn get_rules_version(&self, hash: String) -> Result<Option<String>, QueueError> {
+        self.call(|reply| Op::GetRulesVersion(hash, reply)).await
     }
 }
 
@@ -525,6 +601,13 @@ fn fail(op: Op, message: &str) {
         Op::Stats(r) => send(r, message),
         Op::Prune(_, r) => send(r, message),
         Op::Ping(r) => send(r, message),
+        Op::TargetStats(r) => send(r, message),
+        Op::StoreRecords(_, r) => send(r, message),
+        Op::ListRecords(_, r) => send(r, message),
+        Op::GetRecord(_, r) => send(r, message),
+        Op::PruneRecords(_, _, r) => send(r, message),
+        Op::PutRulesVersion(_, _, r) => send(r, message),
+        Op::GetRulesVersion(_, r) => send(r, message),
         Op::Close(r) => send(r, message),
     }
 }
@@ -558,6 +641,7 @@ fn apply(tx: &mut Transaction<'_>, op: Op) -> Answer {
             seen,
             window,
             jobs,
+            record,
             reply,
         } => {
             answer(
@@ -579,11 +663,17 @@ fn apply(tx: &mut Transaction<'_>, op: Op) -> Answer {
                             return Ok(Accepted::Duplicate);
                         }
                     }
-                    Ok(Accepted::Enqueued(
-                        jobs.iter()
-                            .map(|j| insert(t, j, now))
-                            .collect::<rusqlite::Result<_>>()?,
-                    ))
+                    let ids: Vec<i64> = jobs
+                        .iter()
+                        .map(|j| insert(t, j, now))
+                        .collect::<rusqlite::Result<_>>()?;
+                    if let Some(record) = &record {
+                        let mut row = record.to_row(Some(&ids));
+                        row.status = 202;
+                        row.outcome = "accepted".into();
+                        insert_record(t, &row)?;
+                    }
+                    Ok(Accepted::Enqueued(ids))
                 }),
             )
         }
@@ -674,6 +764,64 @@ fn apply(tx: &mut Transaction<'_>, op: Op) -> Answer {
         ),
         Op::Stats(reply) => answer(reply, guarded(tx, stats)),
         Op::Ping(reply) => answer(reply, Ok(())),
+        Op::TargetStats(reply) => answer(reply, guarded(tx, target_stats)),
+        Op::StoreRecords(records, reply) => answer(
+            reply,
+            guarded(tx, |t| {
+                records
+                    .iter()
+                    .try_for_each(|r| insert_record(t, &r.to_row(None)))
+            }),
+        ),
+        Op::ListRecords(filter, reply) => answer(reply, guarded(tx, |t| list_records(t, &filter))),
+        Op::GetRecord(id, reply) => answer(
+            reply,
+            guarded(tx, |t| {
+                let sql = format!("SELECT {RECORD_COLUMNS} FROM records WHERE id = ?1");
+                t.query_row(&sql, [&id], record_from_row)
+                    .optional()
+                    .map(|r| r.map(Record::from_row))
+            }),
+        ),
+        Op::PruneRecords(before, keep, reply) => answer(
+            reply,
+            guarded(tx, |t| {
+                let old = t.execute("DELETE FROM records WHERE received_at < ?1", [before])?;
+                let over = t.execute(
+                    "DELETE FROM records WHERE id < (SELECT id FROM records ORDER BY id DESC LIMIT 1 OFFSET ?1)",
+                    [keep.saturating_sub(1) as i64],
+                )?;
+                // Rules versions no record refers to, but the newest, go too.
+                t.execute(
+                    "DELETE FROM rules_versions WHERE hash NOT IN (SELECT rules_version FROM records WHERE rules_version IS NOT NULL)
+                     AND hash <> (SELECT hash FROM rules_versions ORDER BY created_at DESC LIMIT 1)",
+                    [],
+                )?;
+                Ok((old + over) as u64)
+            }),
+        ),
+        Op::PutRulesVersion(hash, files, reply) => answer(
+            reply,
+            guarded(tx, |t| {
+                t.execute(
+                    "INSERT INTO rules_versions (hash, created_at, files) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (hash) DO NOTHING",
+                    params![hash, now, files],
+                )
+                .map(|_| ())
+            }),
+        ),
+        Op::GetRulesVersion(hash, reply) => answer(
+            reply,
+            guarded(tx, |t| {
+                t.query_row(
+                    "SELECT files FROM rules_versions WHERE hash = ?1",
+                    [&hash],
+                    |r| r.get(0),
+                )
+                .optional()
+            }),
+        ),
         Op::Close(_) => unreachable!("the writer takes `Close` out of its batch"),
         Op::Prune(before, reply) => answer(
             reply,
@@ -835,15 +983,17 @@ fn settle_job(
     now: i64,
 ) -> rusqlite::Result<Result<(), QueueError>> {
     let id = lease.id;
-    let token: Option<i64> = t
-        .query_row("SELECT lease FROM jobs WHERE id = ?1", [id], |r| r.get(0))
+    let found: Option<(i64, String)> = t
+        .prepare_cached("SELECT lease, target FROM jobs WHERE id = ?1")?
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
-    match token {
+    let target = match found {
         None => return Ok(Err(QueueError::NoSuchJob(id))),
-        Some(token) if token != lease.token => return Ok(Err(QueueError::LeaseLost(id))),
-        Some(_) => {}
-    }
+        Some((token, _)) if token != lease.token => return Ok(Err(QueueError::LeaseLost(id))),
+        Some((_, target)) => target,
+    };
     if let Some(a) = &attempt {
+        note_attempt(t, &target, a, now)?;
         t.prepare_cached(
             "INSERT OR REPLACE INTO attempts (job_id, attempt, started_at, duration_ms, status, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?
@@ -902,8 +1052,10 @@ fn to_pending(
             return Ok(());
         }
     }
+    // A re-queued job gets a fresh retry budget; its attempts keep their numbers, so none is
+    // overwritten in `attempts`.
     let sql = if reset_attempts {
-        "UPDATE jobs SET state = 'pending', run_at = ?2, claimed_until = NULL, attempts = 0, updated_at = ?3 WHERE id = ?1"
+        "UPDATE jobs SET state = 'pending', run_at = ?2, claimed_until = NULL, retry_base = attempts, updated_at = ?3 WHERE id = ?1"
     } else {
         "UPDATE jobs SET state = 'pending', run_at = ?2, claimed_until = NULL, updated_at = ?3 WHERE id = ?1"
     };
@@ -932,6 +1084,165 @@ fn stats(t: &Connection) -> rusqlite::Result<Stats> {
         .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?
         .collect::<rusqlite::Result<_>>()?;
     Ok(s)
+}
+
+const RECORD_COLUMNS: &str = "id, received_at, source, delivery, event, status, outcome, reason, matched, \
+     actions, rules_version, replay_of, headers, query, body, size";
+
+fn insert_record(t: &Connection, r: &RecordRow) -> rusqlite::Result<()> {
+    t.prepare_cached(
+        "INSERT INTO records (id, received_at, source, delivery, event, status, outcome, reason, matched,
+                              actions, rules_version, replay_of, headers, query, body, size)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
+         ON CONFLICT (id) DO NOTHING",
+    )?
+    .execute(params![
+        r.id,
+        r.received_at,
+        r.source,
+        r.delivery,
+        r.event,
+        r.status,
+        r.outcome,
+        r.reason,
+        r.matched,
+        r.actions,
+        r.rules_version,
+        r.replay_of,
+        r.headers,
+        r.query,
+        r.body,
+        r.size
+    ])?;
+    Ok(())
+}
+
+fn record_from_row(r: &Row<'_>) -> rusqlite::Result<RecordRow> {
+    Ok(RecordRow {
+        id: r.get(0)?,
+        received_at: r.get(1)?,
+        source: r.get(2)?,
+        delivery: r.get(3)?,
+        event: r.get(4)?,
+        status: r.get(5)?,
+        outcome: r.get(6)?,
+        reason: r.get(7)?,
+        matched: r.get(8)?,
+        actions: r.get(9)?,
+        rules_version: r.get(10)?,
+        replay_of: r.get(11)?,
+        headers: r.get(12)?,
+        query: r.get(13)?,
+        body: r.get(14)?,
+        size: r.get(15)?,
+    })
+}
+
+fn list_records(t: &Connection, f: &Filter) -> rusqlite::Result<Vec<Record>> {
+    let (code, outcome) = match f.status {
+        Some(StatusFilter::Code(c)) => (Some(i64::from(c)), None),
+        Some(StatusFilter::Outcome(o)) => (None, Some(o.as_str())),
+        None => (None, None),
+    };
+    let sql = format!(
+        "SELECT {RECORD_COLUMNS} FROM records
+         WHERE (?1 IS NULL OR source = ?1) AND (?2 IS NULL OR event = ?2)
+           AND (?3 IS NULL OR EXISTS (SELECT 1 FROM json_each(records.matched) WHERE value = ?3))
+           AND (?4 IS NULL OR status = ?4) AND (?5 IS NULL OR outcome = ?5)
+           AND (?6 IS NULL OR received_at >= ?6) AND (?7 IS NULL OR id < ?7)
+         ORDER BY id DESC LIMIT ?8"
+    );
+    let mut stmt = t.prepare_cached(&sql)?;
+    let rows = stmt.query_map(
+        params![
+            f.source,
+            f.event,
+            f.rule,
+            code,
+            outcome,
+            f.since,
+            f.before,
+            i64::try_from(f.limit).unwrap_or(i64::MAX)
+        ],
+        record_from_row,
+    )?;
+    rows.map(|r| r.map(Record::from_row)).collect()
+}
+
+fn target_stats(t: &Connection) -> rusqlite::Result<Vec<TargetStats>> {
+    let mut out: std::collections::BTreeMap<String, TargetStats> = Default::default();
+    let mut stmt = t.prepare_cached(
+        "SELECT target, state, COUNT(*), MIN(created_at), MIN(run_at) FROM jobs
+         WHERE state IN ('pending', 'inflight') GROUP BY target, state",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, i64>(2)?,
+            r.get::<_, Option<i64>>(3)?,
+            r.get::<_, Option<i64>>(4)?,
+        ))
+    })?;
+    for row in rows {
+        let (target, state, n, oldest, next) = row?;
+        let s = out.entry(target.clone()).or_insert_with(|| TargetStats {
+            name: target,
+            ..TargetStats::default()
+        });
+        if state == "pending" {
+            s.pending = n as u64;
+            s.oldest_pending_at = oldest;
+            s.next_attempt_at = next;
+        } else {
+            s.inflight = n as u64;
+        }
+    }
+    let mut stmt = t.prepare_cached(
+        "SELECT target, last_attempt_at, last_delivery_at, last_error, last_error_at FROM target_status",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+        ))
+    })?;
+    for row in rows {
+        let (target, attempt, delivery, error, error_at) = row?;
+        let s = out.entry(target.clone()).or_insert_with(|| TargetStats {
+            name: target,
+            ..TargetStats::default()
+        });
+        s.last_attempt_at = attempt;
+        s.last_delivery_at = delivery;
+        s.last_error = error;
+        s.last_error_at = error_at;
+    }
+    Ok(out.into_values().collect())
+}
+
+/// Notes an attempt on its target: when, and whether it reached it (2xx) or what went wrong.
+fn note_attempt(t: &Connection, target: &str, a: &Attempt, now: i64) -> rusqlite::Result<()> {
+    let delivered = a.status.is_some_and(|s| (200..300).contains(&s));
+    let error = (!delivered).then(|| {
+        a.error
+            .clone()
+            .unwrap_or_else(|| format!("HTTP {}", a.status.unwrap_or(0)))
+    });
+    t.prepare_cached(
+        "INSERT INTO target_status (target, last_attempt_at, last_delivery_at, last_error, last_error_at)
+         VALUES (?1, ?2, CASE WHEN ?3 THEN ?2 END, ?4, CASE WHEN ?3 THEN NULL ELSE ?2 END)
+         ON CONFLICT (target) DO UPDATE SET
+             last_attempt_at = excluded.last_attempt_at,
+             last_delivery_at = coalesce(excluded.last_delivery_at, last_delivery_at),
+             last_error = coalesce(excluded.last_error, last_error),
+             last_error_at = coalesce(excluded.last_error_at, last_error_at)",
+    )?
+    .execute(params![target, now, delivered, error])?;
+    Ok(())
 }
 
 fn job_from_row(r: &Row<'_>) -> rusqlite::Result<Job> {
@@ -967,5 +1278,6 @@ fn job_from_row(r: &Row<'_>) -> rusqlite::Result<Job> {
         last_status: r.get(18)?,
         last_error: r.get(19)?,
         lease: r.get(20)?,
+        retry_base: r.get(21)?,
     })
 }

@@ -13,7 +13,9 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 
-use crate::delivery_log::{self, Filter, Record, StatusFilter};
+use std::sync::Arc;
+
+use crate::delivery_log::{self, Filter, Record, StatusFilter, TargetStats};
 use crate::queue::{JobState, QueueBackend, QueueError};
 use crate::reload::ReloadOutcome;
 use crate::server::State;
@@ -61,10 +63,10 @@ pub async fn handle(state: &State, req: Request<Incoming>) -> Response<Full<Byte
             )
         }
         (&Method::POST, ["-", "reload"]) => reload(state).await,
-        (&Method::GET, ["api", "deliveries"]) => list_deliveries(state, &query),
+        (&Method::GET, ["api", "deliveries"]) => list_deliveries(state, &query).await,
         (&Method::GET, ["api", "deliveries", id]) => show_delivery(state, id).await,
-        (&Method::GET, ["api", "deliveries", id, "export"]) => export_one(state, id),
-        (&Method::GET, ["api", "export"]) => export_many(state, &query),
+        (&Method::GET, ["api", "deliveries", id, "export"]) => export_one(state, id).await,
+        (&Method::GET, ["api", "export"]) => export_many(state, &query).await,
         (&Method::POST, ["api", "deliveries", id, "replay"]) => {
             let dry_run = query
                 .iter()
@@ -135,6 +137,9 @@ async fn metrics(state: &State) -> Response<Full<Bytes>> {
     if let Ok(stats) = state.queue.stats().await {
         crate::metrics::queue(&stats);
     }
+    if let Ok(targets) = state.queue.target_stats().await {
+        crate::metrics::targets(&targets, crate::queue::now_ms());
+    }
     let mut r = text(StatusCode::OK, &crate::metrics::render());
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
@@ -164,12 +169,15 @@ async fn reload(state: &State) -> Response<Full<Bytes>> {
 /// The most records one page lists.
 const MAX_PAGE: usize = 500;
 
-fn list_deliveries(state: &State, query: &[(String, String)]) -> Response<Full<Bytes>> {
+async fn list_deliveries(state: &State, query: &[(String, String)]) -> Response<Full<Bytes>> {
     let filter = match delivery_filter(query) {
         Ok(f) => f,
         Err(e) => return error(StatusCode::BAD_REQUEST, &e),
     };
-    let records = state.log.list(&filter);
+    let records = match records(state, &filter).await {
+        Ok(r) => r,
+        Err(e) => return queue_error(e),
+    };
     let next = (records.len() == filter.limit)
         .then(|| records.last().map(|r| r.id.clone()))
         .flatten();
@@ -239,15 +247,59 @@ fn summary(r: &Record) -> Value {
     })
 }
 
+/// Records passing `filter`, newest first: this process's memory merged with the queue's database
+/// (accepted records, and on PostgreSQL every replica's).
+async fn records(state: &State, filter: &Filter) -> Result<Vec<Arc<Record>>, QueueError> {
+    let memory = state.log.list(filter);
+    let stored = state.queue.list_records(filter.clone()).await?;
+    Ok(delivery_log::merge(
+        memory,
+        stored.into_iter().map(Arc::new).collect(),
+        filter.limit,
+    ))
+}
+
+/// A record from memory, or from the queue's database.
+async fn find(state: &State, id: &str) -> Option<Arc<Record>> {
+    if let Some(r) = state.log.get(id) {
+        return Some(r);
+    }
+    match state.queue.get_record(id.to_string()).await {
+        Ok(r) => r.map(Arc::new),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read a delivery record");
+            None
+        }
+    }
+}
+
+/// The rules version `hash`: served now or recently, or compiled again from the texts stored when it
+/// served (with placeholder secrets: explaining needs none).
+async fn rules_version(state: &State, hash: &str) -> Option<Arc<crate::ruleset::RuleSet>> {
+    if let Some(rules) = state.store.version(hash) {
+        return Some(rules);
+    }
+    let files = state
+        .queue
+        .get_rules_version(hash.to_string())
+        .await
+        .ok()??;
+    let texts: Vec<(String, String)> = serde_json::from_str(&files).ok()?;
+    let loaded = crate::load::load_texts(&texts, &crate::compile::PlaceholderSecrets);
+    let rules = Arc::new(loaded.result.ok()?.rules.with_version(hash));
+    state.store.remember(rules.clone());
+    Some(rules)
+}
+
 async fn show_delivery(state: &State, id: &str) -> Response<Full<Bytes>> {
-    let Some(record) = state.log.get(id) else {
+    let Some(record) = find(state, id).await else {
         return error(StatusCode::NOT_FOUND, &format!("no delivery record `{id}`"));
     };
     let mut out = serde_json::to_value(&*record).unwrap_or(Value::Null);
     // The explanation, against the rules that judged it.
     let explanation = match record.rules_version.as_deref() {
         None => Err("it was refused before evaluation".to_string()),
-        Some(version) => match state.store.version(version) {
+        Some(version) => match rules_version(state, version).await {
             Some(rules) => delivery_log::explain(&rules, &record),
             None => Err(format!(
                 "the rules version `{}` that judged it is no longer known",
@@ -316,7 +368,7 @@ async fn show_delivery(state: &State, id: &str) -> Response<Full<Bytes>> {
 /// body (base64), and the outcome it had under the rules that judged it (matched rules, actions with
 /// rendered bodies). `None` if it cannot be evaluated again (refused before evaluation, body not kept,
 /// rules version no longer known).
-fn exported(state: &State, record: &Record) -> Result<Value, String> {
+async fn exported(state: &State, record: &Record) -> Result<Value, String> {
     use base64::Engine;
     let request = record
         .request
@@ -331,9 +383,8 @@ fn exported(state: &State, record: &Record) -> Result<Value, String> {
         .rules_version
         .as_deref()
         .ok_or("it was refused before evaluation")?;
-    let rules = state
-        .store
-        .version(version)
+    let rules = rules_version(state, version)
+        .await
         .ok_or_else(|| format!("the rules version `{}` is no longer known", short(version)))?;
     let explanation = delivery_log::explain(&rules, record)?;
     let mut out = summary(record);
@@ -347,11 +398,11 @@ fn exported(state: &State, record: &Record) -> Result<Value, String> {
     Ok(out)
 }
 
-fn export_one(state: &State, id: &str) -> Response<Full<Bytes>> {
-    let Some(record) = state.log.get(id) else {
+async fn export_one(state: &State, id: &str) -> Response<Full<Bytes>> {
+    let Some(record) = find(state, id).await else {
         return error(StatusCode::NOT_FOUND, &format!("no delivery record `{id}`"));
     };
-    match exported(state, &record) {
+    match exported(state, &record).await {
         Ok(v) => json_response(StatusCode::OK, &v),
         Err(why) => error(
             StatusCode::CONFLICT,
@@ -361,7 +412,7 @@ fn export_one(state: &State, id: &str) -> Response<Full<Bytes>> {
 }
 
 /// Every exportable record passing the filters, oldest first, one JSON object per line.
-fn export_many(state: &State, query: &[(String, String)]) -> Response<Full<Bytes>> {
+async fn export_many(state: &State, query: &[(String, String)]) -> Response<Full<Bytes>> {
     let mut filter = match delivery_filter(query) {
         Ok(f) => f,
         Err(e) => return error(StatusCode::BAD_REQUEST, &e),
@@ -370,8 +421,12 @@ fn export_many(state: &State, query: &[(String, String)]) -> Response<Full<Bytes
         filter.limit = usize::MAX;
     }
     let mut lines = String::new();
-    for record in state.log.list(&filter).iter().rev() {
-        if let Ok(v) = exported(state, record) {
+    let all = match records(state, &filter).await {
+        Ok(r) => r,
+        Err(e) => return queue_error(e),
+    };
+    for record in all.iter().rev() {
+        if let Ok(v) = exported(state, record).await {
             lines.push_str(&v.to_string());
             lines.push('\n');
         }
@@ -390,7 +445,7 @@ fn short(version: &str) -> &str {
 
 /// Runs a recorded delivery against the current rules: a new record, linked to the old one.
 async fn replay(state: &State, id: &str, dry_run: bool) -> Response<Full<Bytes>> {
-    let Some(old) = state.log.get(id) else {
+    let Some(old) = find(state, id).await else {
         return error(StatusCode::NOT_FOUND, &format!("no delivery record `{id}`"));
     };
     let Some(request) = old.request.as_ref().filter(|_| old.rules_version.is_some()) else {
@@ -500,22 +555,23 @@ async fn requeue(state: &State, id: &str) -> Response<Full<Bytes>> {
 
 async fn targets(state: &State) -> Response<Full<Bytes>> {
     let rules = state.store.snapshot();
-    let stats = match state.queue.stats().await {
+    let mut stats = match state.queue.target_stats().await {
         Ok(s) => s,
         Err(e) => return queue_error(e),
     };
-    let items: Vec<Value> = rules
+    // Every target of the rules, with or without jobs; then jobs of targets the rules dropped.
+    let mut items: Vec<TargetStats> = rules
         .targets()
         .iter()
-        .map(|t| {
-            let pending = stats
-                .pending_by_target
-                .iter()
-                .find(|(n, _)| n == t.name())
-                .map_or(0, |(_, n)| *n);
-            json!({ "name": t.name(), "pending": pending })
+        .map(|t| match stats.iter().position(|s| s.name == t.name()) {
+            Some(i) => stats.swap_remove(i),
+            None => TargetStats {
+                name: t.name().to_string(),
+                ..TargetStats::default()
+            },
         })
         .collect();
+    items.extend(stats);
     json_response(StatusCode::OK, &json!({ "targets": items }))
 }
 

@@ -291,9 +291,11 @@ pub(crate) async fn run(
     let seen = (provided && mode == Mode::Live).then(|| (source.name.clone(), delivery.clone()));
     let kinds: Vec<&'static str> = jobs.iter().map(|j| j.kind.as_str()).collect();
     let n = jobs.len();
+    // The record is stored with the jobs, so an accepted delivery is never without its record.
+    let stored = Arc::new(record.clone());
     match state
         .queue
-        .accept(seen, state.config.dedup_window, jobs)
+        .accept_recorded(seen, state.config.dedup_window, jobs, Some(stored))
         .await
     {
         Err(e) => {

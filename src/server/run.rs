@@ -8,11 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, watch};
 
+use crate::delivery_log::Record;
 use crate::delivery_log::{DeliveryLog, LogConfig};
 use crate::dispatch::{DispatchConfig, Dispatcher};
-use crate::queue::{Queue, QueueError};
+use crate::queue::{Queue, QueueBackend, QueueError};
 use crate::reload::RuleStore;
 use crate::server::{ServerConfig, State};
 
@@ -80,12 +81,29 @@ pub async fn run(
     };
     let queue = Arc::new(Queue::open(&spec).await?);
     let dispatcher = Dispatcher::new(queue.clone(), store.handle(), config.dispatch.clone());
+    let mut background = tokio::task::JoinSet::new();
+    // Replicas on PostgreSQL store every record, so each replica lists all of them; on SQLite, records
+    // other than accepted ones stay in this process's memory.
+    let log = match &*queue {
+        Queue::Postgres(_) => {
+            let (tx, rx) = mpsc::channel(crate::delivery_log::PERSIST_BACKLOG);
+            background.spawn(store_records(queue.clone(), rx));
+            DeliveryLog::persisting(config.log.clone(), tx)
+        }
+        Queue::Sqlite(_) => DeliveryLog::new(config.log.clone()),
+    };
+    // The rules versions that judge deliveries are kept, so those deliveries can be explained later.
+    let (versions_tx, versions_rx) = mpsc::unbounded_channel();
+    store.on_swap(versions_tx.clone());
+    let _ = versions_tx.send(store.status().hash);
+    background.spawn(store_versions(store.clone(), queue.clone(), versions_rx));
+    background.spawn(prune_records(queue.clone(), config.log.clone()));
     let mut state = State::new(
         store.clone(),
         queue.clone(),
         dispatcher.waker(),
         config.server.clone(),
-        Arc::new(DeliveryLog::new(config.log.clone())),
+        Arc::new(log),
     );
     state.admin_token = config.admin_token.clone();
     let state = Arc::new(state);
@@ -144,9 +162,53 @@ pub async fn run(
     // Requests are done, so nothing more is enqueued; let deliveries finish or return to the queue.
     let _ = dispatch_tx.send(true);
     let _ = dispatcher_task.await;
+    background.shutdown().await;
     if let Err(e) = queue.close().await {
         tracing::warn!(error = %e, "closing the queue failed");
     }
     tracing::info!("stopped; the queue keeps what was not delivered");
     Ok(())
+}
+
+/// Stores records in batches as they come (up to `BATCH` per write, or what came in the last tick).
+async fn store_records(queue: Arc<Queue>, mut rx: mpsc::Receiver<Arc<Record>>) {
+    const BATCH: usize = 500;
+    let mut batch = Vec::with_capacity(BATCH);
+    while rx.recv_many(&mut batch, BATCH).await > 0 {
+        if let Err(e) = queue.store_records(std::mem::take(&mut batch)).await {
+            tracing::warn!(error = %e, "delivery records not stored; they stay in memory");
+        }
+    }
+}
+
+/// Stores the text of every rules version the store serves.
+async fn store_versions(
+    store: Arc<RuleStore>,
+    queue: Arc<Queue>,
+    mut rx: mpsc::UnboundedReceiver<String>,
+) {
+    while let Some(hash) = rx.recv().await {
+        let (serving, texts) = store.texts();
+        if serving != hash {
+            continue; // Replaced again meanwhile; its successor's hash is on its way.
+        }
+        let files = serde_json::to_string(&texts).unwrap_or_default();
+        if let Err(e) = queue.put_rules_version(hash, files).await {
+            tracing::warn!(error = %e, "the rules version was not stored; deliveries it judges can be explained while it serves");
+        }
+    }
+}
+
+/// Keeps the stored records within the log's bounds of age and count, every few minutes.
+async fn prune_records(queue: Arc<Queue>, log: crate::delivery_log::LogConfig) {
+    let mut every = tokio::time::interval(Duration::from_secs(300));
+    loop {
+        every.tick().await;
+        let before = crate::queue::now_ms() - log.max_age.as_millis() as i64;
+        match queue.prune_records(before, log.max_records as u64).await {
+            Ok(n) if n > 0 => tracing::info!(records = n, "pruned old delivery records"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "pruning delivery records failed"),
+        }
+    }
 }
