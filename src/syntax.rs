@@ -23,7 +23,8 @@ use grammar::{Grammar, Rule};
 /// recursive stage (parser, lowering, compiling, evaluating) far from the end of its stack.
 pub(crate) const MAX_DEPTH: usize = 64;
 
-/// The most syntax errors reported for one file; the rest of the file is not read.
+/// The most syntax errors (trailing commas included) reported for one file; after as many, the rest
+/// of the file is not read.
 pub(crate) const MAX_SYNTAX_ERRORS: usize = 100;
 
 /// Parses one file's text: its AST, or every syntax error (sorted by position).
@@ -93,18 +94,20 @@ pub(crate) fn parse(file: FileId, text: &str) -> Result<Ast, Diagnostics> {
             None => break,
         }
     }
-    for span in trailing_commas {
-        diags.error(DiagnosticKind::TrailingComma, span);
+    if errors.is_empty() && trailing_commas.is_empty() {
+        return Ok(Ast { items });
     }
+    errors.extend(
+        trailing_commas
+            .into_iter()
+            .map(|span| Diagnostic::new(DiagnosticKind::TrailingComma, span)),
+    );
+    errors.sort_by_key(|d| d.span.start);
+    errors.truncate(MAX_SYNTAX_ERRORS);
     for error in errors {
         diags.push(error);
     }
-    if diags.is_empty() {
-        Ok(Ast { items })
-    } else {
-        diags.sort();
-        Err(diags)
-    }
+    Err(diags)
 }
 
 /// How much text is parsed at once after a syntax error (see [`parse`]).
@@ -988,6 +991,10 @@ mod tests {
     fn recovery_stops_after_the_limit() {
         let text = "rule x\n".repeat(MAX_SYNTAX_ERRORS * 3);
         assert_eq!(parse_errs(&text).len(), MAX_SYNTAX_ERRORS);
+        let commas = "rule \"r\" { from s notify t [1,] }\n".repeat(MAX_SYNTAX_ERRORS * 3);
+        let errors = parse_errs(&format!("{commas}rule x\n"));
+        assert_eq!(errors.len(), MAX_SYNTAX_ERRORS);
+        assert!(errors.iter().all(|e| e.starts_with("trailing comma")));
     }
 
     #[test]

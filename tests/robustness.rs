@@ -176,6 +176,7 @@ fn a_megabyte_of_broken_declarations() {
         "  secret a = env(\"A\") }}}\n",
         "test \"t\" { source s payload [1, 2,] expect matched [] oops }\n",
         "rule\n",
+        "rule \"r\" { from s notify t [1,] }\n",
     ];
     for unit in broken {
         let text = unit.repeat(N / unit.len());
