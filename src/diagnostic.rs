@@ -49,6 +49,13 @@ pub enum DiagnosticKind {
         expected: String,
         found: String,
     },
+    /// A syntax error at a word close to a keyword that fits there (`backof` for `backoff`).
+    UnknownKeyword {
+        found: String,
+        suggestion: String,
+    },
+    /// A syntax error: `{"a": 1,}` or `[1, 2,]`.
+    TrailingComma,
     NotUtf8,
     TooDeep {
         limit: usize,
@@ -191,7 +198,7 @@ impl DiagnosticKind {
     pub fn code(&self) -> &'static str {
         use DiagnosticKind::*;
         match self {
-            Syntax { .. } => "rules::syntax",
+            Syntax { .. } | UnknownKeyword { .. } | TrailingComma => "rules::syntax",
             NotUtf8 => "rules::not_utf8",
             TooDeep { .. } => "rules::too_deep",
             IncludeFailed { .. } => "rules::include_failed",
@@ -266,6 +273,8 @@ impl DiagnosticKind {
         let did_you_mean = |s: &Option<String>| s.as_ref().map(|s| format!("did you mean `{s}`?"));
         match self {
             Syntax { .. } => None,
+            UnknownKeyword { suggestion, .. } => Some(format!("did you mean `{suggestion}`?")),
+            TrailingComma => Some("remove the trailing comma: JSON does not allow it".into()),
             NotUtf8 => Some("rules files are UTF-8 text; check the file's encoding".into()),
             TooDeep { .. } => Some("flatten the expression or literal".into()),
             IncludeFailed { .. } => Some("include paths are relative to the including file".into()),
@@ -343,6 +352,8 @@ impl Display for DiagnosticKind {
         use DiagnosticKind::*;
         match self {
             Syntax { expected, found } => write!(f, "expected {expected}, found {found}"),
+            UnknownKeyword { found, .. } => write!(f, "`{found}` is not a keyword here"),
+            TrailingComma => write!(f, "trailing comma in a JSON literal"),
             NotUtf8 => write!(f, "file is not valid UTF-8"),
             TooDeep { limit } => write!(f, "nesting is deeper than {limit} levels"),
             IncludeFailed { path, reason } => {

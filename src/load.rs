@@ -209,8 +209,8 @@ impl Loader {
         let text = self.files.get(file).text.clone();
         let ast = match syntax::parse(file, &text) {
             Ok(ast) => ast,
-            Err(diagnostic) => {
-                self.diags.push(*diagnostic);
+            Err(diagnostics) => {
+                self.diags.extend(diagnostics);
                 return;
             }
         };

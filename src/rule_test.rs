@@ -1,5 +1,14 @@
-//! Rule unit tests (`test "NAME" { ... }` blocks), as compiled: a recorded delivery and what should
-//! come of it. `gateway test` runs them; `compile` builds them and checks every name they use.
+//! Rule unit tests: the `test "NAME" { ... }` blocks of a rules file, each a recorded delivery and
+//! what should come of it.
+//!
+//! - here: [`RuleTest`], a test block as compiled;
+//! - `compile.rs`: the `compile` pass that builds them and checks every name they use;
+//! - `run.rs`: [`run`], which `gateway test` calls: evaluates each and compares the outcome.
+
+mod compile;
+mod run;
+
+pub use run::{TestResult, event, headers, payload, run};
 
 use std::path::PathBuf;
 

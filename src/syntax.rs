@@ -1,8 +1,10 @@
 //! Text → [`Ast`]. The only module that knows about pest.
 //!
 //! `parse` guards pest against input it handles badly (deep nesting), runs the grammar in
-//! `grammar/rules.pest`, converts a pest error into one `rules::syntax` diagnostic with a span and an
-//! "expected ..." list in user terms, and lowers the parse tree into the AST.
+//! `grammar/rules.pest`, converts a pest error into a `rules::syntax` diagnostic with a span and an
+//! "expected ..." list in user terms (or "did you mean" for a misspelt keyword), and lowers the parse
+//! tree into the AST. After a syntax error it skips the broken declaration and parses on from the next
+//! one, so that one `gateway check` reports the syntax errors of every declaration.
 
 mod ast;
 mod grammar;
@@ -13,7 +15,7 @@ pub(crate) use ast::*;
 use pest::Parser;
 use pest::error::{ErrorVariant, InputLocation};
 
-use crate::diagnostic::{Diagnostic, DiagnosticKind};
+use crate::diagnostic::{Diagnostic, DiagnosticKind, Diagnostics};
 use crate::source::{FileId, Span};
 use grammar::{Grammar, Rule};
 
@@ -21,29 +23,111 @@ use grammar::{Grammar, Rule};
 /// recursive stage (parser, lowering, compiling, evaluating) far from the end of its stack.
 pub(crate) const MAX_DEPTH: usize = 64;
 
-/// Parses one file's text.
-pub(crate) fn parse(file: FileId, text: &str) -> Result<Ast, Box<Diagnostic>> {
+/// The most syntax errors (trailing commas included) reported for one file; after as many, the rest
+/// of the file is not read.
+pub(crate) const MAX_SYNTAX_ERRORS: usize = 100;
+
+/// Parses one file's text: its AST, or every syntax error (sorted by position).
+///
+/// The whole text is parsed at once. After a syntax error, parsing resumes at the next declaration
+/// ([`resume_at`]), on windows of about [`RECOVERY_WINDOW`] bytes of whole lines: pest's cost for an
+/// error grows with the length of the text after it, so a window keeps each error's cost bounded and
+/// the work linear in the size of the file. A window that ends inside a declaration fails at its end;
+/// it is then doubled and parsed again, so windows never change what is reported.
+pub(crate) fn parse(file: FileId, text: &str) -> Result<Ast, Diagnostics> {
+    let mut diags = Diagnostics::default();
     if let Some(offset) = too_deep(text) {
         let span = Span::new(file, offset, offset + 1);
-        return Err(Box::new(Diagnostic::new(
-            DiagnosticKind::TooDeep { limit: MAX_DEPTH },
-            span,
-        )));
+        diags.error(DiagnosticKind::TooDeep { limit: MAX_DEPTH }, span);
+        return Err(diags);
     }
-    match Grammar::parse(Rule::file, text) {
-        Ok(mut pairs) => {
-            let file_pair = pairs
+    let mut items = Vec::new();
+    let mut trailing_commas = Vec::new();
+    let mut lowered = |l: lower::Lowered| {
+        items.extend(l.items);
+        trailing_commas.extend(l.trailing_commas);
+    };
+    let mut errors: Vec<Diagnostic> = Vec::new();
+    let mut start = 0;
+    let mut size = text.len();
+    loop {
+        let rest = &text[start..];
+        let end = line_end_after(rest, size);
+        let window = &rest[..end];
+        if let Ok(mut pairs) = Grammar::parse(Rule::file, window) {
+            let pair = pairs
                 .next()
                 .unwrap_or_else(|| unreachable!("`file` always yields one pair"));
-            Ok(lower::file(file, file_pair))
+            lowered(lower::file(file, start, pair));
+            if end == rest.len() {
+                break;
+            }
+            start += end;
+            continue;
         }
-        Err(_) => Err(Box::new(syntax_error(file, text))),
+        let (error, failed) = syntax_error(file, start, window);
+        if end < rest.len() && skip_trivia(window, failed) == window.len() {
+            // The window may have cut a declaration short: look further.
+            size = 2 * end;
+            continue;
+        }
+        size = RECOVERY_WINDOW;
+        // Resuming before the failure point can meet the same failure again: report it once.
+        if errors.last().is_none_or(|last| last.span != error.span) {
+            errors.push(error);
+        }
+        // The declarations before the broken one parse; their trailing commas are errors too.
+        let mut decl_start = 0;
+        if let Ok(mut pairs) = Grammar::parse(Rule::file_prefix, window) {
+            let pair = pairs
+                .next()
+                .unwrap_or_else(|| unreachable!("`file_prefix` always yields one pair"));
+            decl_start = pair.as_span().end();
+            lowered(lower::file(file, start, pair));
+        }
+        let decl_start = skip_trivia(window, decl_start).min(failed);
+        if errors.len() >= MAX_SYNTAX_ERRORS {
+            break;
+        }
+        match resume_at(rest, decl_start, failed) {
+            Some(next) => start += next,
+            None => break,
+        }
     }
+    if errors.is_empty() && trailing_commas.is_empty() {
+        return Ok(Ast { items });
+    }
+    errors.extend(
+        trailing_commas
+            .into_iter()
+            .map(|span| Diagnostic::new(DiagnosticKind::TrailingComma, span)),
+    );
+    errors.sort_by_key(|d| d.span.start);
+    errors.truncate(MAX_SYNTAX_ERRORS);
+    for error in errors {
+        diags.push(error);
+    }
+    Err(diags)
+}
+
+/// How much text is parsed at once after a syntax error (see [`parse`]).
+const RECOVERY_WINDOW: usize = 16 * 1024;
+
+/// The end of the line that byte `size` of `text` is on (after its `\n`), or the end of the text.
+fn line_end_after(text: &str, size: usize) -> usize {
+    if size >= text.len() {
+        return text.len();
+    }
+    text.as_bytes()[size..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(text.len(), |i| size + i + 1)
 }
 
 /// Parses again with pest's error detail on (slower, so only after a failure) and describes the
-/// failure in user terms.
-fn syntax_error(file: FileId, text: &str) -> Diagnostic {
+/// failure in user terms. `text` starts at byte `offset` of the file; also returns where in `text`
+/// parsing failed.
+fn syntax_error(file: FileId, offset: usize, text: &str) -> (Diagnostic, usize) {
     let mut failure = analyse(text);
     // pest may stop inside a word (`pathx` matched `path`, then failed): blame the whole word, with
     // what was expected where it starts, found by parsing again with the word blanked out.
@@ -75,13 +159,140 @@ fn syntax_error(file: FileId, text: &str) -> Diagnostic {
         expected = vec!["`/` to close the regular expression".to_string()];
     }
     let end = (failure.pos + found.len).min(text.len()).max(failure.pos);
-    Diagnostic::new(
-        DiagnosticKind::Syntax {
+    let word = &text[failure.pos..end];
+    // Only a whole word can be a misspelt keyword, not the rest of one pest stopped inside.
+    let whole_word = !text[..failure.pos].ends_with(is_word_char);
+    let kind = match misspelt_keyword(word, &expected).filter(|_| whole_word) {
+        Some(suggestion) => DiagnosticKind::UnknownKeyword {
+            found: word.to_string(),
+            suggestion,
+        },
+        _ => DiagnosticKind::Syntax {
             expected: join_alternatives(&expected),
             found: found.text,
         },
-        Span::new(file, failure.pos, end),
-    )
+    };
+    let span = Span::new(file, offset + failure.pos, offset + end);
+    (Diagnostic::new(kind, span), failure.pos)
+}
+
+/// The keyword that `word` is likely a misspelling of, among the keywords `expected` names
+/// (`backof` → `backoff`, `qeue` → `queue`, `strats` → `starts with`).
+fn misspelt_keyword(word: &str, expected: &[String]) -> Option<String> {
+    if !word.starts_with(|c: char| c.is_ascii_alphabetic()) || !word.chars().all(is_word_char) {
+        return None;
+    }
+    // Every keyword named in backticks, by its full text and by its first word (`starts with`).
+    let mut keywords: Vec<(&str, &str)> = Vec::new();
+    for item in expected {
+        for quoted in item.split('`').skip(1).step_by(2) {
+            if quoted.is_empty()
+                || !quoted
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c == '_' || c == ' ')
+            {
+                continue;
+            }
+            keywords.push((quoted, quoted));
+            if let Some((first, _)) = quoted.split_once(' ') {
+                keywords.push((first, quoted));
+            }
+        }
+        if item.contains("a method such as") {
+            keywords.extend(METHODS.iter().map(|m| (*m, *m)));
+        }
+    }
+    let closest = crate::compile::suggest(word, keywords.iter().map(|(k, _)| *k))?;
+    keywords
+        .iter()
+        .find(|(k, _)| *k == closest)
+        .map(|(_, full)| full.to_string())
+}
+
+/// The methods `http_method` takes.
+const METHODS: &[&str] = &["post", "put", "patch", "get", "delete"];
+
+/// The first position at or after `pos` that is not white space or a comment.
+fn skip_trivia(text: &str, mut pos: usize) -> usize {
+    let bytes = text.as_bytes();
+    while pos < bytes.len() {
+        match bytes[pos] {
+            b' ' | b'\t' | b'\r' | b'\n' => pos += 1,
+            b'#' => pos = skip_until(bytes, pos, b'\n'),
+            _ => break,
+        }
+    }
+    pos
+}
+
+/// Where to parse again after the declaration that starts at `start` failed at `failed`: the first
+/// line, from the failing one on, that begins a declaration. Such a line begins with `secret`,
+/// `source`, `target`, `rule`, `include` or `test` where the brackets opened since `start` are all
+/// closed. A broken declaration may leave one open (a missing `}`), so a line in column 0 counts
+/// too when it has the shape only a declaration has (inside blocks `secret NAME` and `source NAME`
+/// are items; `secret NAME =` and `source NAME:` are not). Strings, regular expressions, JSONPath
+/// quotes and comments are skipped, so the brackets inside them do not count.
+fn resume_at(text: &str, start: usize, failed: usize) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let failed_line = text[..failed].rfind('\n').map_or(0, |i| i + 1);
+    let mut depth: isize = 0;
+    let mut i = start;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\n' => {
+                let line = i + 1;
+                i = line;
+                while i < bytes.len() && matches!(bytes[i], b' ' | b'\t' | b'\r') {
+                    i += 1;
+                }
+                let closed = depth <= 0;
+                if line >= failed_line
+                    && i > start
+                    && (closed || i == line)
+                    && starts_declaration(&text[i..], closed)
+                {
+                    return Some(i);
+                }
+                continue;
+            }
+            b'#' => {
+                i = skip_until(bytes, i, b'\n');
+                continue;
+            }
+            quote @ (b'"' | b'\'' | b'/') => {
+                i = skip_quoted(bytes, i + 1, quote);
+                if i < bytes.len() && bytes[i] == quote {
+                    i += 1;
+                }
+                continue;
+            }
+            b'(' | b'[' | b'{' => depth += 1,
+            b')' | b']' | b'}' => depth -= 1,
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Whether `line` starts with a declaration's keyword; unless `closed` (outside any block), also
+/// with the shape that tells `secret NAME = ...` and `source NAME: ...` from the items of a block.
+fn starts_declaration(line: &str, closed: bool) -> bool {
+    let word_end = line.find(|c: char| !is_word_char(c)).unwrap_or(line.len());
+    let after_name = |punct: char| {
+        let rest = line[word_end..].trim_start_matches([' ', '\t']);
+        let name_end = rest.find(|c: char| !is_word_char(c)).unwrap_or(rest.len());
+        name_end > 0
+            && rest[name_end..]
+                .trim_start_matches([' ', '\t'])
+                .starts_with(punct)
+    };
+    match &line[..word_end] {
+        "target" | "rule" | "include" | "test" => true,
+        "secret" => closed || after_name('='),
+        "source" => closed || after_name(':'),
+        _ => false,
+    }
 }
 
 /// Where parsing failed and what would have been accepted there.
@@ -398,7 +609,7 @@ fn skip_until(bytes: &[u8], mut i: usize, end: u8) -> usize {
 /// Skips a quoted run; stops at the closing quote or the end of the line (the grammar reports those).
 fn skip_quoted(bytes: &[u8], mut i: usize, quote: u8) -> usize {
     while i < bytes.len() && bytes[i] != quote && bytes[i] != b'\n' {
-        if bytes[i] == b'\\' {
+        if bytes[i] == b'\\' && bytes.get(i + 1).is_some_and(|&b| b != b'\n') {
             i += 1;
         }
         i += 1;
@@ -413,14 +624,32 @@ mod tests {
     fn parse_ok(text: &str) -> Ast {
         match parse(FileId::default(), text) {
             Ok(ast) => ast,
-            Err(d) => panic!("{text:?}: {}", d.kind),
+            Err(d) => panic!(
+                "{text:?}: {:?}",
+                d.iter().map(|d| d.kind.to_string()).collect::<Vec<_>>()
+            ),
         }
     }
 
+    /// The first syntax error's message.
     fn parse_err(text: &str) -> String {
         match parse(FileId::default(), text) {
             Ok(_) => panic!("{text:?} parsed"),
-            Err(d) => d.kind.to_string(),
+            Err(d) => d.iter().next().unwrap().kind.to_string(),
+        }
+    }
+
+    /// Every syntax error's message, in order, with its help line if any.
+    fn parse_errs(text: &str) -> Vec<String> {
+        match parse(FileId::default(), text) {
+            Ok(_) => panic!("{text:?} parsed"),
+            Err(d) => d
+                .iter()
+                .map(|d| match d.kind.help() {
+                    Some(help) => format!("{} ({help})", d.kind),
+                    None => d.kind.to_string(),
+                })
+                .collect(),
         }
     }
 
@@ -559,6 +788,213 @@ mod tests {
         assert!(
             parse_err("rule \"r\" { from s }}").starts_with("expected `include`, `rule`, `secret`")
         );
+    }
+
+    #[test]
+    fn misspelt_keywords_get_a_suggestion() {
+        let rules = |body: &str| format!("rule \"r\" {{\n  from s\n  {body}\n}}");
+        for (body, keyword) in [
+            ("notfy t", "notify"),
+            ("form s", "from"),
+            ("wehn $.a exists", "when"),
+            ("qeue check t", "queue"),
+            ("queue chek t", "check"),
+            ("forward t sign wth k", "with"),
+            ("when $.a == 1 adn $.b == 2", "and"),
+            ("when $.a strats with \"x\"", "starts with"),
+            ("when $.a startswith \"x\"", "starts with"),
+            ("when $.a contians \"x\"", "contains"),
+            ("notifyy t", "notify"),
+            ("Notify t", "notify"),
+        ] {
+            let word = body
+                .split(' ')
+                .find(|w| !KEYWORDS_IN_CASES.contains(w))
+                .unwrap();
+            assert_eq!(
+                parse_errs(&rules(body)),
+                [format!(
+                    "`{word}` is not a keyword here (did you mean `{keyword}`?)"
+                )],
+                "{body}"
+            );
+        }
+        assert_eq!(
+            parse_errs("target t { post \"http://x\" retry 3 backof 1s..5m }"),
+            ["`backof` is not a keyword here (did you mean `backoff`?)"]
+        );
+        assert_eq!(
+            parse_errs("soruce s: github {}"),
+            ["`soruce` is not a keyword here (did you mean `source`?)"]
+        );
+        assert_eq!(
+            parse_errs("target t { pots \"http://x\" }"),
+            ["`pots` is not a keyword here (did you mean `post`?)"]
+        );
+        assert_eq!(
+            parse_errs("source s: github { event \"push\" }"),
+            ["`event` is not a keyword here (did you mean `events`?)"]
+        );
+        // Nothing close: the list of what fits.
+        let bogus = parse_err(&rules("bogus t"));
+        assert!(
+            bogus.starts_with("expected `,`, `;`, `forward`, `from`"),
+            "{bogus}"
+        );
+        // Too short to guess.
+        assert!(parse_err(&rules("nt t")).starts_with("expected "));
+    }
+
+    /// The words of the cases above that are spelt right.
+    const KEYWORDS_IN_CASES: &[&str] = &[
+        "t", "s", "$.a", "exists", "check", "queue", "forward", "sign", "k", "when", "==", "1",
+        "2", "$.b", "with", "\"x\"",
+    ];
+
+    #[test]
+    fn every_broken_declaration_is_reported() {
+        let text = "secret a = env(\"A\")\n\
+                    source s github { secret a }\n\
+                    target t { post \"http://x\" timeout }\n\
+                    target u { post \"http://x\" }\n\
+                    rule \"r\" { from s notfy t }\n\
+                    include 3\n";
+        assert_eq!(
+            parse_errs(text),
+            [
+                "expected `:`, found `github`",
+                "expected a duration, found `}`",
+                "`notfy` is not a keyword here (did you mean `notify`?)",
+                "expected a string, found `3`",
+            ]
+        );
+        // Garbage between declarations is one error, and the declaration after it is read.
+        assert_eq!(
+            parse_errs("secret a = env(\"A\")\n%%% ???\n!!\nsecret b env(\"B\")\n").len(),
+            2
+        );
+    }
+
+    #[test]
+    fn recovery_skips_brackets_in_strings_regexes_and_comments() {
+        // Each broken rule holds unbalanced brackets in text; the next declaration is still found at
+        // bracket depth 0, and the `source s` item of the test block is not taken for a declaration.
+        let text = "rule \"{[(\" { from s when $.a matches /\\{[(/ and $.b == \"}}\" # {{\n  notfy t\n}\n\
+                    rule \"b\" { from s when $['}}'] == 1 notfy t }\n\
+                    test \"t\" {\n  source s\n  payload {} expect matched [\"b\"] oops\n}\n\
+                    target t { post \"http://x\" retry }\n";
+        let errors = parse_errs(text);
+        assert_eq!(errors.len(), 4, "{errors:?}");
+        assert!(errors[2].starts_with("expected "), "{errors:?}");
+        assert!(
+            errors[3].starts_with("expected a whole number"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn recovery_after_an_unclosed_block() {
+        // The `}` is missing: the next declaration is found in column 0 by its shape.
+        let text = "rule \"r\" {\n  from s\n  when payload contains {\"a\": 1\n  notify t\n\
+                    source s: github { secret a b }\n\
+                    secret a = env(A)\n";
+        assert_eq!(
+            parse_errs(text),
+            [
+                "expected `,` or `}`, found `notify`",
+                "expected `,`, `;`, `algorithm`, `encoding`, `events`, `header`, `insecure`, `max_body`, `path`, `prefix`, `rate`, `secret`, `token`, `tolerance` or `}`, found `b`",
+                "expected a string, found `A`",
+            ]
+        );
+        // Indented, inside the open block, the same line is an item, not a declaration.
+        let text = "source s: github {\n  secret a = env(\"A\")\n  path \"/x\"\n}\n";
+        assert_eq!(parse_errs(text).len(), 1);
+    }
+
+    #[test]
+    fn trailing_commas_in_json_are_errors() {
+        let rule = |json: &str| format!("rule \"r\" {{ from s notify t {json} }}");
+        for json in [
+            r#"{"ref": "x",}"#,
+            "[1, 2,]",
+            r#"{"a": [1,], "b": {"c": 1,},}"#,
+        ] {
+            let errors = parse_errs(&rule(json));
+            assert!(!errors.is_empty(), "{json}");
+            for e in errors {
+                assert_eq!(
+                    e,
+                    "trailing comma in a JSON literal (remove the trailing comma: JSON does not allow it)"
+                );
+            }
+        }
+        let Err(d) = parse(FileId::default(), &rule(r#"{"a": [1,], "b": 2,}"#)) else {
+            panic!()
+        };
+        let at: Vec<u32> = d.iter().map(|d| d.span.start).collect();
+        let text = rule(r#"{"a": [1,], "b": 2,}"#);
+        assert_eq!(at.len(), 2);
+        for (start, d) in at.iter().zip(d.iter()) {
+            assert_eq!(&text[*start as usize..d.span.end as usize], ",");
+        }
+        // Alongside a syntax error elsewhere, in the declarations before and after it.
+        let text = format!(
+            "{}\nrule \"x\" {{ from }}\n{}\n",
+            rule("[1,]"),
+            rule("[2,]")
+        );
+        assert_eq!(parse_errs(&text).len(), 3);
+        // A comma between elements is fine, and so are empty literals.
+        parse_ok(&rule(r#"{"a": [1, 2], "b": {}, "c": []}"#));
+    }
+
+    #[test]
+    fn recovery_windows_do_not_change_what_is_reported() {
+        // After the first error, text is parsed in windows; declarations longer than a window, over
+        // many lines, must read as they do whole.
+        let long_when = format!(
+            "rule \"long\" {{\n  from s\n  when $.a == 1{}\n  notify t {{\n{}  \"z\": 1\n  }}\n}}\n",
+            "\n    and $.a == 1".repeat(RECOVERY_WINDOW / 10),
+            "    \"k\": [1, 2],\n".repeat(RECOVERY_WINDOW / 10)
+        );
+        let text = format!(
+            "rule \"a\" {{ from s notfy t }}\n{long_when}rule \"b\" {{ form s }}\n{long_when}"
+        );
+        let errors = parse_errs(&text);
+        assert_eq!(
+            errors,
+            [
+                "`notfy` is not a keyword here (did you mean `notify`?)",
+                "`form` is not a keyword here (did you mean `from`?)",
+            ]
+        );
+        let Err(d) = parse(FileId::default(), &text) else {
+            panic!()
+        };
+        let second = d.iter().nth(1).unwrap();
+        assert_eq!(
+            &text[second.span.start as usize..second.span.end as usize],
+            "form"
+        );
+        // The same, broken at the very end of the long declaration.
+        let text = format!(
+            "rule \"a\" {{ from s notfy t }}\n{}",
+            long_when.replace("\"z\": 1", "\"z\": 1,")
+        );
+        assert_eq!(
+            parse_errs(&text)[1],
+            "trailing comma in a JSON literal (remove the trailing comma: JSON does not allow it)"
+        );
+    }
+
+    #[test]
+    fn recovery_stops_after_the_limit() {
+        let text = "rule x\n".repeat(MAX_SYNTAX_ERRORS * 3);
+        assert_eq!(parse_errs(&text).len(), MAX_SYNTAX_ERRORS);
+        let commas = "rule \"r\" { from s notify t [1,] }\n".repeat(MAX_SYNTAX_ERRORS * 3);
+        let errors = parse_errs(&format!("{commas}rule x\n"));
+        assert_eq!(errors.len(), MAX_SYNTAX_ERRORS);
+        assert!(errors.iter().all(|e| e.starts_with("trailing comma")));
     }
 
     #[test]

@@ -202,7 +202,11 @@ fn eval_fixtures_pass_and_match_their_outputs() {
         };
         assert!(!compiled.tests.is_empty(), "{}: no tests", path.display());
         let mut text = String::new();
-        for (test, result) in compiled.tests.iter().zip(hookgate::testing::run(compiled)) {
+        for (test, result) in compiled
+            .tests
+            .iter()
+            .zip(hookgate::rule_test::run(compiled))
+        {
             if !result.passed() {
                 failures.push(format!(
                     "{} / {}: {}",
@@ -226,7 +230,7 @@ fn eval_fixtures_pass_and_match_their_outputs() {
 /// What one test's delivery produced, in a stable text form.
 fn describe(rules: &hookgate::ruleset::RuleSet, test: &hookgate::rule_test::RuleTest) -> String {
     use hookgate::eval::PlannedKind;
-    let event = hookgate::testing::event(rules, test).unwrap();
+    let event = hookgate::rule_test::event(rules, test).unwrap();
     let outcome = hookgate::eval::evaluate(rules, &event);
     let mut out = format!(
         "test {:?}\n  event {:?}, delivery {:?}\n",

@@ -162,6 +162,69 @@ fn a_megabyte_of_flat_input() {
     );
 }
 
+/// Syntax errors are reported per declaration: a megabyte of broken declarations (with brackets in
+/// strings, regexes and comments, and blocks left open) gets a bounded list of errors, in order, each
+/// with a span inside the text, promptly.
+#[test]
+fn a_megabyte_of_broken_declarations() {
+    const N: usize = 1 << 20;
+    let broken: &[&str] = &[
+        "rule \"r\" { from s when $.a == \"{\" and $.b matches /[(/ notfy t }\n",
+        "rule \"r\" {\n  from s # {\n  notify t {\"a\": [1]\n  when $.a == 1\n}}\n",
+        "source s github { secret a }\n",
+        "target t { post \"http://x\" retry 3 backof 1s..5m }\n",
+        "  secret a = env(\"A\") }}}\n",
+        "test \"t\" { source s payload [1, 2,] expect matched [] oops }\n",
+        "rule\n",
+        "rule \"r\" { from s notify t [1,] }\n",
+    ];
+    for unit in broken {
+        let text = unit.repeat(N / unit.len());
+        let loaded = promptly(move || load(text.as_bytes()));
+        let diags = loaded.result.as_ref().expect_err(unit);
+        let codes: Vec<&str> = diags.iter().map(|d| d.kind.code()).collect();
+        assert!(
+            codes.iter().all(|c| *c == "rules::syntax"),
+            "{unit}: {codes:?}"
+        );
+        assert!(
+            codes.len() > 1 && codes.len() <= 200,
+            "{unit}: {}",
+            codes.len()
+        );
+        let at: Vec<(usize, usize)> = diags
+            .iter()
+            .map(|d| {
+                let json = d.to_json(&loaded.files);
+                (json.line, json.column)
+            })
+            .collect();
+        assert!(at.is_sorted(), "{unit}");
+        assert!(at.iter().all(|&(l, c)| l >= 1 && c >= 1), "{unit}");
+        diags.render(&loaded.files, false);
+    }
+    // One long declaration broken at its end, then a long run of good ones: one error, read once.
+    let rule =
+        "secret a = env(\"A\")\nsource s: github { secret a }\ntarget t { post \"http://x\" }\n";
+    let text = format!(
+        "{rule}rule \"r\" {{ from s when {}$.a == 1 notfy t }}\n{}",
+        "not ".repeat(N / 8),
+        "rule \"q\" { from s notify t }\n".repeat(N / 60)
+    );
+    let loaded = promptly(move || load(text.as_bytes()));
+    let diags = loaded.result.as_ref().unwrap_err();
+    assert_eq!(diags.len(), 1);
+    assert!(
+        diags
+            .iter()
+            .next()
+            .unwrap()
+            .kind
+            .to_string()
+            .contains("`notfy`")
+    );
+}
+
 /// An empty, white-space-only or comment-only file, or one with targets but no source, would answer
 /// every request 404: an error, whatever else is in it.
 #[test]

@@ -186,7 +186,7 @@ impl Cx<'_> {
         }
     }
 
-    pub(super) fn invalid_operand(&mut self, span: Span, message: String, help: &str) {
+    pub(crate) fn invalid_operand(&mut self, span: Span, message: String, help: &str) {
         self.error(
             DiagnosticKind::InvalidOperand {
                 message,
@@ -215,7 +215,7 @@ impl Cx<'_> {
     }
 
     /// A JSON literal; reports request reads and interpolations inside it.
-    pub(super) fn literal(&mut self, v: &Value, context: &'static str) -> Option<Json> {
+    pub(crate) fn literal(&mut self, v: &Value, context: &'static str) -> Option<Json> {
         Some(match &v.kind {
             ValueKind::Object(members) => {
                 let mut map = Map::new();

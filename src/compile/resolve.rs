@@ -6,11 +6,11 @@ use crate::diagnostic::{Diagnostic, DiagnosticKind, Diagnostics, NameKind};
 use crate::source::Span;
 
 /// The declared names of one kind, in declaration order.
-pub(super) struct Names {
+pub(crate) struct Names {
     kind: NameKind,
     index: HashMap<String, usize>,
     pub(super) spans: Vec<Span>,
-    pub(super) names: Vec<String>,
+    pub(crate) names: Vec<String>,
     /// Whether anything refers to the name (for the unused lints).
     pub(super) used: Vec<bool>,
 }
@@ -27,7 +27,7 @@ impl Names {
     }
 
     /// Declares a name. A duplicate is reported and gets no index of its own.
-    pub(super) fn declare(
+    pub(crate) fn declare(
         &mut self,
         name: &str,
         span: Span,
@@ -81,7 +81,7 @@ impl Names {
         }
     }
 
-    pub(super) fn get(&self, name: &str) -> Option<usize> {
+    pub(crate) fn get(&self, name: &str) -> Option<usize> {
         self.index.get(name).copied()
     }
 

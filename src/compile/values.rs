@@ -1,6 +1,11 @@
-//! Scalar values written as words: whole numbers, durations, sizes, JSON numbers.
+//! Scalar values written as words: whole numbers, durations, sizes, rates.
 
 use std::time::Duration;
+
+use crate::compile::Cx;
+use crate::diagnostic::DiagnosticKind;
+use crate::ruleset::Rate;
+use crate::syntax::Word;
 
 /// Parses `500ms`, `30s`, `1m30s`, `2h`, `1d`. `None` for anything else or on overflow.
 pub(crate) fn parse_duration(text: &str) -> Option<Duration> {
@@ -52,6 +57,59 @@ pub(crate) fn parse_size(text: &str) -> Option<u64> {
         _ => return None,
     };
     n.checked_mul(factor)
+}
+
+impl Cx<'_> {
+    pub(super) fn duration(&mut self, word: &Word) -> Option<Duration> {
+        let parsed = parse_duration(&word.text);
+        if parsed.is_none() {
+            self.error(
+                DiagnosticKind::InvalidDuration {
+                    text: word.text.clone(),
+                },
+                word.span,
+            );
+        }
+        parsed
+    }
+
+    /// A duration that must be above zero.
+    pub(super) fn positive_duration(&mut self, word: &Word, what: &str) -> Option<Duration> {
+        let d = self.duration(word)?;
+        if d.is_zero() {
+            self.invalid_value(
+                word.span,
+                &format!("{what} must be longer than zero"),
+                "use at least `1ms`",
+            );
+            return None;
+        }
+        Some(d)
+    }
+
+    /// A whole number within `min..=max`.
+    pub(super) fn int(&mut self, word: &Word, min: u32, max: u32, what: &str) -> Option<u32> {
+        match word.text.parse::<u32>() {
+            Ok(n) if (min..=max).contains(&n) => Some(n),
+            _ => {
+                self.invalid_value(
+                    word.span,
+                    &format!("{what} `{}` is out of range", word.text),
+                    &format!("use a number from {min} to {max}"),
+                );
+                None
+            }
+        }
+    }
+
+    pub(super) fn rate(&mut self, count: &Word, per: &Word) -> Option<Rate> {
+        let count = self.int(count, 1, 1_000_000, "rate");
+        let per = self.positive_duration(per, "a rate's period");
+        Some(Rate {
+            count: count?,
+            per: per?,
+        })
+    }
 }
 
 #[cfg(test)]

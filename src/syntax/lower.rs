@@ -4,6 +4,8 @@
 //! `unreachable!` says which. Values are not checked here (that is `compile`'s job, which can
 //! report every problem with a span); lowering only reshapes.
 
+use std::cell::RefCell;
+
 use pest::iterators::Pair;
 
 use crate::source::{FileId, Span};
@@ -12,9 +14,20 @@ use crate::syntax::grammar::Rule;
 
 type P<'i> = Pair<'i, Rule>;
 
-/// Lowers the `file` pair.
-pub(super) fn file(file: FileId, pair: P<'_>) -> Ast {
-    let cx = Cx { file };
+/// What lowering one run of declarations gives.
+pub(super) struct Lowered {
+    pub(super) items: Vec<Item>,
+    /// Where a JSON literal has a trailing comma, which the grammar accepts so that it can be reported.
+    pub(super) trailing_commas: Vec<Span>,
+}
+
+/// Lowers a `file` or `file_prefix` pair parsed from the text that starts at byte `offset` of the file.
+pub(super) fn file(file: FileId, offset: usize, pair: P<'_>) -> Lowered {
+    let cx = Cx {
+        file,
+        offset,
+        trailing_commas: RefCell::new(Vec::new()),
+    };
     let items = pair
         .into_inner()
         .filter_map(|p| match p.as_rule() {
@@ -28,18 +41,23 @@ pub(super) fn file(file: FileId, pair: P<'_>) -> Ast {
             other => unreachable!("`file` holds declarations only, got {other:?}"),
         })
         .collect();
-    Ast { items }
+    Lowered {
+        items,
+        trailing_commas: cx.trailing_commas.into_inner(),
+    }
 }
 
-/// The file being lowered, so that every span names it.
+/// The file being lowered, so that every span names it, and where in it the parsed text starts.
 struct Cx {
     file: FileId,
+    offset: usize,
+    trailing_commas: RefCell<Vec<Span>>,
 }
 
 impl Cx {
     fn span(&self, pair: &P<'_>) -> Span {
         let s = pair.as_span();
-        Span::new(self.file, s.start(), s.end())
+        Span::new(self.file, self.offset + s.start(), self.offset + s.end())
     }
 
     fn word(&self, pair: P<'_>) -> Word {
@@ -543,7 +561,7 @@ impl Cx {
         let span = self.span(&pair);
         let kind = match pair.as_rule() {
             Rule::object => ValueKind::Object(
-                pair.into_inner()
+                self.elements(pair, Rule::member)
                     .map(|member| {
                         let mut inner = member.into_inner();
                         let key = self.string(
@@ -560,10 +578,24 @@ impl Cx {
                     })
                     .collect(),
             ),
-            Rule::array => ValueKind::Array(pair.into_inner().map(|p| self.value(p)).collect()),
+            Rule::array => ValueKind::Array(
+                self.elements(pair, Rule::value)
+                    .map(|p| self.value(p))
+                    .collect(),
+            ),
             other => unreachable!("not an object or array: {other:?}"),
         };
         Value { kind, span }
+    }
+
+    /// The members or values of an object or array; a trailing comma is set aside for its error.
+    fn elements<'i>(&self, pair: P<'i>, rule: Rule) -> impl Iterator<Item = P<'i>> {
+        pair.into_inner().filter(move |p| {
+            if p.as_rule() == Rule::trailing_comma {
+                self.trailing_commas.borrow_mut().push(self.span(p));
+            }
+            p.as_rule() == rule
+        })
     }
 
     fn string(&self, pair: P<'_>) -> Str {

@@ -1,24 +1,24 @@
-//! `test` blocks → [`RuleTest`]: every name checked, payload paths resolved against the test's file.
+//! `test "NAME" { ... }` blocks → [`RuleTest`]: every name checked, payload paths resolved against
+//! the test's file. A pass of `compile`, which calls it after the rules.
 
-use std::collections::HashMap;
-
-use crate::compile::Cx;
-use crate::diagnostic::{Diagnostic, DiagnosticKind, NameKind};
+use crate::compile::{Cx, Options, suggest};
+use crate::diagnostic::{DiagnosticKind, NameKind};
 use crate::rule_test::{ExpectedAction, ExpectedBody, ExpectedKind, RuleTest, TestPayload};
-use crate::ruleset::Source;
-use crate::source::{FileId, Span};
+use crate::source::FileId;
 use crate::syntax::{BodyMatch, TestDecl, TestItemKind, ValueKind, Word};
 
-pub(super) fn compile_test(
-    cx: &mut Cx<'_>,
-    file: FileId,
-    decl: &TestDecl,
-    _sources: &[Source],
-) -> Option<RuleTest> {
+impl Cx<'_> {
+    /// Compiles one test block of file `file`.
+    pub(crate) fn test(&mut self, file: FileId, decl: &TestDecl) -> Option<RuleTest> {
+        compile_test(self, file, decl)
+    }
+}
+
+fn compile_test(cx: &mut Cx<'_>, file: FileId, decl: &TestDecl) -> Option<RuleTest> {
     let name = cx.plain(&decl.name, "test names");
     cx.tests.declare(&name, decl.name.span, &mut cx.diags);
     let mut ok = true;
-    let mut seen: HashMap<&'static str, Span> = HashMap::new();
+    let mut given = Options::default();
     let mut source = None;
     let mut event = None;
     let mut headers = Vec::new();
@@ -36,16 +36,11 @@ pub(super) fn compile_test(
             TestItemKind::ExpectMatched(_) => Some("expect matched"),
             _ => None,
         };
-        if let Some(option) = once {
-            if let Some(first) = seen.get(option) {
-                cx.diags.push(
-                    Diagnostic::new(DiagnosticKind::DuplicateOption { option }, item.span)
-                        .with_label(*first, "first given here"),
-                );
-                ok = false;
-                continue;
-            }
-            seen.insert(option, item.span);
+        if let Some(option) = once
+            && !cx.once(&mut given, option, item.span)
+        {
+            ok = false;
+            continue;
         }
         match &item.kind {
             TestItemKind::Source(word) => {
@@ -92,10 +87,8 @@ pub(super) fn compile_test(
                     match rule {
                         Some((rule, _)) if cx.rules.get(&rule).is_some() => names.push(rule),
                         Some((rule, span)) => {
-                            let suggestion = crate::compile::suggest(
-                                &rule,
-                                cx.rules.names.iter().map(String::as_str),
-                            );
+                            let suggestion =
+                                suggest(&rule, cx.rules.names.iter().map(String::as_str));
                             cx.error(
                                 DiagnosticKind::UnknownName {
                                     kind: NameKind::Rule,
@@ -157,14 +150,14 @@ pub(super) fn compile_test(
             }
         }
     }
-    if source.is_none() && !seen.contains_key("source") {
+    if source.is_none() && given.get("source").is_none() {
         cx.error(
             DiagnosticKind::IncompleteTest { missing: "source" },
             decl.name.span,
         );
         ok = false;
     }
-    if payload.is_none() && !seen.contains_key("payload") {
+    if payload.is_none() && given.get("payload").is_none() {
         cx.error(
             DiagnosticKind::IncompleteTest { missing: "payload" },
             decl.name.span,
@@ -204,7 +197,7 @@ fn lookup(cx: &mut Cx<'_>, word: &Word, kind: NameKind) -> Option<usize> {
     if let Some(id) = names.get(&word.text) {
         return Some(id);
     }
-    let suggestion = crate::compile::suggest(&word.text, names.names.iter().map(String::as_str));
+    let suggestion = suggest(&word.text, names.names.iter().map(String::as_str));
     cx.error(
         DiagnosticKind::UnknownName {
             kind,

@@ -1,0 +1,182 @@
+//! `target NAME { ... }` → [`Target`]: request line, headers, timeout, retries, rate, signature.
+
+use crate::compile::{Cx, Options, expr, source::is_header_name};
+use crate::diagnostic::DiagnosticKind;
+use crate::ruleset::{Method, Retry, SignatureStyle, Target};
+use crate::syntax::{Str, TargetDecl, TargetItemKind};
+
+impl Cx<'_> {
+    /// Compiles one target; `None` when it has errors (all reported).
+    pub(super) fn target(&mut self, decl: &TargetDecl) -> Option<Target> {
+        let mut given = Options::default();
+        let mut request = None;
+        let mut headers = Vec::new();
+        let mut timeout = crate::ruleset::DEFAULT_TIMEOUT;
+        let mut retry = crate::ruleset::DEFAULT_RETRY;
+        let mut rate = None;
+        let mut concurrency = crate::ruleset::DEFAULT_CONCURRENCY;
+        let mut signature = SignatureStyle::GitHub;
+        let mut ok = true;
+        for item in &decl.items {
+            // `header` may be repeated: each adds one.
+            let repeatable = matches!(item.kind, TargetItemKind::Header { .. });
+            if !repeatable && !self.once(&mut given, item.kind.keyword(), item.span) {
+                continue;
+            }
+            match &item.kind {
+                TargetItemKind::Request { method, url } => {
+                    // INVARIANT: the grammar only accepts the methods `Method::from_name` knows.
+                    let method = Method::from_name(&method.text).unwrap_or(Method::Post);
+                    let url_template = self.str_template(url, expr::StrContext::Target);
+                    ok &= self.check_url(url, &url_template);
+                    request = Some((method, url_template));
+                }
+                TargetItemKind::Header { name, value } => {
+                    let name_text = self.plain(name, "header names");
+                    if !is_header_name(&name_text) {
+                        self.invalid_value(
+                            name.span,
+                            &format!("`{name_text}` is not a valid header name"),
+                            "header names are letters, digits and `-`",
+                        );
+                        ok = false;
+                    }
+                    let value = self.str_template(value, expr::StrContext::Target);
+                    headers.push((name_text, value));
+                }
+                TargetItemKind::Timeout(word) => match self.positive_duration(word, "timeout") {
+                    Some(d) => timeout = d,
+                    None => ok = false,
+                },
+                TargetItemKind::Retry { count, backoff } => {
+                    let attempts = self.int(count, 0, 1000, "retry count");
+                    let (min, max) = match backoff {
+                        Some((min, max)) => (
+                            self.positive_duration(min, "backoff"),
+                            self.positive_duration(max, "backoff"),
+                        ),
+                        None => (Some(retry.min_backoff), Some(retry.max_backoff)),
+                    };
+                    match (attempts, min, max) {
+                        (Some(attempts), Some(min), Some(max)) if min <= max => {
+                            retry = Retry {
+                                attempts,
+                                min_backoff: min,
+                                max_backoff: max,
+                            };
+                        }
+                        (Some(_), Some(_), Some(_)) => {
+                            self.invalid_value(
+                                item.span,
+                                "the backoff's minimum is larger than its maximum",
+                                "write `backoff MIN..MAX`, e.g. `backoff 1s..5m`",
+                            );
+                            ok = false;
+                        }
+                        _ => ok = false,
+                    }
+                }
+                TargetItemKind::Rate { count, per } => match self.rate(count, per) {
+                    Some(r) => rate = Some(r),
+                    None => ok = false,
+                },
+                TargetItemKind::Concurrency(word) => match self.int(word, 1, 1024, "concurrency") {
+                    Some(n) => concurrency = n,
+                    None => ok = false,
+                },
+                TargetItemKind::Signature { style, header } => {
+                    let header_text = header
+                        .as_ref()
+                        .map(|h| (self.plain(h, "header names"), h.span));
+                    signature = match (style.text.as_str(), header_text) {
+                        ("github", None) => SignatureStyle::GitHub,
+                        ("gitea", None) => SignatureStyle::Gitea,
+                        ("bitbucket", None) => SignatureStyle::Bitbucket,
+                        ("standard_webhooks", None) => SignatureStyle::StandardWebhooks,
+                        ("generic_hmac", h) => SignatureStyle::GenericHmac {
+                            header: h.map_or_else(|| "X-Signature".into(), |h| h.0),
+                        },
+                        (known, Some((_, span)))
+                            if crate::ruleset::SIGNATURE_STYLES.contains(&known) =>
+                        {
+                            self.error(
+                                DiagnosticKind::OptionNotAllowed {
+                                    option: "header",
+                                    provider: format!("`{known}` signature"),
+                                    allowed_for: "`generic_hmac` signatures",
+                                },
+                                span,
+                            );
+                            ok = false;
+                            continue;
+                        }
+                        (other, _) => {
+                            self.error(
+                                DiagnosticKind::InvalidOption {
+                                    option: "signature style",
+                                    value: other.into(),
+                                    expected: crate::ruleset::SIGNATURE_STYLES.join(", "),
+                                },
+                                style.span,
+                            );
+                            ok = false;
+                            continue;
+                        }
+                    };
+                }
+            }
+        }
+        let Some((method, url)) = request else {
+            self.error(
+                DiagnosticKind::MissingUrl {
+                    target: decl.name.text.clone(),
+                },
+                decl.name.span,
+            );
+            return None;
+        };
+        ok.then(|| Target {
+            name: decl.name.text.clone(),
+            method,
+            url,
+            headers,
+            timeout,
+            retry,
+            rate,
+            concurrency,
+            signature,
+        })
+    }
+
+    /// Checks a target URL, with every interpolation replaced by a stand-in.
+    fn check_url(&mut self, written: &Str, template: &crate::ruleset::StrTemplate) -> bool {
+        use crate::ruleset::StrPiece;
+        let sample: String = template
+            .pieces
+            .iter()
+            .map(|p| match p {
+                StrPiece::Text(t) => t.as_str(),
+                _ => "x",
+            })
+            .collect();
+        let shown = written.text();
+        let reason = match url::Url::parse(&sample) {
+            Ok(u) if !matches!(u.scheme(), "http" | "https") => {
+                Some(format!("scheme `{}` is not http or https", u.scheme()))
+            }
+            Ok(u) if u.host_str().is_none_or(str::is_empty) => Some("it has no host".to_string()),
+            Ok(_) => None,
+            Err(e) => Some(e.to_string()),
+        };
+        match reason {
+            Some(reason) => {
+                self.error(
+                    DiagnosticKind::InvalidUrl { url: shown, reason },
+                    written.span,
+                );
+                false
+            }
+            None => true,
+        }
+    }
+}
