@@ -38,5 +38,4 @@ pub mod server;
 pub mod signature;
 pub mod source;
 mod syntax;
-pub mod testing;
 pub mod verify;

@@ -66,7 +66,7 @@ pub(super) fn test(paths: &[PathBuf]) -> Exit {
             continue;
         }
         println!("{}", file.display());
-        for result in crate::testing::run(compiled) {
+        for result in crate::rule_test::run(compiled) {
             if result.passed() {
                 passed += 1;
                 println!("  ✓ {}", result.name);
