@@ -130,7 +130,7 @@ impl Record {
     pub fn new(source: Option<String>) -> Record {
         Record {
             id: new_id(),
-            received_at: crate::queue::now_ms(),
+            received_at: crate::clock::now_ms(),
             source,
             delivery: None,
             event: None,
@@ -414,7 +414,7 @@ impl DeliveryLog {
         let mut ring = self.lock();
         ring.bytes += size;
         ring.records.push_back(record.clone());
-        let oldest_kept = crate::queue::now_ms() - self.config.max_age.as_millis() as i64;
+        let oldest_kept = crate::clock::now_ms() - self.config.max_age.as_millis() as i64;
         while ring.records.len() > self.config.max_records
             || ring.bytes > self.config.max_bytes
             || ring

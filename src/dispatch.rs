@@ -23,7 +23,8 @@ use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
-use crate::queue::{Attempt, ClaimLimits, Job, Lease, QueueBackend, Settle, now_ms};
+use crate::clock::now_ms;
+use crate::queue::{Attempt, ClaimLimits, Job, Lease, QueueBackend, Settle};
 use crate::ruleset::{Rate, RuleSet, Target};
 
 /// Runtime knobs of the dispatcher (flags of `gateway serve`, not rules-file settings).

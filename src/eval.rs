@@ -18,7 +18,7 @@ use serde_json::{Map, Value};
 use crate::event::Event;
 use crate::ruleset::{
     Action, CompareOp, JsonPath, Matcher, Operand, Predicate, PredicateOp, Quantifier, Rule,
-    RuleSet, Step, StrPiece, StrTemplate, Template,
+    RuleSet, StrPiece, StrTemplate, Template, walk,
 };
 
 /// What an event leads to.
@@ -162,25 +162,6 @@ pub(crate) fn select<'a>(path: &JsonPath, payload: &'a Value) -> Vec<&'a Value> 
             Err(_) => Vec::new(),
         },
     }
-}
-
-/// Follows simple-path steps.
-pub(crate) fn walk<'a>(steps: &[Step], mut value: &'a Value) -> Option<&'a Value> {
-    for step in steps {
-        value = match (step, value) {
-            (Step::Key(k), Value::Object(map)) => map.get(k)?,
-            (Step::Index(i), Value::Array(items)) => {
-                let i = if *i < 0 {
-                    items.len().checked_sub(i.unsigned_abs() as usize)?
-                } else {
-                    *i as usize
-                };
-                items.get(i)?
-            }
-            _ => return None,
-        };
-    }
-    Some(value)
 }
 
 fn predicate(p: &Predicate, event: &Event) -> bool {

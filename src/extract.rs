@@ -78,7 +78,7 @@ impl<'de> DeserializeSeed<'de> for Seed<'_, '_> {
         if self.wanted.iter().any(|(_, rest)| rest.is_empty()) {
             let value = <Value as serde::Deserialize>::deserialize(d)?;
             for (i, rest) in self.wanted {
-                let v = crate::eval::walk(rest, &value).cloned();
+                let v = crate::ruleset::walk(rest, &value).cloned();
                 self.found[*i] = v;
             }
             return Ok(());
@@ -129,7 +129,7 @@ impl<'de> Visitor<'de> for Seed<'_, '_> {
             }
             let array = Value::Array(items);
             for (i, rest) in self.wanted {
-                self.found[*i] = crate::eval::walk(rest, &array).cloned();
+                self.found[*i] = crate::ruleset::walk(rest, &array).cloned();
             }
             return Ok(());
         }
@@ -254,7 +254,7 @@ mod tests {
         let refs: Vec<&[Step]> = paths.iter().map(Vec::as_slice).collect();
         let found = extract(body, &refs).unwrap();
         for (path, got) in paths.iter().zip(&found) {
-            assert_eq!(got.as_ref(), crate::eval::walk(path, &full), "{path:?}");
+            assert_eq!(got.as_ref(), crate::ruleset::walk(path, &full), "{path:?}");
         }
         assert_eq!(found[0], Some(json!("acme/app")));
         assert_eq!(found[6], Some(json!("yes")), "escaped keys are decoded");
@@ -302,7 +302,7 @@ mod tests {
         let refs: Vec<&[Step]> = paths.iter().map(Vec::as_slice).collect();
         let found = extract(body, &refs).unwrap();
         for (path, got) in paths.iter().zip(&found) {
-            assert_eq!(got.as_ref(), crate::eval::walk(path, &full), "{path:?}");
+            assert_eq!(got.as_ref(), crate::ruleset::walk(path, &full), "{path:?}");
         }
         assert_eq!(found[0], None);
     }

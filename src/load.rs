@@ -15,7 +15,6 @@
 
 use std::cell::Cell;
 use std::collections::HashSet;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -40,7 +39,7 @@ pub struct Loaded {
 
 /// The root file could not be read at all (as opposed to an include, which is a diagnostic).
 #[derive(Debug, thiserror::Error)]
-#[error("cannot read `{path}`: {}", io_reason(source))]
+#[error("cannot read `{path}`: {}", crate::fs::io_reason(source))]
 pub struct LoadError {
     pub path: String,
     #[source]
@@ -52,9 +51,11 @@ pub struct LoadError {
 impl LoadError {
     /// How to fix it, when there is more to say than the message.
     pub fn help(&self) -> Option<&'static str> {
-        io_reason(&self.source).starts_with(NOT_REGULAR).then_some(
-            "point at a regular file (or a symlink to one), not a pipe, device or directory",
-        )
+        crate::fs::io_reason(&self.source)
+            .starts_with(crate::fs::NOT_REGULAR)
+            .then_some(
+                "point at a regular file (or a symlink to one), not a pipe, device or directory",
+            )
     }
 }
 
@@ -304,7 +305,7 @@ impl Loader {
             }
             match self.io.read_file(&path) {
                 Ok(bytes) => self.add(&shown, Some(path.clone()), &bytes),
-                Err(e) => self.include_failed(&shown, &io_reason(&e), span),
+                Err(e) => self.include_failed(&shown, &crate::fs::io_reason(&e), span),
             }
         }
     }
@@ -318,13 +319,6 @@ impl Loader {
             span,
         );
     }
-}
-
-/// An IO error as a message fragment: lowercase, without the `(os error N)` suffix.
-pub(crate) fn io_reason(e: &std::io::Error) -> String {
-    let text = e.to_string();
-    let text = text.split(" (os error").next().unwrap_or(&text);
-    text.to_lowercase()
 }
 
 /// Resolves `.` and `..` without touching the file system: `err/../includes/a.inc` → `includes/a.inc`.
@@ -343,47 +337,6 @@ fn normalize(path: &Path) -> PathBuf {
         }
     }
     out
-}
-
-/// The start of the reason given for a path that is not a regular file.
-pub(crate) const NOT_REGULAR: &str = "not a regular file";
-
-/// Reads a regular file, at most `limit + 1` bytes (so the caller can report the size without reading
-/// gigabytes). Anything else at the path (a FIFO, a device, a socket, a directory) is refused without
-/// being opened for reading: `stat` first, then open non-blocking and check the opened file with
-/// `fstat`, in case the path was replaced in between.
-pub(crate) fn read_regular(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
-    use std::os::unix::fs::OpenOptionsExt;
-    regular(&std::fs::metadata(path)?)?;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)?;
-    regular(&file.metadata()?)?;
-    let mut bytes = Vec::new();
-    file.take(limit.saturating_add(1)).read_to_end(&mut bytes)?;
-    Ok(bytes)
-}
-
-fn regular(meta: &std::fs::Metadata) -> std::io::Result<()> {
-    use std::os::unix::fs::FileTypeExt;
-    let t = meta.file_type();
-    let what = if t.is_file() {
-        return Ok(());
-    } else if t.is_dir() {
-        "a directory"
-    } else if t.is_fifo() {
-        "a named pipe"
-    } else if t.is_char_device() {
-        "a character device"
-    } else if t.is_block_device() {
-        "a block device"
-    } else if t.is_socket() {
-        "a socket"
-    } else {
-        "a special file"
-    };
-    Err(std::io::Error::other(format!("{NOT_REGULAR} ({what})")))
 }
 
 /// How deep below its literal prefix an include glob with `**` may descend.
@@ -547,7 +500,7 @@ pub struct GlobInput<'a> {
 
 impl Inputs {
     fn read_file(&mut self, path: &Path) -> std::io::Result<Vec<u8>> {
-        let result = read_regular(path, MAX_FILE_BYTES as u64);
+        let result = crate::fs::read_regular(path, MAX_FILE_BYTES as u64);
         let digest = digest_read(&result);
         self.reads.push(Recorded {
             read: Access::File(path.to_path_buf()),
@@ -586,7 +539,9 @@ impl Inputs {
     pub fn unchanged(&self) -> bool {
         self.reads.iter().all(|r| {
             let again = match &r.read {
-                Access::File(path) => digest_read(&read_regular(path, MAX_FILE_BYTES as u64)),
+                Access::File(path) => {
+                    digest_read(&crate::fs::read_regular(path, MAX_FILE_BYTES as u64))
+                }
                 Access::Canonical(path) => digest_canonical(&path.canonicalize().ok()),
                 Access::Glob { pattern, .. } => digest_glob(&expand_glob(pattern)),
             };
@@ -671,18 +626,30 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("fifo");
         mkfifo(&fifo);
-        let err = read_regular(&fifo, 10).unwrap_err();
-        assert_eq!(io_reason(&err), "not a regular file (a named pipe)");
-        let err = read_regular(dir.path(), 10).unwrap_err();
-        assert_eq!(io_reason(&err), "not a regular file (a directory)");
-        let err = read_regular(Path::new("/dev/null"), 10).unwrap_err();
-        assert_eq!(io_reason(&err), "not a regular file (a character device)");
+        let err = crate::fs::read_regular(&fifo, 10).unwrap_err();
+        assert_eq!(
+            crate::fs::io_reason(&err),
+            "not a regular file (a named pipe)"
+        );
+        let err = crate::fs::read_regular(dir.path(), 10).unwrap_err();
+        assert_eq!(
+            crate::fs::io_reason(&err),
+            "not a regular file (a directory)"
+        );
+        let err = crate::fs::read_regular(Path::new("/dev/null"), 10).unwrap_err();
+        assert_eq!(
+            crate::fs::io_reason(&err),
+            "not a regular file (a character device)"
+        );
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&fifo, &link).unwrap();
-        assert!(read_regular(&link, 10).is_err(), "a symlink to a FIFO too");
+        assert!(
+            crate::fs::read_regular(&link, 10).is_err(),
+            "a symlink to a FIFO too"
+        );
         std::fs::write(dir.path().join("f"), "0123456789abc").unwrap();
         assert_eq!(
-            read_regular(&dir.path().join("f"), 4).unwrap(),
+            crate::fs::read_regular(&dir.path().join("f"), 4).unwrap(),
             b"01234",
             "one byte past the limit, to tell the size"
         );

@@ -172,7 +172,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     }
 });
 
-pub fn request(source: &str, status: u16, seconds: f64) {
+pub(crate) fn request(source: &str, status: u16, seconds: f64) {
     METRICS
         .requests
         .with_label_values(&[source, &status.to_string()])
@@ -183,22 +183,22 @@ pub fn request(source: &str, status: u16, seconds: f64) {
         .observe(seconds);
 }
 
-pub fn verification_failure(source: &str, reason: &str) {
+pub(crate) fn verification_failure(source: &str, reason: &str) {
     METRICS
         .verification_failures
         .with_label_values(&[source, reason])
         .inc();
 }
 
-pub fn rule_matched(rule: &str) {
+pub(crate) fn rule_matched(rule: &str) {
     METRICS.rule_matches.with_label_values(&[rule]).inc();
 }
 
-pub fn enqueued(kind: &str) {
+pub(crate) fn enqueued(kind: &str) {
     METRICS.actions_enqueued.with_label_values(&[kind]).inc();
 }
 
-pub fn delivery(target: &str, outcome: &str, seconds: f64) {
+pub(crate) fn delivery(target: &str, outcome: &str, seconds: f64) {
     METRICS
         .deliveries
         .with_label_values(&[target, outcome])
@@ -209,7 +209,7 @@ pub fn delivery(target: &str, outcome: &str, seconds: f64) {
         .observe(seconds);
 }
 
-pub fn queue(stats: &crate::queue::Stats) {
+pub(crate) fn queue(stats: &crate::queue::Stats) {
     for (state, n) in [
         ("pending", stats.pending),
         ("inflight", stats.inflight),
@@ -220,12 +220,12 @@ pub fn queue(stats: &crate::queue::Stats) {
     }
 }
 
-pub fn records_not_stored() {
+pub(crate) fn records_not_stored() {
     METRICS.records_not_stored.inc();
 }
 
 /// Per-target gauges, read at scrape.
-pub fn targets(stats: &[crate::delivery_log::TargetStats], now_ms: i64) {
+pub(crate) fn targets(stats: &[crate::delivery_log::TargetStats], now_ms: i64) {
     METRICS.target_jobs.reset();
     METRICS.target_oldest_pending.reset();
     METRICS.target_last_delivery.reset();
@@ -255,18 +255,18 @@ pub fn targets(stats: &[crate::delivery_log::TargetStats], now_ms: i64) {
     }
 }
 
-pub fn reload(result: &str) {
+pub(crate) fn reload(result: &str) {
     METRICS.reloads.with_label_values(&[result]).inc();
 }
 
-pub fn config_loaded(hash: &str, generation: u64) {
+pub(crate) fn config_loaded(hash: &str, generation: u64) {
     METRICS.config_info.reset();
     METRICS.config_info.with_label_values(&[hash]).set(1);
     METRICS.config_generation.set(generation as i64);
 }
 
 /// The registry in Prometheus text format.
-pub fn render() -> String {
+pub(crate) fn render() -> String {
     let mut out = Vec::new();
     // Encoding gathered metrics into memory cannot fail.
     let _ = TextEncoder::new().encode(&METRICS.registry.gather(), &mut out);

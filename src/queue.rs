@@ -505,10 +505,3 @@ impl QueueBackend for Queue {
         delegate!(self, q => q.get_rules_version(hash))
     }
 }
-
-/// Milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}

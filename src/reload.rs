@@ -190,7 +190,7 @@ impl RuleStore {
             rules_file: path.display().to_string(),
             hash: fresh.hash.clone(),
             generation: 1,
-            loaded_at: crate::queue::now_ms(),
+            loaded_at: crate::clock::now_ms(),
             files: fresh.files.clone(),
             last_error: None,
             last_error_at: None,
@@ -316,7 +316,7 @@ impl RuleStore {
             && failed.unchanged()
         {
             let diagnostics = diagnostics.clone();
-            self.state().status.last_error_at = Some(crate::queue::now_ms());
+            self.state().status.last_error_at = Some(crate::clock::now_ms());
             return ReloadOutcome::Failed(diagnostics);
         }
         self.state().status.compiles += 1;
@@ -327,7 +327,7 @@ impl RuleStore {
                 let mut state = self.state();
                 state.watch = watch;
                 state.status.last_error = Some(failure.diagnostics.clone());
-                state.status.last_error_at = Some(crate::queue::now_ms());
+                state.status.last_error_at = Some(crate::clock::now_ms());
                 drop(state);
                 let diagnostics = failure.diagnostics.clone();
                 reads.failed = Some((failure.reads, failure.diagnostics));
@@ -355,7 +355,7 @@ impl RuleStore {
                 let s = &mut state.status;
                 s.generation += 1;
                 s.hash = fresh.hash;
-                s.loaded_at = crate::queue::now_ms();
+                s.loaded_at = crate::clock::now_ms();
                 s.files = fresh.files;
                 crate::metrics::config_loaded(&s.hash, s.generation);
                 reads.serving = fresh.reads;

@@ -14,7 +14,7 @@ pub use action::{Action, StrPiece, StrTemplate, Template};
 pub use index::SourceIndex;
 pub(crate) use index::paths_read;
 pub use matcher::{
-    CompareOp, JsonPath, Matcher, Operand, Predicate, PredicateOp, Quantifier, Step,
+    CompareOp, JsonPath, Matcher, Operand, Predicate, PredicateOp, Quantifier, Step, walk,
 };
 pub use source::{HmacAlgorithm, HmacOptions, SecretValue, Source, SourcePaths, TokenLocation};
 pub(crate) use target::{DEFAULT_CONCURRENCY, DEFAULT_RETRY, DEFAULT_TIMEOUT, SIGNATURE_STYLES};

@@ -26,29 +26,27 @@ impl Secrets for EnvSecrets {
                 None => Err(format!("environment variable `{var}` is not set")),
                 Some(v) => Ok(v.into_encoded_bytes()),
             },
-            SecretRef::File(path) => {
-                match crate::load::read_regular(path, MAX_SECRET_BYTES as u64) {
-                    Err(e) => Err(format!(
-                        "cannot read `{}`: {}",
-                        path.display(),
-                        crate::load::io_reason(&e)
-                    )),
-                    Ok(bytes) if bytes.len() > MAX_SECRET_BYTES => Err(format!(
-                        "`{}` is larger than {} KiB",
-                        path.display(),
-                        MAX_SECRET_BYTES >> 10
-                    )),
-                    Ok(mut bytes) => {
-                        if bytes.ends_with(b"\n") {
+            SecretRef::File(path) => match crate::fs::read_regular(path, MAX_SECRET_BYTES as u64) {
+                Err(e) => Err(format!(
+                    "cannot read `{}`: {}",
+                    path.display(),
+                    crate::fs::io_reason(&e)
+                )),
+                Ok(bytes) if bytes.len() > MAX_SECRET_BYTES => Err(format!(
+                    "`{}` is larger than {} KiB",
+                    path.display(),
+                    MAX_SECRET_BYTES >> 10
+                )),
+                Ok(mut bytes) => {
+                    if bytes.ends_with(b"\n") {
+                        bytes.pop();
+                        if bytes.ends_with(b"\r") {
                             bytes.pop();
-                            if bytes.ends_with(b"\r") {
-                                bytes.pop();
-                            }
                         }
-                        Ok(bytes)
                     }
+                    Ok(bytes)
                 }
-            }
+            },
         };
         let checked = loaded.and_then(|bytes| {
             if bytes.is_empty() {

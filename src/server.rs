@@ -446,7 +446,7 @@ async fn hook_inner(
         headers: &headers,
         query: &query,
         body: &[],
-        now: crate::queue::now_ms() / 1000,
+        now: crate::clock::now_ms() / 1000,
         headers_only: true,
     };
     if let Err(failure) = crate::verify::verify(source, &precheck) {

@@ -1144,7 +1144,7 @@ fn export_test(client: &Client, id: &str, out: &Path) -> Result<Exit, Failure> {
         Failure::new(format!(
             "cannot create `{}`: {}",
             dir.display(),
-            crate::load::io_reason(&e)
+            crate::fs::io_reason(&e)
         ))
     })?;
     for (name, bytes) in &test.files {
@@ -1175,7 +1175,7 @@ fn write_new(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
         Failure::new(format!(
             "cannot write `{}`: {}",
             path.display(),
-            crate::load::io_reason(&e)
+            crate::fs::io_reason(&e)
         ))
     })
 }

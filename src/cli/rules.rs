@@ -42,7 +42,7 @@ pub(super) fn test(paths: &[PathBuf]) -> Exit {
                     eprintln!(
                         "error: cannot read `{}`: {}",
                         path.display(),
-                        load::io_reason(&e)
+                        crate::fs::io_reason(&e)
                     );
                     return Exit::Errors;
                 }
@@ -150,7 +150,7 @@ pub(super) fn explain(request: &ExplainArgs) -> Exit {
         std::fs::read(&request.payload)
     };
     let payload: serde_json::Value = match bytes
-        .map_err(|e| load::io_reason(&e))
+        .map_err(|e| crate::fs::io_reason(&e))
         .and_then(|b| serde_json::from_slice(&b).map_err(|e| format!("not JSON: {e}")))
     {
         Ok(v) => v,
@@ -163,7 +163,7 @@ pub(super) fn explain(request: &ExplainArgs) -> Exit {
     if let Some(file) = &request.headers_file {
         let parsed: Result<serde_json::Map<String, serde_json::Value>, String> =
             std::fs::read(file)
-                .map_err(|e| load::io_reason(&e))
+                .map_err(|e| crate::fs::io_reason(&e))
                 .and_then(|b| {
                     serde_json::from_slice(&b).map_err(|e| format!("not a JSON object: {e}"))
                 });
@@ -258,7 +258,7 @@ pub(super) fn test_recorded(recorded: &Path, paths: &[PathBuf]) -> Exit {
                 eprintln!(
                     "error: cannot read `{}`: {}",
                     recorded.display(),
-                    load::io_reason(&e)
+                    crate::fs::io_reason(&e)
                 );
                 return Exit::Errors;
             }
@@ -272,7 +272,7 @@ pub(super) fn test_recorded(recorded: &Path, paths: &[PathBuf]) -> Exit {
                 eprintln!(
                     "error: cannot read `{}`: {}",
                     recorded.display(),
-                    load::io_reason(&e)
+                    crate::fs::io_reason(&e)
                 );
                 return Exit::Errors;
             }

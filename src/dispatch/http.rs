@@ -116,7 +116,7 @@ fn sign(style: &SignatureStyle, secret: &[u8], job: &Job) -> Vec<(String, String
         }
         SignatureStyle::StandardWebhooks => {
             let id = format!("msg_{}", &idempotency_key(job)[..24]);
-            let timestamp = (crate::queue::now_ms() / 1000).to_string();
+            let timestamp = (crate::clock::now_ms() / 1000).to_string();
             let key = signature::standard_webhooks_key(secret);
             let mac = signature::hmac(
                 HmacAlgorithm::Sha256,

@@ -18,10 +18,11 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::clock::now_ms;
 use crate::delivery_log::{Filter, Record, RecordRow, StatusFilter, TargetStats};
 use crate::queue::{
     Accepted, Attempt, ClaimLimits, Job, JobKind, JobState, Lease, NewJob, QueueBackend,
-    QueueError, Settle, Stats, now_ms,
+    QueueError, Settle, Stats,
 };
 
 /// The most operations committed together.
@@ -189,7 +190,7 @@ impl SqliteQueue {
             QueueError::Storage(format!(
                 "cannot create `{}`: {}",
                 dir.display(),
-                crate::load::io_reason(&e)
+                crate::fs::io_reason(&e)
             ))
         })?;
         let lock = lock_dir(dir)?;
@@ -508,7 +509,7 @@ fn lock_dir(dir: &Path) -> Result<std::fs::File, QueueError> {
             QueueError::Storage(format!(
                 "cannot open `{}`: {}",
                 path.display(),
-                crate::load::io_reason(&e)
+                crate::fs::io_reason(&e)
             ))
         })?;
     match file.try_lock() {
@@ -525,7 +526,7 @@ fn lock_dir(dir: &Path) -> Result<std::fs::File, QueueError> {
             return Err(QueueError::Storage(format!(
                 "cannot lock `{}`: {}",
                 path.display(),
-                crate::load::io_reason(&e)
+                crate::fs::io_reason(&e)
             )));
         }
     }

@@ -47,7 +47,7 @@ pub fn payload(test: &RuleTest) -> Result<Value, String> {
                 format!(
                     "cannot read payload `{}`: {}",
                     path.display(),
-                    crate::load::io_reason(&e)
+                    crate::fs::io_reason(&e)
                 )
             })?;
             serde_json::from_slice(&bytes)
@@ -64,7 +64,7 @@ pub fn headers(test: &RuleTest) -> Result<Vec<(String, String)>, String> {
             format!(
                 "cannot read headers `{}`: {}",
                 path.display(),
-                crate::load::io_reason(&e)
+                crate::fs::io_reason(&e)
             )
         })?;
         let map: serde_json::Map<String, Value> = serde_json::from_slice(&bytes)

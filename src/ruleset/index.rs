@@ -14,7 +14,7 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
-use crate::eval::walk;
+use crate::ruleset::walk;
 use crate::ruleset::{CompareOp, Matcher, Operand, PredicateOp, Rule, Step};
 
 /// The candidate lists of one source.

@@ -253,6 +253,25 @@ impl Display for Matcher {
     }
 }
 
+/// Follows simple-path steps.
+pub fn walk<'a>(steps: &[Step], mut value: &'a Value) -> Option<&'a Value> {
+    for step in steps {
+        value = match (step, value) {
+            (Step::Key(k), Value::Object(map)) => map.get(k)?,
+            (Step::Index(i), Value::Array(items)) => {
+                let i = if *i < 0 {
+                    items.len().checked_sub(i.unsigned_abs() as usize)?
+                } else {
+                    *i as usize
+                };
+                items.get(i)?
+            }
+            _ => return None,
+        };
+    }
+    Some(value)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

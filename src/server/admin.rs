@@ -138,7 +138,7 @@ async fn metrics(state: &State) -> Response<Full<Bytes>> {
         crate::metrics::queue(&stats);
     }
     if let Ok(targets) = state.queue.target_stats().await {
-        crate::metrics::targets(&targets, crate::queue::now_ms());
+        crate::metrics::targets(&targets, crate::clock::now_ms());
     }
     let mut r = text(StatusCode::OK, &crate::metrics::render());
     r.headers_mut().insert(
@@ -224,7 +224,7 @@ fn parse_since(v: &str) -> Result<i64, String> {
         return Ok(ms);
     }
     crate::compile::parse_duration(v)
-        .map(|d| crate::queue::now_ms() - d.as_millis() as i64)
+        .map(|d| crate::clock::now_ms() - d.as_millis() as i64)
         .ok_or_else(|| {
             format!("`since` must be Unix milliseconds or a duration like `1h`, not `{v}`")
         })

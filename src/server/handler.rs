@@ -172,7 +172,7 @@ async fn process(
         headers: &req.headers,
         query: &req.query,
         body: &req.body,
-        now: crate::queue::now_ms() / 1000,
+        now: crate::clock::now_ms() / 1000,
         headers_only: false,
     };
     if let Err(failure) = verify::verify(source, &check) {

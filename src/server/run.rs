@@ -204,7 +204,7 @@ async fn prune_records(queue: Arc<Queue>, log: crate::delivery_log::LogConfig) {
     let mut every = tokio::time::interval(Duration::from_secs(300));
     loop {
         every.tick().await;
-        let before = crate::queue::now_ms() - log.max_age.as_millis() as i64;
+        let before = crate::clock::now_ms() - log.max_age.as_millis() as i64;
         match queue.prune_records(before, log.max_records as u64).await {
             Ok(n) if n > 0 => tracing::info!(records = n, "pruned old delivery records"),
             Ok(_) => {}
