@@ -228,11 +228,15 @@ fn parse_full(json: &[u8]) -> Result<View, Malformed> {
 /// are bytes; the server decodes them lossily) could collide with another, so it is refused.
 fn checked_delivery(delivery: Option<String>) -> Result<Option<String>, Malformed> {
     match delivery {
-        Some(d) if d.contains('\u{FFFD}') || d.len() > MAX_DELIVERY_ID => {
-            Err(Malformed::DeliveryId)
-        }
+        Some(d) if !valid_delivery(&d) => Err(Malformed::DeliveryId),
         other => Ok(other),
     }
+}
+
+/// Whether a delivery id can identify one delivery: no bytes lost to UTF-8 repair, at most
+/// [`MAX_DELIVERY_ID`] bytes.
+pub fn valid_delivery(d: &str) -> bool {
+    !d.contains('\u{FFFD}') && d.len() <= MAX_DELIVERY_ID
 }
 
 /// Kinds whose form deliveries must carry the JSON in a `payload` field.

@@ -441,6 +441,24 @@ async fn hook_inner(
                 .collect()
         })
         .unwrap_or_default();
+    // Where the provider names the event and delivery in headers, a refused request is logged and
+    // recorded with them too (so a 401 can be matched with the sender's delivery log).
+    if crate::providers::event_from_headers(source.kind()) {
+        let (event, delivery) =
+            crate::providers::identify(source.kind(), &headers, &query, &serde_json::Value::Null);
+        let span = tracing::Span::current();
+        if let Some(e) = &event {
+            span.record("event", e.as_str());
+        }
+        if let Some(d) = delivery
+            .as_deref()
+            .filter(|d| crate::prepare::valid_delivery(d))
+        {
+            span.record("delivery", d);
+            record.delivery = Some(d.to_string());
+        }
+        record.event = event;
+    }
     // Credentials first: a request without a well-formed signature or token is refused unread.
     let precheck = crate::verify::Request {
         headers: &headers,
