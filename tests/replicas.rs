@@ -283,6 +283,23 @@ async fn postgresql_down_is_503_and_the_gateway_recovers_by_itself() {
         assert_eq!(status, 503, "while PostgreSQL is down: {answer}");
     }
     assert_eq!(gw.readyz().await, 503);
+    // The log says why, once.
+    gw.serve.wait_for_log(WAIT, |l| {
+        l.contains("answering 503") && l.contains("while-down-3")
+    });
+    let refusals: Vec<String> = gw
+        .serve
+        .logs()
+        .into_iter()
+        .filter(|l| l.contains("answering 503"))
+        .collect();
+    assert_eq!(refusals.len(), 3, "{refusals:#?}");
+    for line in &refusals {
+        let v: Value = serde_json::from_str(line).unwrap();
+        let error = v["error"].as_str().unwrap_or_default();
+        assert_eq!(error.matches("queue storage error").count(), 1, "{error}");
+        assert!(error.contains("PostgreSQL"), "{error}");
+    }
 
     pg.start_again();
     let ready = until(WAIT, || async { gw.readyz().await == 200 }).await;
