@@ -300,6 +300,11 @@ async fn postgresql_down_is_503_and_the_gateway_recovers_by_itself() {
         assert_eq!(error.matches("queue storage error").count(), 1, "{error}");
         assert!(error.contains("PostgreSQL"), "{error}");
     }
+    // With the cause: nothing listens on PostgreSQL's port now.
+    assert!(
+        refusals.iter().any(|l| l.contains("Connection refused")),
+        "{refusals:#?}"
+    );
 
     pg.start_again();
     let ready = until(WAIT, || async { gw.readyz().await == 200 }).await;

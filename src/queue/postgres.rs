@@ -497,11 +497,15 @@ fn timed_out() -> QueueError {
     ))
 }
 
-/// A database error's own message, or the error as tokio-postgres says it.
+/// A database error's own message, or the error as tokio-postgres says it with its cause (its
+/// `Display` leaves the cause out: "error connecting to server", without "Connection refused").
 fn reason(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => db.message().to_string(),
-        None => e.to_string(),
+        None => match std::error::Error::source(e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
     }
 }
 
