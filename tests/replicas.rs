@@ -391,12 +391,15 @@ async fn rate_and_concurrency_hold_across_replicas() {
     }
     // Concurrency: never more than CONCURRENCY held by the sink at once, and it was reached.
     assert_eq!(narrow.peak_inflight(), CONCURRENCY);
-    // Both replicas delivered to both targets: the limits were shared, not merely one replica's.
-    for sink in [&rated, &narrow] {
+    // Who delivers is timing: both replicas claim, and the one asking first after a token or a slot
+    // frees gets it, so one may deliver most or all (the limits are the targets', not fairness
+    // between replicas). Were the limits per replica, the other's claims would go through too, and
+    // the checks above fail.
+    for (name, sink) in [("rated", &rated), ("narrow", &narrow)] {
         let mut by: BTreeMap<String, usize> = BTreeMap::new();
         for r in sink.received() {
             *by.entry(header(&r, "x-replica")).or_default() += 1;
         }
-        assert_eq!(by.len(), 2, "deliveries by replica: {by:?}");
+        eprintln!("{name}: deliveries by replica {by:?}");
     }
 }
