@@ -654,11 +654,15 @@ fn timed_out() -> QueueError {
     ))
 }
 
-/// A database error's own message, or the error as tokio-postgres says it.
+/// A database error's own message, or the error as tokio-postgres says it with its cause (its
+/// `Display` leaves the cause out: "error connecting to server", without "Connection refused").
 fn reason(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => db.message().to_string(),
-        None => e.to_string(),
+        None => match std::error::Error::source(e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
     }
 }
 
@@ -759,8 +763,8 @@ enum Failure {
 async fn run_batch(pool: &Pool, batch: Vec<Op>) {
     let client = match tokio::time::timeout(OP_TIMEOUT, get(pool)).await {
         Ok(Ok(client)) => client,
-        Ok(Err(e)) => return fail_all(batch, &e.to_string()),
-        Err(_) => return fail_all(batch, &timed_out().to_string()),
+        Ok(Err(e)) => return fail_all(batch, e),
+        Err(_) => return fail_all(batch, timed_out()),
     };
     let work = async {
         match pipelined(&client, &batch, true).await {
@@ -773,17 +777,19 @@ async fn run_batch(pool: &Pool, batch: Vec<Op>) {
         Ok(Err(failure)) => {
             // The connection broke mid-batch: whether the COMMIT happened is unknown, so nobody
             // hears "done" (an accept's sender retries, and deduplication catches a committed one).
-            let message = match failure {
-                Failure::Error(e) => pg(e).to_string(),
-                Failure::RolledBack => "the transaction was rolled back".into(),
+            let error = match failure {
+                Failure::Error(e) => pg(e),
+                Failure::RolledBack => {
+                    QueueError::Storage("the transaction was rolled back".into())
+                }
             };
             drop(deadpool_postgres::Object::take(client));
-            return fail_all(batch, &message);
+            return fail_all(batch, error);
         }
         Err(_) => {
             // A transaction may still be open on that connection: close it.
             drop(deadpool_postgres::Object::take(client));
-            return fail_all(batch, &timed_out().to_string());
+            return fail_all(batch, timed_out());
         }
     };
     for (op, result) in batch.into_iter().zip(results) {
@@ -1033,9 +1039,14 @@ fn answer(op: Op, result: Result<Outcome, QueueError>) {
     }
 }
 
-fn fail_all(batch: Vec<Op>, message: &str) {
+/// Fails every operation of the batch with `error` (each its own copy of the message, said once).
+fn fail_all(batch: Vec<Op>, error: QueueError) {
+    let message = match error {
+        QueueError::Storage(message) => message,
+        other => other.to_string(),
+    };
     for op in batch {
-        fail(op, QueueError::Storage(message.to_string()));
+        fail(op, QueueError::Storage(message.clone()));
     }
 }
 

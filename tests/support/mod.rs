@@ -8,6 +8,7 @@ pub mod serve;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -66,6 +67,31 @@ pub struct Sink {
     pub addr: SocketAddr,
     received: Arc<Mutex<Vec<Received>>>,
     arrived: Arc<Notify>,
+    inflight: Arc<InFlight>,
+}
+
+/// Requests received and not yet answered, and the most there were at once.
+#[derive(Default)]
+struct InFlight {
+    now: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+/// Counts one request in flight until dropped: answered, or abandoned by its client.
+struct Counted(Arc<InFlight>);
+
+impl Counted {
+    fn new(inflight: Arc<InFlight>) -> Counted {
+        let now = inflight.now.fetch_add(1, Ordering::SeqCst) + 1;
+        inflight.peak.fetch_max(now, Ordering::SeqCst);
+        Counted(inflight)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Sink {
@@ -76,18 +102,21 @@ impl Sink {
         let addr = listener.local_addr().unwrap();
         let received = Arc::new(Mutex::new(Vec::new()));
         let arrived = Arc::new(Notify::new());
-        let (r, a) = (received.clone(), arrived.clone());
+        let inflight = Arc::new(InFlight::default());
+        let (r, a, f) = (received.clone(), arrived.clone(), inflight.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                let (script, received, arrived) = (script.clone(), r.clone(), a.clone());
+                let (script, received, arrived, inflight) =
+                    (script.clone(), r.clone(), a.clone(), f.clone());
                 tokio::spawn(async move {
                     let service =
                         hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                             let (script, received, arrived) =
                                 (script.clone(), received.clone(), arrived.clone());
+                            let counted = Counted::new(inflight.clone());
                             async move {
                                 let (parts, body) = req.into_parts();
                                 let body = body
@@ -126,6 +155,7 @@ impl Sink {
                                     gate.notified().await;
                                 }
                                 tokio::time::sleep(reply.delay).await;
+                                drop(counted);
                                 let mut response = Response::builder().status(reply.status);
                                 for (name, value) in &reply.headers {
                                     response = response.header(*name, value);
@@ -143,6 +173,7 @@ impl Sink {
             addr,
             received,
             arrived,
+            inflight,
         }
     }
 
@@ -157,6 +188,11 @@ impl Sink {
 
     pub fn received(&self) -> Vec<Received> {
         self.received.lock().unwrap().clone()
+    }
+
+    /// The most requests it has held at once: received (headers read) and not yet answered.
+    pub fn peak_inflight(&self) -> usize {
+        self.inflight.peak.load(Ordering::SeqCst)
     }
 
     /// Waits until at least `n` requests arrived; false after `timeout`.

@@ -110,6 +110,12 @@ impl Serve {
         (status.code(), self.logs())
     }
 
+    /// SIGKILL (no shutdown, no cleanup), then waits for the process to be gone.
+    pub fn kill(&mut self) {
+        self.signal("KILL");
+        let _ = self.child.wait();
+    }
+
     /// The process's peak resident set, from /proc (kB).
     pub fn peak_rss_kb(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
