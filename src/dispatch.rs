@@ -38,6 +38,9 @@ pub struct DispatchConfig {
     pub retention: Duration,
     /// Longest wait between scheduling passes when nothing wakes the loop.
     pub tick: Duration,
+    /// A claim lasts three target timeouts plus this: the time a claimed job may wait in the buffer
+    /// and a slow settle may take. When a replica dies, its claims pass to another after this long.
+    pub lease_margin: Duration,
 }
 
 impl Default for DispatchConfig {
@@ -47,6 +50,7 @@ impl Default for DispatchConfig {
             grace: Duration::from_secs(10),
             retention: Duration::from_secs(7 * 24 * 3600),
             tick: Duration::from_secs(1),
+            lease_margin: Duration::from_secs(60),
         }
     }
 }
@@ -270,7 +274,7 @@ impl<Q: QueueBackend> Dispatcher<Q> {
             }
             // INVARIANT: at most two waves of `concurrency` wait in the buffer before a job starts, and
             // its delivery takes at most `timeout`; the claim must outlast all three.
-            let visibility = target.timeout * 3 + Duration::from_secs(60);
+            let visibility = target.timeout * 3 + self.config.lease_margin;
             let limits = ClaimLimits {
                 concurrency: target.concurrency,
                 rate: target.rate,

@@ -44,9 +44,9 @@ fn crash_child() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async move {
         let queue = Arc::new(Queue::open(&spec).await.unwrap());
-        // `timeout 1s`: on PostgreSQL the jobs in flight at the kill come back only when their claims
-        // expire, `3 × timeout + 60 s` after they were claimed (the dispatcher's visibility); the
-        // default 10 s timeout would make that 90 s. (SQLite returns them at once on reopening.)
+        // `timeout 1s` and a 1 s lease margin: on PostgreSQL the jobs in flight at the kill come back only
+        // when their claims expire, `3 × timeout + margin` after they were claimed; the defaults
+        // (10 s, 60 s) would make that 90 s. (SQLite returns them at once on reopening.)
         let rules = compile(
             &format!(
                 "secret s = env(\"S\")\nsource a: github {{ secret s }}\ntarget t {{ post \"{sink}/deliver\" concurrency {CONCURRENCY} timeout 1s retry 100 backoff 10ms..50ms }}\nrule \"r\" {{ from a notify t }}\n"
@@ -72,7 +72,11 @@ fn crash_child() {
             }
             println!("ENQUEUED");
         }
-        let dispatcher = Dispatcher::new(queue, Arc::new(ArcSwap::from_pointee(rules)), DispatchConfig::default());
+        let config = DispatchConfig {
+            lease_margin: Duration::from_secs(1),
+            ..DispatchConfig::default()
+        };
+        let dispatcher = Dispatcher::new(queue, Arc::new(ArcSwap::from_pointee(rules)), config);
         dispatcher.run(std::future::pending()).await;
     });
 }

@@ -52,7 +52,8 @@ impl Replica {
         let path = dir.path().join("rules.hook");
         std::fs::write(&path, text).unwrap();
         let data: PathBuf = dir.path().join("data");
-        let serve = Serve::start(&path, &data, &["--queue", url], &[]);
+        // A short lease margin: a killed replica's claims pass to the other within seconds.
+        let serve = Serve::start(&path, &data, &["--queue", url, "--lease-margin", "1s"], &[]);
         Replica {
             name,
             serve,

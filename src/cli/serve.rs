@@ -60,6 +60,10 @@ pub(crate) struct ServeArgs {
     /// How long shutdown waits for in-flight requests and deliveries.
     #[arg(long, env = "HOOKGATE_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration_arg)]
     shutdown_grace: std::time::Duration,
+    /// A delivery's claim lasts three target timeouts plus this; a replica that dies mid-delivery has its
+    /// jobs delivered by another after that long.
+    #[arg(long, env = "HOOKGATE_LEASE_MARGIN", default_value = "60s", value_parser = parse_duration_arg)]
+    lease_margin: std::time::Duration,
     /// Done and dead jobs are deleted after this.
     #[arg(long, env = "HOOKGATE_RETENTION", default_value = "7d", value_parser = parse_duration_arg)]
     retention: std::time::Duration,
@@ -206,6 +210,7 @@ fn config(args: &ServeArgs) -> Result<Config, Exit> {
             max_inflight: args.max_inflight,
             grace: args.shutdown_grace,
             retention: args.retention,
+            lease_margin: args.lease_margin,
             ..DispatchConfig::default()
         },
         log: LogConfig {
