@@ -145,9 +145,10 @@ impl Harness {
         self.state.queue.list(JobState::Pending, 100).await.unwrap()
     }
 
-    /// Whether the dispatcher was woken since the last call (the handler wakes it after an enqueue).
+    /// Whether the dispatcher was woken since the last call. The handler wakes it before it answers, and
+    /// `notify_one` leaves a permit, so this needs no waiting: a zero timeout still polls once.
     async fn woken(&self) -> bool {
-        tokio::time::timeout(Duration::from_millis(200), self.state.wake.notified())
+        tokio::time::timeout(Duration::ZERO, self.state.wake.notified())
             .await
             .is_ok()
     }
