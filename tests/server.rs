@@ -520,7 +520,8 @@ async fn status_codes_the_glue_answers() {
         404,
         "a wrong URL token looks like no source"
     );
-    assert_eq!(gw.post(&token_path("s", "hub"), &[], b"{}").await.0, 202);
+    let (push, _) = fixture("dockerhub/push-argocd-pr28022");
+    assert_eq!(gw.post(&token_path("s", "hub"), &[], &push).await.0, 202);
     let get = gw
         .client
         .get(format!("{}/hook/acme", gw.hooks))
@@ -568,6 +569,12 @@ async fn status_codes_the_glue_answers() {
     ] {
         assert!(metrics.contains(line), "{line}\n{metrics}");
     }
+    // The three accepted requests each ran `notify t`, which has no body: the original bytes are sent.
+    assert!(sink.wait_for(3, WAIT).await);
+    assert!(
+        sink.received().iter().any(|r| r.body == push),
+        "notify without a body sends the original bytes"
+    );
     gw.stop().await;
 }
 
