@@ -149,6 +149,25 @@ async fn wait_state(queue: &Queue, id: i64, state: JobState) -> hookgate::queue:
     }
 }
 
+/// Enqueues a notify to `target` with delivery id `delivery` and waits until it is delivered: proof that
+/// the dispatcher has gone back to the queue since, for tests that check nothing else was sent.
+async fn deliver_marker(running: &Running, target: &str, delivery: &str) {
+    let marker = NewJob {
+        delivery: delivery.into(),
+        ..job(JobKind::Notify, target, None)
+    };
+    let id = running.enqueue(vec![marker]).await[0];
+    wait_state(&running.queue, id, JobState::Done).await;
+}
+
+/// The delivery ids the sink received, in order.
+fn received_deliveries(sink: &Sink) -> Vec<String> {
+    sink.received()
+        .iter()
+        .map(|r| r.header("x-hookgate-delivery").unwrap_or("-").to_string())
+        .collect()
+}
+
 async fn notify_delivers_the_exact_rendered_body(backend: Backend) {
     let sink = Sink::always(200).await;
     let text = format!(
@@ -208,11 +227,17 @@ async fn a_500_is_retried_and_delivered_once(backend: Backend) {
         vec![Some(500), Some(200)]
     );
     assert_eq!(attempts[0].error.as_deref(), Some("HTTP 500"));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A later job to the same target goes out after it: nothing more of the first came meanwhile.
+    deliver_marker(&running, "t", "later").await;
     assert_eq!(
-        sink.received().len(),
-        2,
+        received_deliveries(&sink),
+        ["d-1", "d-1", "later"],
         "delivered once after the failure, not again"
+    );
+    let (job, attempts) = running.queue.get(id).await.unwrap();
+    assert_eq!(
+        (job.state, job.attempts, attempts.len()),
+        (JobState::Done, 2, 2)
     );
     let received = sink.received();
     assert_eq!(
@@ -235,7 +260,6 @@ async fn a_404_is_dead_lettered_without_retry_and_can_be_requeued(backend: Backe
     let dead = wait_state(&running.queue, id, JobState::Dead).await;
     assert_eq!((dead.attempts, dead.last_status), (1, Some(404)));
     assert_eq!(dead.last_error.as_deref(), Some("HTTP 404 (not retried)"));
-    tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(sink.received().len(), 1, "no retry");
     assert_eq!(
         running.queue.list(JobState::Dead, 10).await.unwrap().len(),
@@ -244,7 +268,13 @@ async fn a_404_is_dead_lettered_without_retry_and_can_be_requeued(backend: Backe
     running.queue.requeue(id).await.unwrap();
     running.wake.notify_one();
     wait_state(&running.queue, id, JobState::Done).await;
-    assert_eq!(sink.received().len(), 2);
+    // The requeued delivery comes after any retry would have: it is the only request since the 404.
+    assert_eq!(sink.received().len(), 2, "no retry before the requeue");
+    let (_, attempts) = running.queue.get(id).await.unwrap();
+    assert_eq!(
+        attempts.iter().map(|a| a.status).collect::<Vec<_>>(),
+        vec![Some(404), Some(200)]
+    );
     running.stop().await;
 }
 
@@ -353,9 +383,10 @@ async fn fifty_concurrent_checks_while_none_is_in_flight_make_one_delivery(backe
     let running = start(queue, rules(&target(&sink, "t", "")), config());
     running.wake.notify_one();
     wait_state(&running.queue, ids[0], JobState::Done).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A later job to the same target goes out after it: the check was sent once.
+    deliver_marker(&running, "t", "later").await;
     let received = sink.received();
-    assert_eq!(received.len(), 1);
+    assert_eq!(received_deliveries(&sink), ["d-1", "later"]);
     assert_eq!(received[0].header("x-hookgate-coalesced"), Some("50"));
     assert!(received[0].body.is_empty());
     running.stop().await;
@@ -384,17 +415,21 @@ async fn a_check_requested_while_one_is_in_flight_runs_once_more_afterwards(back
     later.dedup();
     assert_eq!(later.len(), 1, "the five merge into one pending check");
     assert_ne!(later[0], first);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A notify enqueued after it is claimed past it (claims take the oldest due jobs first) and
+    // delivered while the first check is still in flight: the pending check was passed over.
+    deliver_marker(&running, "t", "marker").await;
     assert_eq!(
-        sink.received().len(),
-        1,
+        received_deliveries(&sink),
+        ["d-1", "marker"],
         "not sent while the first is in flight, despite free concurrency"
     );
+    let (pending, _) = running.queue.get(later[0]).await.unwrap();
+    assert_eq!(pending.state, JobState::Pending);
     gate.notify_one();
     wait_state(&running.queue, later[0], JobState::Done).await;
     let received = sink.received();
-    assert_eq!(received.len(), 2, "exactly one more check");
-    assert_eq!(received[1].header("x-hookgate-coalesced"), Some("5"));
+    assert_eq!(received.len(), 3, "exactly one more check");
+    assert_eq!(received[2].header("x-hookgate-coalesced"), Some("5"));
     running.stop().await;
 }
 
@@ -614,45 +649,72 @@ mod replicas {
         let mut ids: Vec<String> = sink
             .received()
             .iter()
+            .filter(|r| r.path == "/t")
             .map(|r| r.header("x-hookgate-delivery").unwrap().to_string())
             .collect();
         ids.sort();
         ids
     }
 
+    /// Through each replica, a job for the ungated target `u`, and waits until both are delivered:
+    /// proof that the replicas went back to the queue since (and tried `t` again on the way).
+    async fn markers_delivered(one: &Running, two: &Running, round: usize) {
+        let marker = |n| NewJob {
+            delivery: format!("marker-{round}-{n}"),
+            ..job(JobKind::Notify, "u", None)
+        };
+        let a = one.enqueue(vec![marker(1)]).await[0];
+        let b = two.enqueue(vec![marker(2)]).await[0];
+        wait_state(&one.queue, a, JobState::Done).await;
+        wait_state(&one.queue, b, JobState::Done).await;
+    }
+
+    /// Jobs of `t` claimed and not settled, as the shared queue counts them.
+    async fn in_flight(queue: &Queue) -> usize {
+        let jobs = queue.list(JobState::Inflight, 100).await.unwrap();
+        jobs.iter().filter(|j| j.target == "t").count()
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn two_replicas_hold_a_targets_concurrency_together_and_deliver_each_job_once() {
         let gate = Arc::new(Notify::new());
         let g = gate.clone();
-        let sink = Sink::start(move |_, _| Reply {
-            gate: Some(g.clone()),
+        // Deliveries to `t` wait for the gate; those to `u` (the markers) do not.
+        let sink = Sink::start(move |_, r| Reply {
+            gate: (r.path == "/t").then(|| g.clone()),
             ..Reply::status(200)
         })
         .await;
+        let to_t = |sink: &Sink| sink.received().iter().filter(|r| r.path == "/t").count();
         let store = Store::new(Backend::Postgres);
-        let rules = || super::rules(&target(&sink, "t", "concurrency 2 timeout 30s"));
+        let rules = || {
+            super::rules(&format!(
+                "{}{}",
+                target(&sink, "t", "concurrency 2 timeout 30s"),
+                target(&sink, "u", "")
+            ))
+        };
         let one = start(Arc::new(store.open().await), rules(), config());
         let two = start(Arc::new(store.open().await), rules(), config());
         one.enqueue(numbered(3)).await;
         two.enqueue(numbered(6).split_off(3)).await;
         assert!(sink.wait_for(2, WAIT).await);
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(sink.received().len(), 2, "two in flight for both replicas");
+        markers_delivered(&one, &two, 0).await;
+        assert_eq!(to_t(&sink), 2, "two in flight for both replicas");
+        assert_eq!(in_flight(&one.queue).await, 2);
         for released in 1..=4 {
             gate.notify_one();
-            assert!(sink.wait_for(2 + released, WAIT).await);
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            assert_eq!(
-                sink.received().len(),
-                2 + released,
-                "one more per finished delivery"
-            );
+            assert!(sink.wait_for(2 + released + 2 * released, WAIT).await);
+            markers_delivered(&one, &two, released).await;
+            assert_eq!(to_t(&sink), 2 + released, "one more per finished delivery");
+            assert_eq!(in_flight(&one.queue).await, 2);
         }
         gate.notify_one();
         gate.notify_one();
         let queue = one.queue.clone();
         let deadline = Instant::now() + WAIT;
-        while queue.stats().await.unwrap().done < 6 {
+        // The six jobs of `t` and the ten markers.
+        while queue.stats().await.unwrap().done < 16 {
             assert!(Instant::now() < deadline, "not all delivered");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
