@@ -1,7 +1,7 @@
 //! What hookgate knows about each webhook sender: its kind name, the events it sends, and which
 //! source options apply to it. Pure data; verification itself lives in `verify`.
 //!
-//! The event lists come from `shared/docs/webhook-providers.md` and the providers' documentation.
+//! The event lists come from the providers' documentation (summarised in `docs/providers.md`).
 //! They drive the `rules::unknown_event` and `rules::event_never_sent` lints, never request handling:
 //! an event missing from a list still reaches rules at run time.
 
@@ -468,7 +468,7 @@ fn body_str<'a>(payload: &'a serde_json::Value, path: &[&str]) -> Option<&'a str
 }
 
 /// The event name and delivery id of a request, where this kind puts them
-/// (`shared/docs/webhook-providers.md`; summarised in `docs/rules-language.md`).
+/// (`docs/providers.md`; summarised in `docs/rules-language.md`).
 pub fn identify(
     kind: ProviderKind,
     headers: &Headers,

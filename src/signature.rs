@@ -62,7 +62,7 @@ mod tests {
 
     #[test]
     fn github_published_vector() {
-        // shared/docs/webhook-providers.md §2.
+        // The provider's documented test vector (`docs/providers.md`).
         let mac = hmac(
             HmacAlgorithm::Sha256,
             b"It's a Secret to Everybody",
@@ -94,7 +94,7 @@ mod tests {
 
     #[test]
     fn standard_webhooks_published_vector() {
-        // shared/docs/webhook-providers.md §12.
+        // The provider's documented test vector (`docs/providers.md`).
         let key = standard_webhooks_key(b"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
         let mac = hmac(
             HmacAlgorithm::Sha256,
@@ -117,7 +117,7 @@ mod tests {
 
     #[test]
     fn slack_published_vector() {
-        // shared/docs/webhook-providers.md §8.
+        // The provider's documented test vector (`docs/providers.md`).
         let body = "token=xyzz0WbapA4vBCDEFasx0q6G&team_id=T1DC2JH3J&team_domain=testteamnow&channel_id=G8PSS9T3V&channel_name=foobar&user_id=U2CERLKJA&user_name=roadrunner&command=%2Fwebhook-collect&text=&response_url=https%3A%2F%2Fhooks.slack.com%2Fcommands%2FT1DC2JH3J%2F397700885554%2F96rGlfmibIGlgcZRskXaIFfN&trigger_id=398738663015.47445629121.803a0bc887a14d10d2c447fce8b6703c";
         let mac = hmac(
             HmacAlgorithm::Sha256,

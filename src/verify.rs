@@ -1,5 +1,5 @@
 //! Is this request from the sender it claims to be? Each provider's scheme, exactly as
-//! `shared/docs/webhook-providers.md` describes it, over the raw request bytes, before any parsing.
+//! `docs/providers.md` describes it, over the raw request bytes, before any parsing.
 //!
 //! Every comparison is constant-time (`Mac::verify_slice` for HMACs, digests compared with `subtle` for
 //! tokens). Any of a source's secrets verifies, so secrets rotate without downtime. URL-token kinds
