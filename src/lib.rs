@@ -50,6 +50,6 @@ pub mod dispatch;
 // The running gateway and its command line.
 pub mod reload;
 pub mod secrets;
-mod metrics;
+pub mod metrics;
 pub mod server;
 pub mod cli;

@@ -266,7 +266,7 @@ pub(crate) fn config_loaded(hash: &str, generation: u64) {
 }
 
 /// The registry in Prometheus text format.
-pub(crate) fn render() -> String {
+pub fn render() -> String {
     let mut out = Vec::new();
     // Encoding gathered metrics into memory cannot fail.
     let _ = TextEncoder::new().encode(&METRICS.registry.gather(), &mut out);
