@@ -253,7 +253,7 @@ async fn deliveries_are_listed_shown_replayed_and_dead_jobs_requeued() {
         "{list}"
     );
     for (row, (delivery, status, matched)) in lines[1..].iter().zip([
-        ("-", "401 rejected", "(verification failed"),
+        ("d-unsigned", "401 rejected", "(verification failed"),
         ("d-main", "200 duplicate", "deploy app"),
         ("d-dev", "200 no_match", "-"),
         ("d-main", "202 accepted", "deploy app"),
