@@ -308,7 +308,8 @@ async fn under_load_every_log_line_belongs_to_its_request() {
         sink.url("/ci"),
         refuses.url("/x")
     ));
-    let gw = Serve::start(&rules, &data, &[], &[]);
+    // A non-match logs at debug: ask for it, so every request has lines to check.
+    let gw = Serve::start(&rules, &data, &[], &[("RUST_LOG", "info,hookgate=debug")]);
     let client = reqwest::Client::new();
     let mut sent_match = BTreeSet::new();
     let mut sent_miss = BTreeSet::new();

@@ -169,6 +169,17 @@ enum Op {
     Close(Reply<()>),
 }
 
+impl Op {
+    /// Whether the operation's caller is promised durability when it hears back: an accepted
+    /// delivery (the 202), an enqueue, a requeue, a stored rules version.
+    fn needs_sync(&self) -> bool {
+        matches!(
+            self,
+            Op::Accept { .. } | Op::Enqueue(..) | Op::Requeue(..) | Op::PutRulesVersion(..)
+        )
+    }
+}
+
 /// The SQLite queue. Cheap to share behind an `Arc`; dropping it stops the writer thread after it has
 /// committed everything already sent.
 pub struct SqliteQueue {
@@ -437,6 +448,8 @@ fn recover_inflight(conn: &mut Connection) -> Result<(), QueueError> {
 /// gone), after checkpointing the WAL, with the connection closed.
 fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Op>) {
     let mut closing: Option<Reply<()>> = None;
+    // `open` set `synchronous=FULL`.
+    let mut synced = true;
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -456,7 +469,7 @@ fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Op>) {
             }
         }
         if !batch.is_empty() {
-            apply_batch(&mut conn, batch);
+            apply_batch(&mut conn, batch, &mut synced);
         }
         if closing.is_some() {
             break;
@@ -478,7 +491,21 @@ fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Op>) {
     }
 }
 
-fn apply_batch(conn: &mut Connection, batch: Vec<Op>) {
+fn apply_batch(conn: &mut Connection, batch: Vec<Op>, synced: &mut bool) {
+    // Only what a 202 (or an operator's requeue) promises needs its own fsync. Claims, settles and
+    // records of outcomes commit without one (`synchronous=NORMAL` in WAL mode): a crash of the process
+    // loses none of them (the OS has the WAL), and a power cut at worst forgets a settle, which means a
+    // redelivery (at least once), never a loss. The next synced commit makes them durable too.
+    let durable = batch.iter().any(Op::needs_sync);
+    if durable != *synced {
+        let level = if durable { "FULL" } else { "NORMAL" };
+        if let Err(e) = conn.pragma_update(None, "synchronous", level) {
+            let message = e.to_string();
+            batch.into_iter().for_each(|op| fail(op, &message));
+            return;
+        }
+        *synced = durable;
+    }
     let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(e) => {

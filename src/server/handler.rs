@@ -426,7 +426,7 @@ pub fn decide(
 
 /// The 200 for a delivery that runs nothing.
 fn no_match(delivery: &str, filtered: bool) -> Response<Full<Bytes>> {
-    tracing::info!(filtered, "no rule matched");
+    tracing::debug!(filtered, "no rule matched");
     let mut body = json!({ "delivery": delivery, "matched": [], "actions": 0 });
     if filtered {
         body["ignored"] = json!("the source does not accept this event");
