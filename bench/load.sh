@@ -15,6 +15,7 @@
 #   minimal-wrk   the minimal server driven by wrk instead of loadgen (checks the generator is not the
 #                 bottleneck; skipped when wrk is not installed)
 #   unwatched     push to a repository no rule watches
+#   unwatched-warn   the same with RUST_LOG=warn (not in the default set)
 #   branch        push to another branch of a watched repository
 #   match-info    push that matches one rule; the target is rate-limited, so nothing is delivered; only
 #   match-warn    the 202s count. The same with RUST_LOG=warn.
@@ -43,9 +44,9 @@ MINIMAL_PORT=$((PORT_BASE + 1)) HOOK_PORT=$((PORT_BASE + 2)) ADMIN_PORT=$((PORT_
 [ -f "$PAYLOAD" ] || { echo "error: $PAYLOAD is missing" >&2; exit 1; }
 for c in $CASES; do
   case $c in
-    minimal-wrk|unwatched|branch|match-info|match-warn|delivered|latency|eq-unwatched|eq-branch|eq-match) ;;
+    minimal-wrk|unwatched|unwatched-warn|branch|match-info|match-warn|delivered|latency|eq-unwatched|eq-branch|eq-match) ;;
     *) echo "error: unknown case \`$c\`" >&2
-       echo "  help: CASES takes: minimal-wrk unwatched branch match-info match-warn delivered latency eq-unwatched eq-branch eq-match" >&2
+       echo "  help: CASES takes: minimal-wrk unwatched unwatched-warn branch match-info match-warn delivered latency eq-unwatched eq-branch eq-match" >&2
        exit 2 ;;
   esac
 done
@@ -211,6 +212,7 @@ closed_case() { # CASE RULES PAYLOAD LOG-LEVEL COUNTED-STATUS
     "log_lines=$(wc -l < "$work/gateway-$1.log")"
 }
 closed_case unwatched rules-contains-held.hook unwatched info 200
+closed_case unwatched-warn rules-contains-held.hook unwatched warn 200
 closed_case branch rules-contains-held.hook branch info 200
 closed_case match-info rules-contains-held.hook hit info 202
 closed_case match-warn rules-contains-held.hook hit warn 202
@@ -273,6 +275,7 @@ LABELS = {
     "minimal-wrk": "minimal server, wrk",
     "minimal-end": "minimal server, loadgen, at the end",
     "unwatched": "unwatched repository",
+    "unwatched-warn": "unwatched repository (RUST_LOG=warn)",
     "branch": "other branch of a watched repository",
     "match-info": "match, 202s only (RUST_LOG=info)",
     "match-warn": "match, 202s only (RUST_LOG=warn)",
