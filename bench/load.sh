@@ -24,7 +24,8 @@
 #   latency       receipt-to-delivery latency at a fixed rate: RATE, or half of `delivered`'s rate
 #   eq-unwatched, eq-branch, eq-match   the first three with `==` rules instead of containment
 #
-# Other knobs: RATE (latency case, req/s), SINK_CONCURRENCY (the sink target's `concurrency`; default: the
+# Other knobs: REPEAT (rounds of all the cases, taken in turn; the table shows medians and ranges),
+# RATE (latency case, req/s), SINK_CONCURRENCY (the sink target's `concurrency`; default: the
 # target default), ACTION (the matching rules' action), DRAIN_TIMEOUT (seconds, default 600), KEEP=1 (keep
 # the work directory: rules, payloads, gateway logs, the sink's arrivals), PROFILE_GATEWAY (a command
 # prefix for the gateway), PORT_BASE (default 18180). Every process started here is stopped by its PID on exit.
@@ -35,6 +36,7 @@ DURATION=${DURATION%s}
 CONNECTIONS=${CONNECTIONS:-32}
 CASES=${CASES:-minimal-wrk unwatched branch match-info match-warn delivered latency eq-unwatched eq-branch eq-match}
 DRAIN_TIMEOUT=${DRAIN_TIMEOUT:-600}
+REPEAT=${REPEAT:-1}
 PAYLOAD=tests/fixtures/payloads/github/push-tag-deleted-octokit.json
 SECRET=bench-secret
 SERVER_CORE=1
@@ -51,6 +53,11 @@ for c in $CASES; do
   esac
 done
 has_case() { [[ " $CASES " == *" $1 "* ]]; }
+if has_case latency && [ -z "${RATE:-}" ] && ! has_case delivered; then
+  echo "error: the latency case needs RATE or the delivered case" >&2
+  echo "  help: add \`delivered\` to CASES, or set RATE (requests per second)" >&2
+  exit 2
+fi
 if has_case minimal-wrk && ! command -v wrk >/dev/null; then
   echo "note: wrk is not installed (apt-get install -y wrk): skipping minimal-wrk" >&2
   CASES=${CASES//minimal-wrk/}
@@ -152,7 +159,7 @@ loadgen() { taskset -c $CLIENT_CORE "$bin/examples/loadgen" --url "$1" --body "$
 json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
 queue_busy() { curl -sf http://127.0.0.1:$ADMIN_PORT/status | json 'd["queue"]["pending"] + d["queue"]["inflight"]'; }
 # result CASE key=value... : one line of results.jsonl (values are JSON).
-result() { local c=$1; shift; python3 -c 'import json,sys; print(json.dumps({"case": sys.argv[1], **{k: json.loads(v) for k, v in (a.split("=", 1) for a in sys.argv[2:])}}))' "$c" "$@" >> "$work/results.jsonl"; }
+result() { local c=$1; shift; python3 -c 'import json,sys; print(json.dumps({"case": sys.argv[1], "round": int(sys.argv[2]), **{k: json.loads(v) for k, v in (a.split("=", 1) for a in sys.argv[3:])}}))' "$c" "$round" "$@" >> "$work/results.jsonl"; }
 
 # The minimal server, driven by loadgen: run at the start and at the end of the run; the ratios are to the
 # mean of the two, and their difference shows how much the machine's load drifted meanwhile. At the start
@@ -160,11 +167,11 @@ result() { local c=$1; shift; python3 -c 'import json,sys; print(json.dumps({"ca
 minimal_case() { # CASE
   start taskset -c $SERVER_CORE "$bin/examples/minimal-server" 127.0.0.1:$MINIMAL_PORT "$SECRET"
   m=$started; wait_port $MINIMAL_PORT
-  threads $m > "$work/cpu-$1-0"
+  threads $m > "$work/cpu-$1-$round-0"
   out=$(loadgen http://127.0.0.1:$MINIMAL_PORT/hook/acme unwatched)
-  threads $m > "$work/cpu-$1-1"
-  result "$1" "load=$out" "before=\"$work/cpu-$1-0\"" "after=\"$work/cpu-$1-1\"" 'count="200"'
-  if [ "$1" = minimal ] && has_case minimal-wrk; then
+  threads $m > "$work/cpu-$1-$round-1"
+  result "$1" "load=$out" "before=\"$work/cpu-$1-$round-0\"" "after=\"$work/cpu-$1-$round-1\"" 'count="200"'
+  if [ "$1" = minimal ] && [ "$round" = 1 ] && has_case minimal-wrk; then
     threads $m > "$work/cpu-minimal-wrk-0"
     times > "$work/times0"
     wrk_out=$(taskset -c $CLIENT_CORE wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" -s "$work/unwatched.lua" http://127.0.0.1:$MINIMAL_PORT/hook/acme)
@@ -181,13 +188,12 @@ print(int(ns(sys.argv[2]) - ns(sys.argv[1])))' "$(tail -n1 "$work/times0")" "$(t
   fi
   stop $m
 }
-minimal_case minimal
 
 # One gateway per case, on a fresh queue, its log lines in a file as a service manager would keep them.
 gateway() { # CASE RULES-FILE LOG-LEVEL
   rm -rf "$work/data"
   start env RUST_LOG="$3" ${PROFILE_GATEWAY:-} taskset -c $SERVER_CORE "$bin/gateway" serve --rules "$work/$2" \
-    --listen 127.0.0.1:$HOOK_PORT --admin 127.0.0.1:$ADMIN_PORT --data "$work/data" 2> "$work/gateway-$1.log"
+    --listen 127.0.0.1:$HOOK_PORT --admin 127.0.0.1:$ADMIN_PORT --data "$work/data" 2> "$work/gateway-$1-$round.log"
   gw=$started; wait_port $HOOK_PORT; wait_port $ADMIN_PORT
   gwp=$(server_pid $gw)
 }
@@ -204,148 +210,53 @@ drain() {
 closed_case() { # CASE RULES PAYLOAD LOG-LEVEL COUNTED-STATUS
   has_case "$1" || return 0
   gateway "$1" "$2" "$4"
-  threads $gwp > "$work/cpu-$1-0"
+  threads $gwp > "$work/cpu-$1-$round-0"
   out=$(loadgen http://127.0.0.1:$HOOK_PORT/hook/acme "$3")
-  threads $gwp > "$work/cpu-$1-1"
+  threads $gwp > "$work/cpu-$1-$round-1"
   stop $gw
-  result "$1" "load=$out" "before=\"$work/cpu-$1-0\"" "after=\"$work/cpu-$1-1\"" "count=\"$5\"" "log=\"$4\"" \
-    "log_lines=$(wc -l < "$work/gateway-$1.log")"
+  result "$1" "load=$out" "before=\"$work/cpu-$1-$round-0\"" "after=\"$work/cpu-$1-$round-1\"" "count=\"$5\"" "log=\"$4\"" \
+    "log_lines=$(wc -l < "$work/gateway-$1-$round.log")"
 }
-closed_case unwatched rules-contains-held.hook unwatched info 200
-closed_case unwatched-warn rules-contains-held.hook unwatched warn 200
-closed_case branch rules-contains-held.hook branch info 200
-closed_case match-info rules-contains-held.hook hit info 202
-closed_case match-warn rules-contains-held.hook hit warn 202
-closed_case eq-unwatched rules-eq-held.hook unwatched info 200
-closed_case eq-branch rules-eq-held.hook branch info 200
-closed_case eq-match rules-eq-held.hook hit info 202
 
 delivered_case() { # CASE [loadgen args]: load, then wait until every 202 is delivered
   start taskset -c $CLIENT_CORE "$bin/examples/sink" 127.0.0.1:$SINK_PORT
   sink=$started; wait_port $SINK_PORT
   gateway "$1" rules-contains-sink.hook info
-  threads $gwp > "$work/cpu-$1-0"
+  threads $gwp > "$work/cpu-$1-$round-0"
   out=$(loadgen http://127.0.0.1:$HOOK_PORT/hook/acme hit "${@:2}")
   accepted=$(json 'd["by_status"].get("202", 0)' <<<"$out")
   drain "$accepted"
-  threads $gwp > "$work/cpu-$1-1"
+  threads $gwp > "$work/cpu-$1-$round-1"
   sunk=$(curl -sf http://127.0.0.1:$SINK_PORT/stats)
-  [ -z "${KEEP:-}" ] || curl -sf http://127.0.0.1:$SINK_PORT/dump > "$work/arrivals-$1.txt"
+  [ -z "${KEEP:-}" ] || curl -sf http://127.0.0.1:$SINK_PORT/dump > "$work/arrivals-$1-$round.txt"
   status=$(curl -sf http://127.0.0.1:$ADMIN_PORT/status)
   stop $gw; stop $sink
-  result "$1" "load=$out" "before=\"$work/cpu-$1-0\"" "after=\"$work/cpu-$1-1\"" 'count="202"' 'log="info"' \
-    "sink=$sunk" "status=$status" "log_lines=$(wc -l < "$work/gateway-$1.log")"
+  result "$1" "load=$out" "before=\"$work/cpu-$1-$round-0\"" "after=\"$work/cpu-$1-$round-1\"" 'count="202"' 'log="info"' \
+    "sink=$sunk" "status=$status" "log_lines=$(wc -l < "$work/gateway-$1-$round.log")"
 }
-if has_case delivered; then delivered_case delivered; fi
-if has_case latency; then
-  if [ -z "${RATE:-}" ]; then
-    has_case delivered || { echo "error: the latency case needs RATE or the delivered case" >&2; exit 2; }
-    RATE=$(tail -n1 "$work/results.jsonl" | json '"%.0f" % (d["load"]["by_status"].get("202", 0) / ((d["sink"]["last_ns"] - d["load"]["start_ns"]) / 1e9) / 2)')
+# The cases, REPEAT rounds of them in turn (each round starts with the minimal server), then the minimal
+# server once more.
+for round in $(seq 1 "$REPEAT"); do
+  minimal_case minimal
+  closed_case unwatched rules-contains-held.hook unwatched info 200
+  closed_case unwatched-warn rules-contains-held.hook unwatched warn 200
+  closed_case branch rules-contains-held.hook branch info 200
+  closed_case match-info rules-contains-held.hook hit info 202
+  closed_case match-warn rules-contains-held.hook hit warn 202
+  closed_case eq-unwatched rules-eq-held.hook unwatched info 200
+  closed_case eq-branch rules-eq-held.hook branch info 200
+  closed_case eq-match rules-eq-held.hook hit info 202
+  if has_case delivered; then delivered_case delivered; fi
+  if has_case latency; then
+    rate=${RATE:-}
+    if [ -z "$rate" ]; then   # half of this round's accepted-and-delivered rate
+      rate=$(tail -n1 "$work/results.jsonl" | json '"%.0f" % (d["load"]["by_status"].get("202", 0) / ((d["sink"]["last_ns"] - d["load"]["start_ns"]) / 1e9) / 2)')
+    fi
+    delivered_case latency --rate "$rate"
   fi
-  delivered_case latency --rate "$RATE"
-fi
-
+done
+round=$REPEAT
 minimal_case minimal-end
 
 uptime_now=$(uptime)
-python3 - "$work/results.jsonl" "$DURATION" "$CONNECTIONS" "$(wc -c < "$PAYLOAD")" "$uptime_start" "$uptime_now" <<'PY'
-import json, sys
-path, duration, connections, size, up0, up = sys.argv[1:7]
-rows = [json.loads(l) for l in open(path)]
-
-def cpu(r):
-    """Nanoseconds of CPU by thread group between the two snapshots (threads born in between count from 0)."""
-    def read(p):
-        out = {}
-        for line in open(p):
-            tid, name, ns = line.split()
-            out[tid] = (name, int(ns))
-        return out
-    before, after = read(r["before"]), read(r["after"])
-    groups = {}
-    for tid, (name, ns) in after.items():
-        d = ns - before.get(tid, (name, 0))[1]
-        g = "workers" if name.startswith(("tokio-runtime-w", "tokio-rt-worker")) else \
-            {"hookgate-queue": "queue", "hookgate-logs": "logs"}.get(name, "other")
-        groups[g] = groups.get(g, 0) + d
-    return groups
-
-LABELS = {
-    "minimal": "minimal server (HMAC + JSON parse), loadgen",
-    "minimal-wrk": "minimal server, wrk",
-    "minimal-end": "minimal server, loadgen, at the end",
-    "unwatched": "unwatched repository",
-    "unwatched-warn": "unwatched repository (RUST_LOG=warn)",
-    "branch": "other branch of a watched repository",
-    "match-info": "match, 202s only (RUST_LOG=info)",
-    "match-warn": "match, 202s only (RUST_LOG=warn)",
-    "delivered": "match, accepted and delivered, drained",
-    "latency": "match, delivered, fixed rate",
-    "eq-unwatched": "`==` rules: unwatched repository",
-    "eq-branch": "`==` rules: other branch",
-    "eq-match": "`==` rules: match, 202s only",
-}
-def rate(r):
-    return r["load"]["by_status"].get(r["count"], 0) / r["load"]["elapsed_s"]
-mins = [rate(r) for r in rows if r["case"] in ("minimal", "minimal-end")]
-base = sum(mins) / len(mins)
-print(f"\n{connections} connections, {duration} s per case, {size}-byte signed GitHub push, 1,000 rules "
-      f"(containment unless `==`), default logging unless stated; servers on core 1, client and sink on core 0")
-print(f"uptime at the start: {up0.strip()}\nuptime at the end:   {up.strip()}")
-print(f"ratios are to the minimal server's mean over its two runs, {base:,.0f} req/s "
-      f"(start {mins[0]:,.0f}, end {mins[-1]:,.0f})\n")
-hdr = ("case", "req/s", "ratio", "workers", "queue", "logs", "other", "CPU total", "CPU ratio", "notes")
-print("| " + " | ".join(hdr) + " |")
-print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
-def cpu_per_request(r):
-    counted = r["load"]["by_status"].get(r["count"], 0)
-    return {k: v / 1e3 / counted if counted else 0 for k, v in cpu(r).items()}
-per_request = {r["case"]: cpu_per_request(r) for r in rows}
-min_cpu = [sum(per_request[c].values()) for c in ("minimal", "minimal-end") if c in per_request]
-base_cpu = sum(min_cpu) / len(min_cpu)
-rates = {}
-for r in rows:
-    load = r["load"]
-    counted = load["by_status"].get(r["count"], 0)
-    notes = []
-    if "sink" in r:
-        secs = (r["sink"]["last_ns"] - load["start_ns"]) / 1e9 if r["sink"]["count"] else float("nan")
-        q = r["status"]["queue"]
-        notes.append(f'{r["sink"]["unique"]}/{counted} delivered in {secs:.1f} s (load {load["elapsed_s"]:.1f} s)')
-        if q.get("dead"):
-            notes.append(f'{q["dead"]} dead')
-        if r["case"] == "latency":
-            lat = r["sink"]["latency_us"]
-            notes.append(f'offered {load["answered"] / load["elapsed_s"]:.0f}/s; receipt to delivery p50 '
-                         f'{lat["p50"] / 1e3:.1f} ms, p99 {lat["p99"] / 1e3:.1f} ms, max {lat["max"] / 1e3:.1f} ms; '
-                         f'202 p50 {load["response_us"]["p50"] / 1e3:.2f} ms, p99 {load["response_us"]["p99"] / 1e3:.2f} ms; '
-                         f'{load.get("late", 0)} sent late')
-    else:
-        secs = load["elapsed_s"]
-        if "response_us" in load:
-            notes.append(f'response p50 {load["response_us"]["p50"] / 1e3:.2f} ms, p99 {load["response_us"]["p99"] / 1e3:.2f} ms')
-    other = {k: v for k, v in load["by_status"].items() if k != r["count"]}
-    if other or load.get("errors"):
-        notes.append(f"also {other}, {load.get('errors', 0)} errors")
-    if load.get("client_cpu_ns") and load.get("answered"):
-        notes.append(f'client {load["client_cpu_ns"] / 1e3 / load["answered"]:.1f} µs/request, '
-                     f'{load["client_cpu_ns"] / 1e9 / load["elapsed_s"]:.0%} of a core')
-    if "log_lines" in r:
-        notes.append(f'{r["log_lines"]} log lines')
-    rps = counted / secs if secs else 0
-    rates[r["case"]] = rps
-    us = per_request[r["case"]]
-    col = lambda k: f"{us[k]:.1f}" if k in us and us[k] >= 0.05 else "—"
-    ratio = f"{rps / base:.2f}×"
-    print(f'| {LABELS[r["case"]]} | {rps:,.0f} | {ratio} | {col("workers")} | {col("queue")} | {col("logs")} | '
-          f'{col("other")} | {sum(us.values()):.1f} | {base_cpu / sum(us.values()):.2f}× | {"; ".join(notes)} |')
-if rates.get("match-info") and rates.get("match-warn"):
-    cpu_info, cpu_warn = (sum(per_request[c].values()) for c in ("match-info", "match-warn"))
-    print(f'\nmatching 202s, RUST_LOG=info against RUST_LOG=warn: {rates["match-info"] / rates["match-warn"]:.2f} in req/s, '
-          f'{cpu_warn / cpu_info:.2f} in CPU per request (issue 9: within 10%, i.e. at least 0.90)')
-print("\nCPU columns: microseconds of the server's CPU per counted request, by thread: `workers` = tokio workers "
-      "(HTTP in and out, evaluation, and the dispatcher, which runs on them), `queue` = hookgate-queue, `logs` = "
-      "hookgate-logs. Delivered cases charge everything up to the drained queue. `CPU ratio` = the minimal server's "
-      "CPU per request (mean of its two runs) over the case's: the ratio if each had its core to itself, less "
-      "sensitive to other processes taking the server's core than `ratio`.")
-PY
+python3 bench/load_report.py "$work/results.jsonl" "$DURATION" "$CONNECTIONS" "$(wc -c < "$PAYLOAD")" "$uptime_start" "$uptime_now"
