@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinSet;
 
 use crate::clock::now_ms;
@@ -66,11 +66,15 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 struct Shared<Q> {
     queue: Arc<Q>,
     client: reqwest::Client,
+    /// Outcomes for the settler, which writes them in batches (see [`settler`]).
+    settles: mpsc::UnboundedSender<(Lease, Option<Attempt>, Settle)>,
 }
 
 /// Delivers jobs from `queue` to the targets of the current rules.
 pub struct Dispatcher<Q> {
     shared: Arc<Shared<Q>>,
+    /// The settler's end of `shared.settles`, taken by `run`.
+    settled: std::sync::Mutex<Option<mpsc::UnboundedReceiver<(Lease, Option<Attempt>, Settle)>>>,
     rules: Arc<ArcSwap<RuleSet>>,
     wake: Arc<Notify>,
     config: DispatchConfig,
@@ -135,8 +139,14 @@ impl<Q: QueueBackend> Dispatcher<Q> {
             .user_agent(concat!("hookgate/", env!("CARGO_PKG_VERSION")))
             .build()
             .unwrap_or_else(|e| panic!("the HTTP client cannot start: {e}"));
+        let (settles, settled) = mpsc::unbounded_channel();
         Dispatcher {
-            shared: Arc::new(Shared { queue, client }),
+            shared: Arc::new(Shared {
+                queue,
+                client,
+                settles,
+            }),
+            settled: std::sync::Mutex::new(Some(settled)),
             rules,
             wake: Arc::new(Notify::new()),
             config,
@@ -151,6 +161,19 @@ impl<Q: QueueBackend> Dispatcher<Q> {
     /// Runs until `shutdown` completes, then drains as described in the module docs.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
+        let (stop_settler, settler_stop) = oneshot::channel();
+        let settled = self
+            .settled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .unwrap_or_else(|| unreachable!("`run` takes the dispatcher by value"));
+        let settler = tokio::spawn(settler(
+            self.shared.queue.clone(),
+            settled,
+            settler_stop,
+            self.wake.clone(),
+        ));
         let mut targets: HashMap<String, TargetState> = HashMap::new();
         let mut tasks: JoinSet<(String, i64)> = JoinSet::new();
         let mut running: HashMap<tokio::task::Id, (String, Lease)> = HashMap::new();
@@ -204,6 +227,9 @@ impl<Q: QueueBackend> Dispatcher<Q> {
             .map(|j| j.lease())
             .collect();
         self.drain(tasks, running, unstarted).await;
+        // Every delivery has finished or been aborted: write the outcomes still waiting.
+        let _ = stop_settler.send(());
+        let _ = settler.await;
     }
 
     /// Asks the queue which targets have due work; clears their `exhausted` mark. Returns how long the
@@ -251,16 +277,21 @@ impl<Q: QueueBackend> Dispatcher<Q> {
             if state.exhausted || state.ready.len() * 2 > capacity {
                 continue;
             }
-            // The queue holds the target's concurrency across replicas, counting claimed jobs as in
-            // flight until settled: ask for no more than the free slots.
-            let mut want = (capacity - state.ready.len()).min(
-                (target.concurrency as usize).saturating_sub(state.inflight + state.ready.len()),
-            );
-            // While a quarter of the slots is still busy or buffered, wait for more to free up, so
-            // one claim serves several finished deliveries.
-            let busy = state.inflight + state.ready.len();
-            if want == 0 || (busy > 0 && want < (target.concurrency as usize / 4).max(1)) {
-                continue;
+            let shared = self.shared.queue.shared();
+            let mut want = capacity - state.ready.len();
+            if shared {
+                // The queue holds the target's concurrency across replicas, counting claimed jobs as
+                // in flight until settled: ask for no more than the free slots, and while a quarter of
+                // them is still busy or buffered, wait for more to free up, so one claim serves
+                // several finished deliveries.
+                want = want.min(
+                    (target.concurrency as usize)
+                        .saturating_sub(state.inflight + state.ready.len()),
+                );
+                let busy = state.inflight + state.ready.len();
+                if want == 0 || (busy > 0 && want < (target.concurrency as usize / 4).max(1)) {
+                    continue;
+                }
             }
             if let Some(rate) = target.rate {
                 // A rate-limited target claims only what its tokens let start now: a buffered job
@@ -275,8 +306,9 @@ impl<Q: QueueBackend> Dispatcher<Q> {
             // INVARIANT: at most two waves of `concurrency` wait in the buffer before a job starts, and
             // its delivery takes at most `timeout`; the claim must outlast all three.
             let visibility = target.timeout * 3 + self.config.lease_margin;
+            // Alone on its queue, the dispatcher holds the concurrency itself and claims ahead.
             let limits = ClaimLimits {
-                concurrency: target.concurrency,
+                concurrency: if shared { target.concurrency } else { u32::MAX },
                 rate: target.rate,
             };
             match self
@@ -504,20 +536,63 @@ async fn deliver<Q: QueueBackend>(
         status,
         error,
     };
-    match shared.queue.settle(lease, Some(attempt), settle).await {
-        Ok(()) => {}
-        // Another claim took the job after this one expired: its outcome is the one that counts.
-        Err(crate::queue::QueueError::LeaseLost(_)) => {
-            tracing::warn!(
-                job = id,
-                "outcome dropped: the job was claimed again after this claim expired"
-            )
+    // Written by the settler with the other outcomes of the moment, in one commit.
+    let _ = shared.settles.send((lease, Some(attempt), settle));
+    (target_name, id)
+}
+
+/// The most outcomes written in one batch.
+const SETTLE_BATCH: usize = 256;
+
+/// Writes delivery outcomes in batches: whatever finished while the previous batch was being written
+/// goes in the next one, so a busy dispatcher settles many jobs per round trip and per commit (the
+/// way the queue's writer batches accepts). Stops when `stop` fires, after writing what is left.
+async fn settler<Q: QueueBackend>(
+    queue: Arc<Q>,
+    mut rx: mpsc::UnboundedReceiver<(Lease, Option<Attempt>, Settle)>,
+    stop: oneshot::Receiver<()>,
+    wake: Arc<Notify>,
+) {
+    tokio::pin!(stop);
+    let mut batch = Vec::with_capacity(SETTLE_BATCH);
+    loop {
+        let stopping = tokio::select! {
+            n = rx.recv_many(&mut batch, SETTLE_BATCH) => n == 0,
+            _ = &mut stop => true,
+        };
+        if stopping {
+            // Every delivery task has finished: what they sent is in the channel.
+            while let Ok(item) = rx.try_recv() {
+                batch.push(item);
+            }
         }
-        Err(e) => {
-            tracing::error!(job = id, error = %e, "cannot settle job; it returns when its claim expires")
+        if !batch.is_empty() {
+            let ids: Vec<i64> = batch.iter().map(|(lease, _, _)| lease.id).collect();
+            let results = queue.settle_many(std::mem::take(&mut batch)).await;
+            // Settled jobs free their claims (a shared queue counts them against the target's
+            // concurrency) and may have put retries or coalesced checks back: look again.
+            wake.notify_one();
+            for (id, result) in ids.into_iter().zip(results) {
+                match result {
+                    Ok(()) => {}
+                    // Another claim took the job after this one expired: its outcome is the one
+                    // that counts.
+                    Err(crate::queue::QueueError::LeaseLost(_)) => tracing::warn!(
+                        job = id,
+                        "outcome dropped: the job was claimed again after this claim expired"
+                    ),
+                    Err(e) => tracing::error!(
+                        job = id,
+                        error = %e,
+                        "cannot settle job; it returns when its claim expires"
+                    ),
+                }
+            }
+        }
+        if stopping {
+            return;
         }
     }
-    (target_name, id)
 }
 
 /// Classifies an attempt: 2xx delivered; 408, 429, 5xx, timeouts and connection errors retry;

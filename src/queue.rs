@@ -218,7 +218,7 @@ pub struct Stats {
     pub pending_by_target: Vec<(String, u64)>,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum QueueError {
     #[error("queue storage error: {0}")]
     Storage(String),
@@ -299,6 +299,18 @@ pub trait QueueBackend: Send + Sync + 'static {
         attempt: Option<Attempt>,
         settle: Settle,
     ) -> impl Future<Output = Result<(), QueueError>> + Send;
+
+    /// Settles several jobs at once (one round trip, one commit); each gets its own answer, in order.
+    fn settle_many(
+        &self,
+        settles: Vec<(Lease, Option<Attempt>, Settle)>,
+    ) -> impl Future<Output = Vec<Result<(), QueueError>>> + Send;
+
+    /// Whether several processes share this queue (replicas on PostgreSQL): then a target's
+    /// concurrency must be counted in the queue, and a claim may take no more than the free slots.
+    fn shared(&self) -> bool {
+        false
+    }
 
     /// Puts a dead job back to pending with a fresh retry budget (its attempts stay on record).
     fn requeue(&self, id: i64) -> impl Future<Output = Result<(), QueueError>> + Send;
@@ -451,6 +463,17 @@ impl QueueBackend for Queue {
         settle: Settle,
     ) -> Result<(), QueueError> {
         delegate!(self, q => q.settle(lease, attempt, settle))
+    }
+
+    async fn settle_many(
+        &self,
+        settles: Vec<(Lease, Option<Attempt>, Settle)>,
+    ) -> Vec<Result<(), QueueError>> {
+        delegate!(self, q => q.settle_many(settles))
+    }
+
+    fn shared(&self) -> bool {
+        matches!(self, Queue::Postgres(_))
     }
 
     async fn requeue(&self, id: i64) -> Result<(), QueueError> {

@@ -1176,6 +1176,23 @@ impl QueueBackend for PostgresQueue {
         .await
     }
 
+    async fn settle_many(
+        &self,
+        settles: Vec<(Lease, Option<Attempt>, Settle)>,
+    ) -> Vec<Result<(), QueueError>> {
+        // Sent together, they reach the writers together and share their pipelined transactions.
+        join_all(
+            settles
+                .into_iter()
+                .map(|(lease, attempt, settle)| self.settle(lease, attempt, settle)),
+        )
+        .await
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
     async fn requeue(&self, id: i64) -> Result<(), QueueError> {
         let state: Option<String> = timed(async {
             let client = get(&self.pool).await?;

@@ -122,6 +122,14 @@ const MIGRATIONS: &[&str] = &[
         last_error       TEXT,
         last_error_at    INTEGER
     ) WITHOUT ROWID;",
+    // 5: fewer index writes per job (every state change of a job rewrote two index entries): the due
+    // index holds pending jobs only, `jobs_updated` goes (pruning walks ids instead), and a job's
+    // last attempt is kept in its row, so a first attempt that succeeds writes no `attempts` row.
+    "DROP INDEX jobs_due;
+    CREATE INDEX jobs_due ON jobs (target, run_at) WHERE state = 'pending';
+    DROP INDEX jobs_updated;
+    ALTER TABLE jobs ADD COLUMN last_started_at INTEGER;
+    ALTER TABLE jobs ADD COLUMN last_duration_ms INTEGER;",
 ];
 
 const JOB_COLUMNS: &str = "id, kind, target, key, source, event, delivery, rule, action, body, headers, sign_with, \
@@ -158,6 +166,10 @@ enum Op {
     Stats(Reply<Stats>),
     Prune(i64, Reply<u64>),
     Ping(Reply<()>),
+    SettleMany(
+        Vec<(Lease, Option<Attempt>, Settle)>,
+        Reply<Vec<Result<(), QueueError>>>,
+    ),
     TargetStats(Reply<Vec<TargetStats>>),
     StoreRecords(Vec<Arc<Record>>, Reply<()>),
     ListRecords(Filter, Reply<Vec<Record>>),
@@ -346,6 +358,17 @@ impl QueueBackend for SqliteQueue {
             reply,
         })
         .await
+    }
+
+    async fn settle_many(
+        &self,
+        settles: Vec<(Lease, Option<Attempt>, Settle)>,
+    ) -> Vec<Result<(), QueueError>> {
+        let n = settles.len();
+        match self.call(|reply| Op::SettleMany(settles, reply)).await {
+            Ok(results) => results,
+            Err(e) => (0..n).map(|_| Err(e.clone())).collect(),
+        }
     }
 
     async fn requeue(&self, id: i64) -> Result<(), QueueError> {
@@ -629,6 +652,7 @@ fn fail(op: Op, message: &str) {
         Op::Stats(r) => send(r, message),
         Op::Prune(_, r) => send(r, message),
         Op::Ping(r) => send(r, message),
+        Op::SettleMany(_, r) => send(r, message),
         Op::TargetStats(r) => send(r, message),
         Op::StoreRecords(_, r) => send(r, message),
         Op::ListRecords(_, r) => send(r, message),
@@ -722,7 +746,19 @@ fn apply(tx: &mut Transaction<'_>, op: Op) -> Answer {
             settle,
             reply,
         } => {
-            let result = guarded(tx, |t| settle_job(t, lease, attempt, &settle, now));
+            let result = guarded(tx, |t| {
+                Ok(
+                    match settle_job(t, lease, attempt.as_ref(), &settle, now)? {
+                        Ok(target) => {
+                            if let Some(a) = &attempt {
+                                note_attempt(t, &target, a, now)?;
+                            }
+                            Ok(())
+                        }
+                        Err(e) => Err(e),
+                    },
+                )
+            });
             Box::new(move |commit_error| {
                 let result = match (commit_error, result) {
                     (Some(e), _) => Err(QueueError::Storage(format!("commit failed: {e}"))),
@@ -730,6 +766,44 @@ fn apply(tx: &mut Transaction<'_>, op: Op) -> Answer {
                     (None, Err(e)) => Err(storage(e)),
                 };
                 let _ = reply.send(result);
+            })
+        }
+        Op::SettleMany(settles, reply) => {
+            // Each under its own savepoint, as separate settles would be; one commit for all. A
+            // target's last attempt is noted once, for the last of its settles in the batch.
+            let mut last: std::collections::HashMap<String, Attempt> = Default::default();
+            let mut results: Vec<rusqlite::Result<Result<(), QueueError>>> = settles
+                .into_iter()
+                .map(|(lease, attempt, settle)| {
+                    guarded(tx, |t| settle_job(t, lease, attempt.as_ref(), &settle, now)).map(|r| {
+                        r.map(|target| {
+                            if let Some(a) = attempt {
+                                last.insert(target, a);
+                            }
+                        })
+                    })
+                })
+                .collect();
+            if let Err(e) = guarded(tx, |t| {
+                last.iter()
+                    .try_for_each(|(target, a)| note_attempt(t, target, a, now))
+            }) {
+                let message = e.to_string();
+                results = results
+                    .into_iter()
+                    .map(|_| Ok(Err(QueueError::Storage(message.clone()))))
+                    .collect();
+            }
+            Box::new(move |commit_error| {
+                let results = results
+                    .into_iter()
+                    .map(|result| match (commit_error, result) {
+                        (Some(e), _) => Err(QueueError::Storage(format!("commit failed: {e}"))),
+                        (None, Ok(inner)) => inner,
+                        (None, Err(e)) => Err(storage(e)),
+                    })
+                    .collect();
+                let _ = reply.send(Ok(results));
             })
         }
         Op::Requeue(id, reply) => {
@@ -775,7 +849,7 @@ fn apply(tx: &mut Transaction<'_>, op: Op) -> Answer {
                 let mut stmt = t.prepare_cached(
                 "SELECT attempt, started_at, duration_ms, status, error FROM attempts WHERE job_id = ?1 ORDER BY attempt",
             )?;
-                let attempts = stmt
+                let mut attempts: Vec<Attempt> = stmt
                     .query_map([id], |r| {
                         Ok(Attempt {
                             attempt: r.get(0)?,
@@ -786,6 +860,24 @@ fn apply(tx: &mut Transaction<'_>, op: Op) -> Answer {
                         })
                     })?
                     .collect::<rusqlite::Result<_>>()?;
+                // The last attempt lives in the job's row (a delivered one has no row of its own).
+                let (started, duration): (Option<i64>, Option<i64>) = t.query_row(
+                    "SELECT last_started_at, last_duration_ms FROM jobs WHERE id = ?1",
+                    [id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?;
+                if let (Some(started_at), Some(duration)) = (started, duration)
+                    && job.attempts > 0
+                    && attempts.last().is_none_or(|a| a.attempt < job.attempts)
+                {
+                    attempts.push(Attempt {
+                        attempt: job.attempts,
+                        started_at,
+                        duration_ms: duration as u64,
+                        status: job.last_status,
+                        error: job.last_error.clone(),
+                    });
+                }
                 Ok((job, attempts))
             }),
             Some(id),
@@ -854,8 +946,13 @@ fn apply(tx: &mut Transaction<'_>, op: Op) -> Answer {
         Op::Prune(before, reply) => answer(
             reply,
             guarded(tx, |t| {
+                // Jobs are created in id order: walk the ids created before `before` (the rows to
+                // delete, mostly) instead of keeping an index on `updated_at` for every write.
                 let n = t.execute(
-                    "DELETE FROM jobs WHERE state IN ('done', 'dead') AND updated_at < ?1",
+                    "DELETE FROM jobs WHERE id < coalesce(
+                         (SELECT id FROM jobs WHERE created_at >= ?1 ORDER BY id LIMIT 1),
+                         (SELECT max(id) + 1 FROM jobs))
+                       AND state IN ('done', 'dead') AND updated_at < ?1",
                     [before],
                 )?;
                 t.execute(
@@ -1002,14 +1099,18 @@ fn claim(
 }
 
 /// Settles a job for the holder of `lease`: `Ok(Err(..))` when there is no such job or it was
-/// claimed again since (then nothing is recorded).
+/// claimed again since (then nothing is recorded). Returns the job's target, for [`note_attempt`]
+/// (which `SettleMany` calls once per target for the batch).
+///
+/// The attempt goes into the job's row (its last attempt); an attempt that did not deliver is also kept
+/// in `attempts`, as history. A delivered one needs no row of its own: `get` reads it from the job.
 fn settle_job(
     t: &Connection,
     lease: Lease,
-    attempt: Option<Attempt>,
+    attempt: Option<&Attempt>,
     settle: &Settle,
     now: i64,
-) -> rusqlite::Result<Result<(), QueueError>> {
+) -> rusqlite::Result<Result<String, QueueError>> {
     let id = lease.id;
     let found: Option<(i64, String)> = t
         .prepare_cached("SELECT lease, target FROM jobs WHERE id = ?1")?
@@ -1020,16 +1121,26 @@ fn settle_job(
         Some((token, _)) if token != lease.token => return Ok(Err(QueueError::LeaseLost(id))),
         Some((_, target)) => target,
     };
-    if let Some(a) = &attempt {
-        note_attempt(t, &target, a, now)?;
+    if let Some(a) = attempt {
+        if *settle != Settle::Ack {
+            t.prepare_cached(
+                "INSERT OR REPLACE INTO attempts (job_id, attempt, started_at, duration_ms, status, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![id, a.attempt, a.started_at, a.duration_ms as i64, a.status, a.error])?;
+        }
         t.prepare_cached(
-            "INSERT OR REPLACE INTO attempts (job_id, attempt, started_at, duration_ms, status, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "UPDATE jobs SET attempts = ?2, last_status = ?3, last_error = ?4, updated_at = ?5,
+                             last_started_at = ?6, last_duration_ms = ?7 WHERE id = ?1",
         )?
-        .execute(params![id, a.attempt, a.started_at, a.duration_ms as i64, a.status, a.error])?;
-        t.prepare_cached(
-            "UPDATE jobs SET attempts = ?2, last_status = ?3, last_error = ?4, updated_at = ?5 WHERE id = ?1",
-        )?
-        .execute(params![id, a.attempt, a.status, a.error, now])?;
+        .execute(params![
+            id,
+            a.attempt,
+            a.status,
+            a.error,
+            now,
+            a.started_at,
+            a.duration_ms as i64
+        ])?;
     }
     match settle {
         Settle::Ack => {
@@ -1043,7 +1154,7 @@ fn settle_job(
         Settle::Retry { delay } => to_pending(t, id, now + delay.as_millis() as i64, now, false)?,
         Settle::Release => to_pending(t, id, now, now, false)?,
     }
-    Ok(Ok(()))
+    Ok(Ok(target))
 }
 
 /// Returns a job to pending, due at `run_at`. A check whose (target, key) already has a pending job
@@ -1199,9 +1310,13 @@ fn list_records(t: &Connection, f: &Filter) -> rusqlite::Result<Vec<Record>> {
 
 fn target_stats(t: &Connection) -> rusqlite::Result<Vec<TargetStats>> {
     let mut out: std::collections::BTreeMap<String, TargetStats> = Default::default();
+    // One query per state, so each reads its own partial index, not the table.
     let mut stmt = t.prepare_cached(
-        "SELECT target, state, COUNT(*), MIN(created_at), MIN(run_at) FROM jobs
-         WHERE state IN ('pending', 'inflight') GROUP BY target, state",
+        "SELECT target, 'pending', COUNT(*), MIN(created_at), MIN(run_at) FROM jobs
+         WHERE state = 'pending' GROUP BY target
+         UNION ALL
+         SELECT target, 'inflight', COUNT(*), NULL, NULL FROM jobs
+         WHERE state = 'inflight' GROUP BY target",
     )?;
     let rows = stmt.query_map([], |r| {
         Ok((
