@@ -67,14 +67,14 @@ struct Shared<Q> {
     queue: Arc<Q>,
     client: reqwest::Client,
     /// Outcomes for the settler, which writes them in batches (see [`settler`]).
-    settles: mpsc::UnboundedSender<(Lease, Option<Attempt>, Settle)>,
+    settles: mpsc::UnboundedSender<Outcome>,
 }
 
 /// Delivers jobs from `queue` to the targets of the current rules.
 pub struct Dispatcher<Q> {
     shared: Arc<Shared<Q>>,
     /// The settler's end of `shared.settles`, taken by `run`.
-    settled: std::sync::Mutex<Option<mpsc::UnboundedReceiver<(Lease, Option<Attempt>, Settle)>>>,
+    settled: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Outcome>>>,
     rules: Arc<ArcSwap<RuleSet>>,
     wake: Arc<Notify>,
     config: DispatchConfig,
@@ -541,6 +541,9 @@ async fn deliver<Q: QueueBackend>(
     (target_name, id)
 }
 
+/// A delivery's outcome, for the settler: the claim, the attempt, what becomes of the job.
+type Outcome = (Lease, Option<Attempt>, Settle);
+
 /// The most outcomes written in one batch.
 const SETTLE_BATCH: usize = 256;
 
@@ -549,7 +552,7 @@ const SETTLE_BATCH: usize = 256;
 /// way the queue's writer batches accepts). Stops when `stop` fires, after writing what is left.
 async fn settler<Q: QueueBackend>(
     queue: Arc<Q>,
-    mut rx: mpsc::UnboundedReceiver<(Lease, Option<Attempt>, Settle)>,
+    mut rx: mpsc::UnboundedReceiver<Outcome>,
     stop: oneshot::Receiver<()>,
     wake: Arc<Notify>,
 ) {
