@@ -207,6 +207,8 @@ drain() {
   echo "warning: the queue was not drained within ${DRAIN_TIMEOUT}s" >&2
 }
 
+# A case's gateway log (tens of MB at info) is kept only with KEEP=1.
+drop_log() { [ -n "${KEEP:-}" ] || rm -f "$work/gateway-$1-$round.log"; }
 closed_case() { # CASE RULES PAYLOAD LOG-LEVEL COUNTED-STATUS
   has_case "$1" || return 0
   gateway "$1" "$2" "$4"
@@ -216,6 +218,7 @@ closed_case() { # CASE RULES PAYLOAD LOG-LEVEL COUNTED-STATUS
   stop $gw
   result "$1" "load=$out" "before=\"$work/cpu-$1-$round-0\"" "after=\"$work/cpu-$1-$round-1\"" "count=\"$5\"" "log=\"$4\"" \
     "log_lines=$(wc -l < "$work/gateway-$1-$round.log")"
+  drop_log "$1"
 }
 
 delivered_case() { # CASE [loadgen args]: load, then wait until every 202 is delivered
@@ -233,6 +236,7 @@ delivered_case() { # CASE [loadgen args]: load, then wait until every 202 is del
   stop $gw; stop $sink
   result "$1" "load=$out" "before=\"$work/cpu-$1-$round-0\"" "after=\"$work/cpu-$1-$round-1\"" 'count="202"' 'log="info"' \
     "sink=$sunk" "status=$status" "log_lines=$(wc -l < "$work/gateway-$1-$round.log")"
+  drop_log "$1"
 }
 # The cases, REPEAT rounds of them in turn (each round starts with the minimal server), then the minimal
 # server once more.
