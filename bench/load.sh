@@ -7,7 +7,7 @@
 #
 #   bench/load.sh                                   # every case, DURATION=10 (seconds), CONNECTIONS=32
 #   CASES="unwatched delivered latency" bench/load.sh   # a subset (the minimal server always runs, first and last)
-#   PROFILE_GATEWAY="perf record -g -o gw.data --" CASES=delivered bench/load.sh
+#   PROFILE_GATEWAY="perf record -e cpu-clock -g -o gw.data --" CASES=delivered bench/load.sh   # one case
 #
 # Cases (default: all). Rules are containment filters, `payload contains {"repository": {"full_name":
 # "acme/repo-N"}, "ref": "refs/heads/main"}`, unless the case is eq-*; logging is the default (info)
@@ -161,9 +161,9 @@ queue_busy() { curl -sf http://127.0.0.1:$ADMIN_PORT/status | json 'd["queue"]["
 # result CASE key=value... : one line of results.jsonl (values are JSON).
 result() { local c=$1; shift; python3 -c 'import json,sys; print(json.dumps({"case": sys.argv[1], "round": int(sys.argv[2]), **{k: json.loads(v) for k, v in (a.split("=", 1) for a in sys.argv[3:])}}))' "$c" "$round" "$@" >> "$work/results.jsonl"; }
 
-# The minimal server, driven by loadgen: run at the start and at the end of the run; the ratios are to the
-# mean of the two, and their difference shows how much the machine's load drifted meanwhile. At the start
-# it is also driven by wrk, to show loadgen is not the bottleneck.
+# The minimal server, driven by loadgen: run at the start of each round and once more at the end; the
+# ratios are to the median of those runs, and their spread shows how much the machine's load drifted
+# meanwhile. In the first round it is also driven by wrk, to show loadgen is not the bottleneck.
 minimal_case() { # CASE
   start taskset -c $SERVER_CORE "$bin/examples/minimal-server" 127.0.0.1:$MINIMAL_PORT "$SECRET"
   m=$started; wait_port $MINIMAL_PORT
