@@ -142,10 +142,11 @@ stop() {
   wait "$1" 2>/dev/null || true
   local keep=() p; for p in "${pids[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done; pids=("${keep[@]}")
 }
-# On-CPU nanoseconds of each thread of process $1 so far, as "tid name ns" lines (from schedstat).
+# Nanoseconds each thread of process $1 has spent on a CPU, and runnable but waiting for one, so far:
+# "tid name run wait" lines (from schedstat).
 threads() {
   local t; for t in /proc/"$1"/task/*; do
-    echo "${t##*/} $(tr ' ' _ < "$t/comm" 2>/dev/null || echo gone) $(cut -d' ' -f1 < "$t/schedstat" 2>/dev/null || echo 0)"
+    echo "${t##*/} $(tr ' ' _ < "$t/comm" 2>/dev/null || echo gone) $(cut -d' ' -f1,2 < "$t/schedstat" 2>/dev/null || echo 0 0)"
   done
 }
 # The PID whose threads to account: the gateway itself, or the profiler's child when profiling.
