@@ -59,6 +59,8 @@ def measure(row):
         sink = row["sink"]
         secs = (sink["last_ns"] - load["start_ns"]) / 1e9 if sink["count"] else float("nan")
         notes.append(f'{sink["unique"]}/{counted} delivered in {secs:.1f} s (load {load["elapsed_s"]:.1f} s)')
+        if sink["count"] > sink["unique"]:
+            notes.append(f'{sink["count"] - sink["unique"]} delivered twice')
         dead = row["status"]["queue"].get("dead")
         if dead:
             notes.append(f"{dead} dead")
