@@ -7,7 +7,7 @@
 #
 #   bench/load.sh                                   # every case, DURATION=10 (seconds), CONNECTIONS=32
 #   CASES="unwatched delivered latency" bench/load.sh   # a subset (the minimal server always runs, first and last)
-#   PROFILE_GATEWAY="perf record -g -o gw.data --" CASES=delivered bench/load.sh
+#   PROFILE_GATEWAY="perf record -e cpu-clock -g -o gw.data --" CASES=delivered bench/load.sh   # one case
 #
 # Cases (default: all). Rules are containment filters, `payload contains {"repository": {"full_name":
 # "acme/repo-N"}, "ref": "refs/heads/main"}`, unless the case is eq-*; logging is the default (info)
@@ -142,10 +142,11 @@ stop() {
   wait "$1" 2>/dev/null || true
   local keep=() p; for p in "${pids[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done; pids=("${keep[@]}")
 }
-# On-CPU nanoseconds of each thread of process $1 so far, as "tid name ns" lines (from schedstat).
+# Nanoseconds each thread of process $1 has spent on a CPU, and runnable but waiting for one, so far:
+# "tid name run wait" lines (from schedstat).
 threads() {
   local t; for t in /proc/"$1"/task/*; do
-    echo "${t##*/} $(tr ' ' _ < "$t/comm" 2>/dev/null || echo gone) $(cut -d' ' -f1 < "$t/schedstat" 2>/dev/null || echo 0)"
+    echo "${t##*/} $(tr ' ' _ < "$t/comm" 2>/dev/null || echo gone) $(cut -d' ' -f1,2 < "$t/schedstat" 2>/dev/null || echo 0 0)"
   done
 }
 # The PID whose threads to account: the gateway itself, or the profiler's child when profiling.
@@ -161,9 +162,9 @@ queue_busy() { curl -sf http://127.0.0.1:$ADMIN_PORT/status | json 'd["queue"]["
 # result CASE key=value... : one line of results.jsonl (values are JSON).
 result() { local c=$1; shift; python3 -c 'import json,sys; print(json.dumps({"case": sys.argv[1], "round": int(sys.argv[2]), **{k: json.loads(v) for k, v in (a.split("=", 1) for a in sys.argv[3:])}}))' "$c" "$round" "$@" >> "$work/results.jsonl"; }
 
-# The minimal server, driven by loadgen: run at the start and at the end of the run; the ratios are to the
-# mean of the two, and their difference shows how much the machine's load drifted meanwhile. At the start
-# it is also driven by wrk, to show loadgen is not the bottleneck.
+# The minimal server, driven by loadgen: run at the start of each round and once more at the end; the
+# ratios are to the median of those runs, and their spread shows how much the machine's load drifted
+# meanwhile. In the first round it is also driven by wrk, to show loadgen is not the bottleneck.
 minimal_case() { # CASE
   start taskset -c $SERVER_CORE "$bin/examples/minimal-server" 127.0.0.1:$MINIMAL_PORT "$SECRET"
   m=$started; wait_port $MINIMAL_PORT
@@ -207,6 +208,8 @@ drain() {
   echo "warning: the queue was not drained within ${DRAIN_TIMEOUT}s" >&2
 }
 
+# A case's gateway log (tens of MB at info) is kept only with KEEP=1.
+drop_log() { [ -n "${KEEP:-}" ] || rm -f "$work/gateway-$1-$round.log"; }
 closed_case() { # CASE RULES PAYLOAD LOG-LEVEL COUNTED-STATUS
   has_case "$1" || return 0
   gateway "$1" "$2" "$4"
@@ -216,6 +219,7 @@ closed_case() { # CASE RULES PAYLOAD LOG-LEVEL COUNTED-STATUS
   stop $gw
   result "$1" "load=$out" "before=\"$work/cpu-$1-$round-0\"" "after=\"$work/cpu-$1-$round-1\"" "count=\"$5\"" "log=\"$4\"" \
     "log_lines=$(wc -l < "$work/gateway-$1-$round.log")"
+  drop_log "$1"
 }
 
 delivered_case() { # CASE [loadgen args]: load, then wait until every 202 is delivered
@@ -233,6 +237,7 @@ delivered_case() { # CASE [loadgen args]: load, then wait until every 202 is del
   stop $gw; stop $sink
   result "$1" "load=$out" "before=\"$work/cpu-$1-$round-0\"" "after=\"$work/cpu-$1-$round-1\"" 'count="202"' 'log="info"' \
     "sink=$sunk" "status=$status" "log_lines=$(wc -l < "$work/gateway-$1-$round.log")"
+  drop_log "$1"
 }
 # The cases, REPEAT rounds of them in turn (each round starts with the minimal server), then the minimal
 # server once more.

@@ -32,19 +32,22 @@ def thread_cpu(row):
     def read(path):
         out = {}
         for line in open(path):
-            tid, name, ns = line.split()
-            out[tid] = (name, int(ns))
+            tid, name, run, wait = line.split()
+            out[tid] = (name, int(run), int(wait))
         return out
 
     before, after = read(row["before"]), read(row["after"])
     groups = dict.fromkeys(GROUPS, 0)
-    for tid, (name, ns) in after.items():
+    waited = 0
+    for tid, (name, run, wait) in after.items():
         if name.startswith(("tokio-runtime-w", "tokio-rt-worker")):
             group = "workers"
         else:
             group = {"hookgate-queue": "queue", "hookgate-logs": "logs"}.get(name, "other")
-        groups[group] += ns - before.get(tid, (name, 0))[1]
-    return groups
+        _, run0, wait0 = before.get(tid, (name, 0, 0))
+        groups[group] += run - run0
+        waited += wait - wait0
+    return groups, waited
 
 
 def measure(row):
@@ -56,6 +59,8 @@ def measure(row):
         sink = row["sink"]
         secs = (sink["last_ns"] - load["start_ns"]) / 1e9 if sink["count"] else float("nan")
         notes.append(f'{sink["unique"]}/{counted} delivered in {secs:.1f} s (load {load["elapsed_s"]:.1f} s)')
+        if sink["count"] > sink["unique"]:
+            notes.append(f'{sink["count"] - sink["unique"]} delivered twice')
         dead = row["status"]["queue"].get("dead")
         if dead:
             notes.append(f"{dead} dead")
@@ -81,7 +86,11 @@ def measure(row):
         )
     if "log_lines" in row:
         notes.append(f'{row["log_lines"]} log lines')
-    us = {k: v / 1e3 / counted if counted else 0.0 for k, v in thread_cpu(row).items()}
+    ran, waited = thread_cpu(row)
+    # How much of the server's core it had, and how long its threads were ready to run but another
+    # process (or another of its threads) held the core: the first sign of a noisy neighbour.
+    notes.append(f"server on CPU {sum(ran.values()) / 1e9 / secs:.0%} of the time, waiting for it {waited / 1e9 / secs:.0%}")
+    us = {k: v / 1e3 / counted if counted else 0.0 for k, v in ran.items()}
     return {
         "rps": counted / secs if secs else 0.0,
         "us": us,
