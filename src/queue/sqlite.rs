@@ -232,6 +232,14 @@ impl SqliteQueue {
         // 32 MiB of page cache: the hot part of the queue (indexes, recent jobs) stays in memory.
         conn.pragma_update(None, "cache_size", -32_768)
             .map_err(storage)?;
+        // The query planner's stability guarantee: a cached statement keeps its plan whatever values
+        // are bound. Without it, SQLite (built with STAT4) prepares a statement again whenever a bound
+        // value that a range or `LIMIT` depends on changes — every claim, every due-targets question.
+        conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+            true,
+        )
+        .map_err(storage)?;
         check_integrity(&conn).map_err(|detail| QueueError::Damaged {
             path: path.display().to_string(),
             detail,
