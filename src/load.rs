@@ -72,19 +72,23 @@ pub fn load_file(path: &Path, secrets: &dyn Secrets) -> Result<Loaded, LoadError
             });
         }
     };
-    Ok(load_with(
+    let mut loader = Loader::new(inputs);
+    loader.add(
         &path.display().to_string(),
         Some(path.to_path_buf()),
         &bytes,
-        secrets,
-        inputs,
-    ))
+    );
+    // The source map holds the text now; a large file's bytes need not wait through the compile.
+    drop(bytes);
+    Ok(loader.finish(secrets))
 }
 
 /// Loads and compiles a rules set given as bytes (stdin, tests); includes resolve against `path`'s
 /// directory, or the working directory.
 pub fn load_text(name: &str, path: Option<PathBuf>, bytes: &[u8], secrets: &dyn Secrets) -> Loaded {
-    load_with(name, path, bytes, secrets, Inputs::default())
+    let mut loader = Loader::new(Inputs::default());
+    loader.add(name, path, bytes);
+    loader.finish(secrets)
 }
 
 /// Compiles a rules set from the texts of all its files, in load order (`RuleStore::texts`)
@@ -96,18 +100,6 @@ pub fn load_texts(texts: &[(String, String)], secrets: &dyn Secrets) -> Loaded {
     for (name, text) in texts {
         loader.add(name, None, text.as_bytes());
     }
-    loader.finish(secrets)
-}
-
-fn load_with(
-    name: &str,
-    path: Option<PathBuf>,
-    bytes: &[u8],
-    secrets: &dyn Secrets,
-    inputs: Inputs,
-) -> Loaded {
-    let mut loader = Loader::new(inputs);
-    loader.add(name, path, bytes);
     loader.finish(secrets)
 }
 
@@ -140,7 +132,7 @@ impl Loader {
             diags.sort();
             Err(diags)
         } else {
-            match compile::compile(&files, &asts, secrets) {
+            match compile::compile(&files, asts, secrets) {
                 Ok(mut compiled) => {
                     diags.extend(compiled.warnings);
                     diags.sort();
@@ -183,12 +175,10 @@ impl Loader {
         self.hasher.update([0]);
         self.hasher.update(bytes);
         self.hasher.update([0]);
-        let (text, bad_utf8_at) = match std::str::from_utf8(bytes) {
-            Ok(text) => (text.to_string(), None),
-            Err(e) => (
-                String::from_utf8_lossy(bytes).into_owned(),
-                Some(e.valid_up_to()),
-            ),
+        // One copy of the text, shared by the source map and the parser.
+        let (text, bad_utf8_at): (std::sync::Arc<str>, _) = match std::str::from_utf8(bytes) {
+            Ok(text) => (text.into(), None),
+            Err(e) => (String::from_utf8_lossy(bytes).into(), Some(e.valid_up_to())),
         };
         let canonical = path.as_deref().and_then(|p| self.io.canonical(p));
         let file = self.files.add(SourceText::new(name, path, text));

@@ -83,8 +83,9 @@ pub struct RuleStore {
     /// What `status()` and the watcher read; never held across IO.
     state: Mutex<StoreState>,
     /// The sets served most recently (the current one included), newest last: the delivery log explains
-    /// a delivery against the set that judged it.
-    recent: Mutex<std::collections::VecDeque<Arc<RuleSet>>>,
+    /// a delivery against the set that judged it. Sets beyond [`RECENT_RULES`] are held weakly (see
+    /// [`RuleStore::remember`]).
+    recent: Mutex<std::collections::VecDeque<Recent>>,
     /// The hash and file texts of the set now serving (the delivery log stores them).
     texts: Mutex<(String, Vec<(String, String)>)>,
     /// Told the hash of every set swapped in.
@@ -93,6 +94,37 @@ pub struct RuleStore {
 
 /// How many rule sets `RuleStore::version` remembers.
 const RECENT_VERSIONS: usize = 16;
+
+/// How many rules the remembered sets other than the newest may hold between them and still be kept
+/// alive by the store. Past that, a set is remembered weakly: found while a request, a delivery or an
+/// explanation still holds it, and otherwise compiled again from its stored texts when asked for.
+/// Without this bound every reload of 100,000 rules would keep another copy of them (up to 16).
+const RECENT_RULES: usize = 20_000;
+
+/// A remembered rule set.
+enum Recent {
+    Kept(Arc<RuleSet>),
+    Weak {
+        version: String,
+        rules: std::sync::Weak<RuleSet>,
+    },
+}
+
+impl Recent {
+    fn version(&self) -> &str {
+        match self {
+            Recent::Kept(rules) => rules.version(),
+            Recent::Weak { version, .. } => version,
+        }
+    }
+
+    fn get(&self) -> Option<Arc<RuleSet>> {
+        match self {
+            Recent::Kept(rules) => Some(rules.clone()),
+            Recent::Weak { rules, .. } => rules.upgrade(),
+        }
+    }
+}
 
 struct StoreState {
     status: ReloadStatus,
@@ -203,7 +235,7 @@ impl RuleStore {
         let rules = Arc::new(fresh.rules);
         Ok(RuleStore {
             path: path.to_path_buf(),
-            recent: Mutex::new([rules.clone()].into()),
+            recent: Mutex::new([Recent::Kept(rules.clone())].into()),
             texts: Mutex::new((fresh.hash.clone(), fresh.texts)),
             on_swap: Mutex::new(None),
             rules: Arc::new(ArcSwap::new(rules)),
@@ -227,7 +259,7 @@ impl RuleStore {
             .iter()
             .rev()
             .find(|r| r.version() == version)
-            .cloned()
+            .and_then(Recent::get)
     }
 
     /// The hash and the file texts of the set now serving.
@@ -244,10 +276,27 @@ impl RuleStore {
     pub fn remember(&self, rules: Arc<RuleSet>) {
         let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
         recent.retain(|r| r.version() != rules.version());
-        recent.push_back(rules);
+        recent.push_back(Recent::Kept(rules));
         while recent.len() > RECENT_VERSIONS {
             recent.pop_front();
         }
+        // Newest first, the older sets are kept while their rules fit the budget, then held weakly.
+        let mut budget = RECENT_RULES;
+        for r in recent.iter_mut().rev().skip(1) {
+            if let Recent::Kept(rules) = r {
+                match budget.checked_sub(rules.rules().len()) {
+                    Some(left) => budget = left,
+                    None => {
+                        budget = 0;
+                        *r = Recent::Weak {
+                            version: rules.version().to_string(),
+                            rules: Arc::downgrade(rules),
+                        };
+                    }
+                }
+            }
+        }
+        recent.retain(|r| !matches!(r, Recent::Weak { rules, .. } if rules.strong_count() == 0));
     }
 
     /// The rules now serving. Load once per request and keep the `Arc` for the whole request.
