@@ -13,6 +13,7 @@
 //! include glob walks at most [`MAX_GLOB_DEPTH`] directories deep, [`MAX_GLOB_ENTRIES`] entries and
 //! [`MAX_GLOB_MATCHES`] matches.
 
+use std::borrow::Cow;
 use std::cell::Cell;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -76,10 +77,8 @@ pub fn load_file(path: &Path, secrets: &dyn Secrets) -> Result<Loaded, LoadError
     loader.add(
         &path.display().to_string(),
         Some(path.to_path_buf()),
-        &bytes,
+        Cow::Owned(bytes),
     );
-    // The source map holds the text now; a large file's bytes need not wait through the compile.
-    drop(bytes);
     Ok(loader.finish(secrets))
 }
 
@@ -87,7 +86,7 @@ pub fn load_file(path: &Path, secrets: &dyn Secrets) -> Result<Loaded, LoadError
 /// directory, or the working directory.
 pub fn load_text(name: &str, path: Option<PathBuf>, bytes: &[u8], secrets: &dyn Secrets) -> Loaded {
     let mut loader = Loader::new(Inputs::default());
-    loader.add(name, path, bytes);
+    loader.add(name, path, Cow::Borrowed(bytes));
     loader.finish(secrets)
 }
 
@@ -98,7 +97,7 @@ pub fn load_texts(texts: &[(String, String)], secrets: &dyn Secrets) -> Loaded {
     let mut loader = Loader::new(Inputs::default());
     loader.follow_includes = false;
     for (name, text) in texts {
-        loader.add(name, None, text.as_bytes());
+        loader.add(name, None, Cow::Borrowed(text.as_bytes()));
     }
     loader.finish(secrets)
 }
@@ -170,16 +169,22 @@ struct Loader {
 }
 
 impl Loader {
-    fn add(&mut self, name: &str, path: Option<PathBuf>, bytes: &[u8]) {
+    /// Parses one file. Its bytes are dropped once the source map holds the text, before parsing: a
+    /// large file is not held twice while its AST is built.
+    fn add(&mut self, name: &str, path: Option<PathBuf>, bytes: Cow<'_, [u8]>) {
         self.hasher.update(name.as_bytes());
         self.hasher.update([0]);
-        self.hasher.update(bytes);
+        self.hasher.update(&bytes);
         self.hasher.update([0]);
-        // One copy of the text, shared by the source map and the parser.
-        let (text, bad_utf8_at): (std::sync::Arc<str>, _) = match std::str::from_utf8(bytes) {
+        let len = bytes.len();
+        let (text, bad_utf8_at): (std::sync::Arc<str>, _) = match std::str::from_utf8(&bytes) {
             Ok(text) => (text.into(), None),
-            Err(e) => (String::from_utf8_lossy(bytes).into(), Some(e.valid_up_to())),
+            Err(e) => (
+                String::from_utf8_lossy(&bytes).into(),
+                Some(e.valid_up_to()),
+            ),
         };
+        drop(bytes);
         let canonical = path.as_deref().and_then(|p| self.io.canonical(p));
         let file = self.files.add(SourceText::new(name, path, text));
         if let Some(offset) = bad_utf8_at {
@@ -187,7 +192,7 @@ impl Loader {
                 .error(DiagnosticKind::NotUtf8, Span::new(file, offset, offset + 1));
             return;
         }
-        if bytes.len() > MAX_FILE_BYTES {
+        if len > MAX_FILE_BYTES {
             self.diags.error(
                 DiagnosticKind::InvalidValue {
                     message: format!("file is larger than {} MiB", MAX_FILE_BYTES >> 20),
@@ -294,7 +299,7 @@ impl Loader {
                 }
             }
             match self.io.read_file(&path) {
-                Ok(bytes) => self.add(&shown, Some(path.clone()), &bytes),
+                Ok(bytes) => self.add(&shown, Some(path.clone()), Cow::Owned(bytes)),
                 Err(e) => self.include_failed(&shown, &crate::fs::io_reason(&e), span),
             }
         }

@@ -39,6 +39,9 @@ use crate::load::{self, Inputs};
 use crate::ruleset::{RuleSet, SecretValue};
 use crate::secrets::EnvSecrets;
 
+/// The name and text of every file of a rules version (texts shared with its source map).
+pub type Files = Vec<(String, Arc<str>)>;
+
 /// What `/status` shows about the rules. Never contains a secret.
 #[derive(Debug, Clone, Serialize)]
 pub struct ReloadStatus {
@@ -87,7 +90,7 @@ pub struct RuleStore {
     /// [`RuleStore::remember`]).
     recent: Mutex<std::collections::VecDeque<Recent>>,
     /// The hash and file texts of the set now serving (the delivery log stores them).
-    texts: Mutex<(String, Vec<(String, String)>)>,
+    texts: Mutex<(String, Files)>,
     /// Told the hash of every set swapped in.
     on_swap: Mutex<Option<tokio::sync::mpsc::UnboundedSender<String>>>,
 }
@@ -200,8 +203,8 @@ fn digest_secret(loaded: &Result<SecretValue, String>) -> [u8; 32] {
 /// A compiled set with what the store keeps about it.
 struct Fresh {
     rules: RuleSet,
-    /// The texts of its files, for `RuleStore::texts`.
-    texts: Vec<(String, String)>,
+    /// The texts of its files, for `RuleStore::texts` (shared with the source map).
+    texts: Files,
     hash: String,
     fingerprint: String,
     files: Vec<String>,
@@ -263,7 +266,7 @@ impl RuleStore {
     }
 
     /// The hash and the file texts of the set now serving.
-    pub fn texts(&self) -> (String, Vec<(String, String)>) {
+    pub fn texts(&self) -> (String, Files) {
         self.texts.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
@@ -503,7 +506,7 @@ fn compile(path: &Path) -> Result<Fresh, Failure> {
     let texts = loaded
         .files
         .files()
-        .map(|(_, f)| (f.name.clone(), f.text.to_string()))
+        .map(|(_, f)| (f.name.clone(), f.text.clone()))
         .collect();
     Ok(Fresh {
         texts,

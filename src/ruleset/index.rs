@@ -11,7 +11,7 @@
 //! are then evaluated in full. `tests/index.rs` checks this against a full scan on random rule sets.
 
 use std::collections::{HashMap, HashSet};
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 
 use serde_json::Value;
 
@@ -43,8 +43,32 @@ struct Bucket {
 #[derive(Debug)]
 struct Keyed {
     steps: Vec<Step>,
-    ranges: HashMap<u64, (u32, u32)>,
+    ranges: ByHash<(u32, u32)>,
     ids: Vec<u32>,
+}
+
+/// A map keyed by [`key_hash`]es, which are hashed already.
+type ByHash<V> = HashMap<u64, V, BuildHasherDefault<Prehashed>>;
+
+/// Passes a `u64` key through as its own hash.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64`s are hashed here; any other key still hashes deterministically.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
 
 /// A non-string scalar as a hash key. Numbers are keyed by their `f64` value, so `1` and `1.0` meet
@@ -190,25 +214,35 @@ impl SourceIndex {
 
 impl Bucket {
     fn build(rules: &[Rule], ids: &[usize]) -> Bucket {
-        let leaves: Vec<(usize, Vec<Leaf<'_>>)> = ids
+        // Each rule's leaves, with the hashes of their values.
+        type Hashed<'a> = (Leaf<'a>, Vec<u64>);
+        let leaves: Vec<(usize, Vec<Hashed<'_>>)> = ids
             .iter()
             .map(|&i| {
                 let mut leaves = Vec::new();
                 if let Some(when) = &rules[i].when {
                     required_leaves(when, &mut leaves);
                 }
-                (i, leaves)
+                let hashed = leaves
+                    .into_iter()
+                    .map(|l| {
+                        let hashes = l.values.iter().filter_map(|v| key_hash(v)).collect();
+                        (l, hashes)
+                    })
+                    .collect();
+                (i, hashed)
             })
             .collect();
         // The most selective path is the one with the most distinct values across these rules:
         // `full_name` (one per rule) beats `ref` (the same for all). Counted by hash, as filed.
-        let mut distinct: HashMap<&[StepRef<'_>], HashSet<u64>> = HashMap::new();
+        let mut distinct: HashMap<&[StepRef<'_>], HashSet<u64, BuildHasherDefault<Prehashed>>> =
+            HashMap::new();
         for (_, ls) in &leaves {
-            for leaf in ls {
+            for (leaf, hashes) in ls {
                 distinct
                     .entry(&leaf.steps)
                     .or_default()
-                    .extend(leaf.values.iter().filter_map(|v| key_hash(v)));
+                    .extend(hashes.iter().copied());
             }
         }
         let mut bucket = Bucket::default();
@@ -217,8 +251,8 @@ impl Bucket {
         for (i, ls) in &leaves {
             let best = ls
                 .iter()
-                .max_by_key(|l| distinct.get(l.steps.as_slice()).map_or(0, |d| d.len()));
-            let Some(leaf) = best else {
+                .max_by_key(|(l, _)| distinct.get(l.steps.as_slice()).map_or(0, |d| d.len()));
+            let Some((leaf, hashes)) = best else {
                 bucket.scan.push(*i as u32);
                 continue;
             };
@@ -231,18 +265,14 @@ impl Bucket {
                 None => {
                     bucket.keyed.push(Keyed {
                         steps: leaf.steps.iter().map(|s| s.owned()).collect(),
-                        ranges: HashMap::new(),
+                        ranges: ByHash::default(),
                         ids: Vec::new(),
                     });
                     filed.push(Vec::new());
                     bucket.keyed.len() - 1
                 }
             };
-            for value in &leaf.values {
-                let hash =
-                    key_hash(value).unwrap_or_else(|| unreachable!("leaves hold scalars only"));
-                filed[pos].push((hash, *i as u32));
-            }
+            filed[pos].extend(hashes.iter().map(|&h| (h, *i as u32)));
         }
         for (keyed, mut pairs) in bucket.keyed.iter_mut().zip(filed) {
             // By hash, then rule: each hash's rules are one ascending, duplicate-free range.
