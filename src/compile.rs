@@ -31,7 +31,7 @@ use crate::diagnostic::{Diagnostic, DiagnosticKind, Diagnostics, NameKind};
 use crate::rule_test::RuleTest;
 use crate::ruleset::{RuleSet, SecretValue};
 use crate::source::{FileId, SourceMap, Span};
-use crate::syntax::{Ast, Item, Str};
+use crate::syntax::{Ast, Item, SourceDecl, Str};
 use resolve::Names;
 
 /// Where a declared secret comes from.
@@ -65,10 +65,12 @@ pub struct Compiled {
     pub warnings: Diagnostics,
 }
 
-/// Compiles the parsed files of one rules set.
+/// Compiles the parsed files of one rules set. The ASTs are consumed: each rule's declaration is
+/// dropped as soon as it is compiled, so that the AST and the compiled set of a large rules file are
+/// not both held whole (a reload compiles beside the set that serves).
 pub(crate) fn compile(
     files: &SourceMap,
-    asts: &[(FileId, Ast)],
+    asts: Vec<(FileId, Ast)>,
     secrets: &dyn Secrets,
 ) -> Result<Compiled, Diagnostics> {
     let mut cx = Cx::new(files, secrets);
@@ -78,18 +80,19 @@ pub(crate) fn compile(
     let mut rule_decls = Vec::new();
     let mut test_decls = Vec::new();
     for (file, ast) in asts {
-        for item in &ast.items {
+        for item in ast.items {
             match item {
                 Item::Secret(d) => secret_decls.push(d),
                 Item::Source(d) => source_decls.push(d),
                 Item::Target(d) => target_decls.push(d),
                 Item::Rule(d) => rule_decls.push(d),
-                Item::Test(d) => test_decls.push((*file, d)),
+                Item::Test(d) => test_decls.push((file, d)),
                 // Includes were followed by the loader.
                 Item::Include(_) => {}
             }
         }
     }
+    let source_decls: Vec<&SourceDecl> = source_decls.iter().collect();
 
     // A set without sources answers every request 404: never what was meant (an empty file, a
     // truncated copy), so it must not load, and a reload must not swap it in.
@@ -132,9 +135,9 @@ pub(crate) fn compile(
             cx.secret_values[*id] = Some(value);
         }
     }
-    let mut targets = Vec::new();
-    for (decl, id) in target_decls.iter().zip(&target_ids) {
-        let target = cx.target(decl);
+    let mut targets = Vec::with_capacity(target_decls.len());
+    for (decl, id) in target_decls.into_iter().zip(&target_ids) {
+        let target = cx.target(&decl);
         if let (Some(_), Some(target)) = (id, target) {
             targets.push(target);
         }
@@ -146,9 +149,9 @@ pub(crate) fn compile(
             sources.push(source);
         }
     }
-    let mut rules = Vec::new();
-    for decl in &rule_decls {
-        if let Some(rule) = cx.rule(decl, &sources) {
+    let mut rules = Vec::with_capacity(rule_decls.len());
+    for decl in rule_decls {
+        if let Some(rule) = cx.rule(&decl, &sources) {
             rules.push(rule);
         }
     }
@@ -213,6 +216,10 @@ pub(crate) struct Cx<'a> {
     secret_values: Vec<Option<SecretValue>>,
     regexes: HashMap<(String, String), Arc<regex::Regex>>,
     paths: HashMap<String, Arc<crate::ruleset::JsonPath>>,
+    /// Literals of match expressions by their source text: rules that write the same literal share it.
+    literals: HashMap<&'a str, Arc<serde_json::Value>>,
+    /// `on` lists, shared by the rules that write the same one.
+    event_lists: HashMap<Vec<String>, Arc<[String]>>,
 }
 
 impl<'a> Cx<'a> {
@@ -229,6 +236,8 @@ impl<'a> Cx<'a> {
             secret_values: Vec::new(),
             regexes: HashMap::new(),
             paths: HashMap::new(),
+            literals: HashMap::new(),
+            event_lists: HashMap::new(),
         }
     }
 

@@ -13,6 +13,7 @@
 //! include glob walks at most [`MAX_GLOB_DEPTH`] directories deep, [`MAX_GLOB_ENTRIES`] entries and
 //! [`MAX_GLOB_MATCHES`] matches.
 
+use std::borrow::Cow;
 use std::cell::Cell;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -72,19 +73,21 @@ pub fn load_file(path: &Path, secrets: &dyn Secrets) -> Result<Loaded, LoadError
             });
         }
     };
-    Ok(load_with(
+    let mut loader = Loader::new(inputs);
+    loader.add(
         &path.display().to_string(),
         Some(path.to_path_buf()),
-        &bytes,
-        secrets,
-        inputs,
-    ))
+        Cow::Owned(bytes),
+    );
+    Ok(loader.finish(secrets))
 }
 
 /// Loads and compiles a rules set given as bytes (stdin, tests); includes resolve against `path`'s
 /// directory, or the working directory.
 pub fn load_text(name: &str, path: Option<PathBuf>, bytes: &[u8], secrets: &dyn Secrets) -> Loaded {
-    load_with(name, path, bytes, secrets, Inputs::default())
+    let mut loader = Loader::new(Inputs::default());
+    loader.add(name, path, Cow::Borrowed(bytes));
+    loader.finish(secrets)
 }
 
 /// Compiles a rules set from the texts of all its files, in load order (`RuleStore::texts`)
@@ -94,20 +97,8 @@ pub fn load_texts(texts: &[(String, String)], secrets: &dyn Secrets) -> Loaded {
     let mut loader = Loader::new(Inputs::default());
     loader.follow_includes = false;
     for (name, text) in texts {
-        loader.add(name, None, text.as_bytes());
+        loader.add(name, None, Cow::Borrowed(text.as_bytes()));
     }
-    loader.finish(secrets)
-}
-
-fn load_with(
-    name: &str,
-    path: Option<PathBuf>,
-    bytes: &[u8],
-    secrets: &dyn Secrets,
-    inputs: Inputs,
-) -> Loaded {
-    let mut loader = Loader::new(inputs);
-    loader.add(name, path, bytes);
     loader.finish(secrets)
 }
 
@@ -140,7 +131,7 @@ impl Loader {
             diags.sort();
             Err(diags)
         } else {
-            match compile::compile(&files, &asts, secrets) {
+            match compile::compile(&files, asts, secrets) {
                 Ok(mut compiled) => {
                     diags.extend(compiled.warnings);
                     diags.sort();
@@ -178,18 +169,22 @@ struct Loader {
 }
 
 impl Loader {
-    fn add(&mut self, name: &str, path: Option<PathBuf>, bytes: &[u8]) {
+    /// Parses one file. Its bytes are dropped once the source map holds the text, before parsing: a
+    /// large file is not held twice while its AST is built.
+    fn add(&mut self, name: &str, path: Option<PathBuf>, bytes: Cow<'_, [u8]>) {
         self.hasher.update(name.as_bytes());
         self.hasher.update([0]);
-        self.hasher.update(bytes);
+        self.hasher.update(&bytes);
         self.hasher.update([0]);
-        let (text, bad_utf8_at) = match std::str::from_utf8(bytes) {
-            Ok(text) => (text.to_string(), None),
+        let len = bytes.len();
+        let (text, bad_utf8_at): (std::sync::Arc<str>, _) = match std::str::from_utf8(&bytes) {
+            Ok(text) => (text.into(), None),
             Err(e) => (
-                String::from_utf8_lossy(bytes).into_owned(),
+                String::from_utf8_lossy(&bytes).into(),
                 Some(e.valid_up_to()),
             ),
         };
+        drop(bytes);
         let canonical = path.as_deref().and_then(|p| self.io.canonical(p));
         let file = self.files.add(SourceText::new(name, path, text));
         if let Some(offset) = bad_utf8_at {
@@ -197,7 +192,7 @@ impl Loader {
                 .error(DiagnosticKind::NotUtf8, Span::new(file, offset, offset + 1));
             return;
         }
-        if bytes.len() > MAX_FILE_BYTES {
+        if len > MAX_FILE_BYTES {
             self.diags.error(
                 DiagnosticKind::InvalidValue {
                     message: format!("file is larger than {} MiB", MAX_FILE_BYTES >> 20),
@@ -304,7 +299,7 @@ impl Loader {
                 }
             }
             match self.io.read_file(&path) {
-                Ok(bytes) => self.add(&shown, Some(path.clone()), &bytes),
+                Ok(bytes) => self.add(&shown, Some(path.clone()), Cow::Owned(bytes)),
                 Err(e) => self.include_failed(&shown, &crate::fs::io_reason(&e), span),
             }
         }

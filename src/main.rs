@@ -1,5 +1,27 @@
 //! The `gateway` binary: parses arguments and hands over to `hookgate::cli`.
+//!
+//! The allocator is mimalloc: loading 100,000 rules is more than twice as fast as with the system
+//! allocator, whose frees dominated the profile (`docs/performance.md`).
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
+    return_freed_memory();
     hookgate::cli::main()
+}
+
+/// `mi_option_purge_delay` in mimalloc 2's `mi_option_t` (`libmimalloc-sys` names no constant for it).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Freed memory goes back to the system at once rather than after a delay that only passes while
+/// the freeing thread keeps allocating: the AST of a large rules file and the set a reload replaced
+/// no longer stay resident in a thread that has gone idle (100,000 rules: 238 MiB steady instead of
+/// 400–650 MiB). `MIMALLOC_PURGE_DELAY` in the environment still decides when it is set.
+#[allow(unsafe_code)]
+fn return_freed_memory() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: sets a plain integer option; mimalloc reads options at any time.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+    }
 }

@@ -39,6 +39,9 @@ use crate::load::{self, Inputs};
 use crate::ruleset::{RuleSet, SecretValue};
 use crate::secrets::EnvSecrets;
 
+/// The name and text of every file of a rules version (texts shared with its source map).
+pub type Files = Vec<(String, Arc<str>)>;
+
 /// What `/status` shows about the rules. Never contains a secret.
 #[derive(Debug, Clone, Serialize)]
 pub struct ReloadStatus {
@@ -83,16 +86,48 @@ pub struct RuleStore {
     /// What `status()` and the watcher read; never held across IO.
     state: Mutex<StoreState>,
     /// The sets served most recently (the current one included), newest last: the delivery log explains
-    /// a delivery against the set that judged it.
-    recent: Mutex<std::collections::VecDeque<Arc<RuleSet>>>,
+    /// a delivery against the set that judged it. Sets beyond [`RECENT_RULES`] are held weakly (see
+    /// [`RuleStore::remember`]).
+    recent: Mutex<std::collections::VecDeque<Recent>>,
     /// The hash and file texts of the set now serving (the delivery log stores them).
-    texts: Mutex<(String, Vec<(String, String)>)>,
+    texts: Mutex<(String, Files)>,
     /// Told the hash of every set swapped in.
     on_swap: Mutex<Option<tokio::sync::mpsc::UnboundedSender<String>>>,
 }
 
 /// How many rule sets `RuleStore::version` remembers.
 const RECENT_VERSIONS: usize = 16;
+
+/// How many rules the remembered sets other than the newest may hold between them and still be kept
+/// alive by the store. Past that, a set is remembered weakly: found while a request, a delivery or an
+/// explanation still holds it, and otherwise compiled again from its stored texts when asked for.
+/// Without this bound every reload of 100,000 rules would keep another copy of them (up to 16).
+const RECENT_RULES: usize = 20_000;
+
+/// A remembered rule set.
+enum Recent {
+    Kept(Arc<RuleSet>),
+    Weak {
+        version: String,
+        rules: std::sync::Weak<RuleSet>,
+    },
+}
+
+impl Recent {
+    fn version(&self) -> &str {
+        match self {
+            Recent::Kept(rules) => rules.version(),
+            Recent::Weak { version, .. } => version,
+        }
+    }
+
+    fn get(&self) -> Option<Arc<RuleSet>> {
+        match self {
+            Recent::Kept(rules) => Some(rules.clone()),
+            Recent::Weak { rules, .. } => rules.upgrade(),
+        }
+    }
+}
 
 struct StoreState {
     status: ReloadStatus,
@@ -168,8 +203,8 @@ fn digest_secret(loaded: &Result<SecretValue, String>) -> [u8; 32] {
 /// A compiled set with what the store keeps about it.
 struct Fresh {
     rules: RuleSet,
-    /// The texts of its files, for `RuleStore::texts`.
-    texts: Vec<(String, String)>,
+    /// The texts of its files, for `RuleStore::texts` (shared with the source map).
+    texts: Files,
     hash: String,
     fingerprint: String,
     files: Vec<String>,
@@ -203,7 +238,7 @@ impl RuleStore {
         let rules = Arc::new(fresh.rules);
         Ok(RuleStore {
             path: path.to_path_buf(),
-            recent: Mutex::new([rules.clone()].into()),
+            recent: Mutex::new([Recent::Kept(rules.clone())].into()),
             texts: Mutex::new((fresh.hash.clone(), fresh.texts)),
             on_swap: Mutex::new(None),
             rules: Arc::new(ArcSwap::new(rules)),
@@ -227,11 +262,11 @@ impl RuleStore {
             .iter()
             .rev()
             .find(|r| r.version() == version)
-            .cloned()
+            .and_then(Recent::get)
     }
 
     /// The hash and the file texts of the set now serving.
-    pub fn texts(&self) -> (String, Vec<(String, String)>) {
+    pub fn texts(&self) -> (String, Files) {
         self.texts.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
@@ -244,10 +279,27 @@ impl RuleStore {
     pub fn remember(&self, rules: Arc<RuleSet>) {
         let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
         recent.retain(|r| r.version() != rules.version());
-        recent.push_back(rules);
+        recent.push_back(Recent::Kept(rules));
         while recent.len() > RECENT_VERSIONS {
             recent.pop_front();
         }
+        // Newest first, the older sets are kept while their rules fit the budget, then held weakly.
+        let mut budget = RECENT_RULES;
+        for r in recent.iter_mut().rev().skip(1) {
+            if let Recent::Kept(rules) = r {
+                match budget.checked_sub(rules.rules().len()) {
+                    Some(left) => budget = left,
+                    None => {
+                        budget = 0;
+                        *r = Recent::Weak {
+                            version: rules.version().to_string(),
+                            rules: Arc::downgrade(rules),
+                        };
+                    }
+                }
+            }
+        }
+        recent.retain(|r| !matches!(r, Recent::Weak { rules, .. } if rules.strong_count() == 0));
     }
 
     /// The rules now serving. Load once per request and keep the `Arc` for the whole request.
@@ -454,7 +506,7 @@ fn compile(path: &Path) -> Result<Fresh, Failure> {
     let texts = loaded
         .files
         .files()
-        .map(|(_, f)| (f.name.clone(), f.text.to_string()))
+        .map(|(_, f)| (f.name.clone(), f.text.clone()))
         .collect();
     Ok(Fresh {
         texts,

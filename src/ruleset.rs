@@ -22,6 +22,7 @@ pub use target::{Method, Rate, Retry, SignatureStyle, Target};
 
 use std::collections::HashMap;
 use std::fmt::{self, Display};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Every source, target and rule of one rules file (and its includes).
@@ -45,8 +46,8 @@ pub struct Rule {
     pub(crate) name: String,
     /// Indices into `RuleSet::sources`; `None` means every source (`from *`).
     pub(crate) sources: Option<Vec<usize>>,
-    /// Accepted event names; `None` accepts every event.
-    pub(crate) on: Option<Vec<String>>,
+    /// Accepted event names; `None` accepts every event. Shared by the rules with the same list.
+    pub(crate) on: Option<Arc<[String]>>,
     pub(crate) when: Option<Matcher>,
     pub(crate) actions: Vec<Action>,
 }

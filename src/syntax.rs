@@ -7,6 +7,7 @@
 //! one, so that one `gateway check` reports the syntax errors of every declaration.
 
 mod ast;
+mod fast;
 mod grammar;
 mod lower;
 
@@ -29,12 +30,20 @@ pub(crate) const MAX_SYNTAX_ERRORS: usize = 100;
 
 /// Parses one file's text: its AST, or every syntax error (sorted by position).
 ///
-/// The whole text is parsed at once. After a syntax error, parsing resumes at the next declaration
-/// ([`resume_at`]), on windows of about [`RECOVERY_WINDOW`] bytes of whole lines: pest's cost for an
-/// error grows with the length of the text after it, so a window keeps each error's cost bounded and
-/// the work linear in the size of the file. A window that ends inside a declaration fails at its end;
-/// it is then doubled and parsed again, so windows never change what is reported.
+/// Declarations are read by the hand-written parser in `fast.rs`, which builds the same AST as
+/// pest and `lower` would. At a declaration it does not parse (a syntax error, a trailing comma),
+/// pest takes over: from there it reports the error and, after a syntax error, parsing resumes at
+/// the next declaration ([`resume_at`]), with the fast parser again. pest parses windows of about
+/// [`RECOVERY_WINDOW`] bytes of whole lines: its cost for an error grows with the length of the text
+/// after it, so a window keeps each error's cost bounded and the work linear in the size of the file.
+/// A window that ends inside a declaration fails at its end; it is then doubled and parsed again, so
+/// windows never change what is reported.
 pub(crate) fn parse(file: FileId, text: &str) -> Result<Ast, Diagnostics> {
+    parse_with(file, text, true)
+}
+
+/// [`parse`], or with `fast` off, pest alone from the start (the tests compare the two).
+fn parse_with(file: FileId, text: &str, fast: bool) -> Result<Ast, Diagnostics> {
     let mut diags = Diagnostics::default();
     if let Some(offset) = too_deep(text) {
         let span = Span::new(file, offset, offset + 1);
@@ -43,14 +52,26 @@ pub(crate) fn parse(file: FileId, text: &str) -> Result<Ast, Diagnostics> {
     }
     let mut items = Vec::new();
     let mut trailing_commas = Vec::new();
-    let mut lowered = |l: lower::Lowered| {
+    let lowered = |l: lower::Lowered, items: &mut Vec<Item>, commas: &mut Vec<Span>| {
         items.extend(l.items);
-        trailing_commas.extend(l.trailing_commas);
+        commas.extend(l.trailing_commas);
     };
     let mut errors: Vec<Diagnostic> = Vec::new();
     let mut start = 0;
-    let mut size = text.len();
+    // Without the fast parser, pest's first window is the whole text.
+    let mut size = if fast { RECOVERY_WINDOW } else { text.len() };
+    // Whether the fast parser reads from `start` (not when pest is retrying a wider window).
+    let mut try_fast = fast;
     loop {
+        if try_fast {
+            let (parsed, stop) = fast::declarations(file, text, start);
+            items.extend(parsed);
+            match stop {
+                Some(at) => start = at,
+                None => break,
+            }
+        }
+        try_fast = fast;
         let rest = &text[start..];
         let end = line_end_after(rest, size);
         let window = &rest[..end];
@@ -58,7 +79,11 @@ pub(crate) fn parse(file: FileId, text: &str) -> Result<Ast, Diagnostics> {
             let pair = pairs
                 .next()
                 .unwrap_or_else(|| unreachable!("`file` always yields one pair"));
-            lowered(lower::file(file, start, pair));
+            lowered(
+                lower::file(file, start, pair),
+                &mut items,
+                &mut trailing_commas,
+            );
             if end == rest.len() {
                 break;
             }
@@ -69,6 +94,7 @@ pub(crate) fn parse(file: FileId, text: &str) -> Result<Ast, Diagnostics> {
         if end < rest.len() && skip_trivia(window, failed) == window.len() {
             // The window may have cut a declaration short: look further.
             size = 2 * end;
+            try_fast = false;
             continue;
         }
         size = RECOVERY_WINDOW;
@@ -83,7 +109,11 @@ pub(crate) fn parse(file: FileId, text: &str) -> Result<Ast, Diagnostics> {
                 .next()
                 .unwrap_or_else(|| unreachable!("`file_prefix` always yields one pair"));
             decl_start = pair.as_span().end();
-            lowered(lower::file(file, start, pair));
+            lowered(
+                lower::file(file, start, pair),
+                &mut items,
+                &mut trailing_commas,
+            );
         }
         let decl_start = skip_trivia(window, decl_start).min(failed);
         if errors.len() >= MAX_SYNTAX_ERRORS {
@@ -619,7 +649,150 @@ fn skip_quoted(bytes: &[u8], mut i: usize, quote: u8) -> usize {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
+
+    /// The result of parsing, as text: the AST, or every diagnostic with its span.
+    fn outcome(result: Result<Ast, Diagnostics>) -> String {
+        match result {
+            Ok(ast) => format!("{ast:#?}"),
+            Err(d) => d.iter().map(|d| format!("{d:?}\n")).collect(),
+        }
+    }
+
+    /// Every rules file in the repository: the test suite's, the deployment's, the example.
+    fn corpus() -> Vec<(String, String)> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut files: Vec<(String, String)> = walkdir::WalkDir::new(root.join("tests/rules"))
+            .into_iter()
+            .chain(walkdir::WalkDir::new(root.join("deploy")))
+            .filter_map(Result::ok)
+            .filter(|e| e.path().extension().is_some_and(|x| x == "hook"))
+            .map(|e| {
+                let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+                (e.path().display().to_string(), text)
+            })
+            .collect();
+        let example = std::fs::read_to_string(root.join("rules.example")).unwrap_or_default();
+        files.push(("rules.example".into(), example));
+        files.sort();
+        assert!(files.len() > 50, "the corpus was found");
+        files
+    }
+
+    fn assert_same(name: &str, text: &str) {
+        let fast = outcome(parse_with(FileId::default(), text, true));
+        let pest = outcome(parse_with(FileId::default(), text, false));
+        assert!(
+            fast == pest,
+            "{name}: {text:?}\nfast:\n{fast}\npest:\n{pest}"
+        );
+    }
+
+    #[test]
+    fn the_fast_parser_builds_what_pest_builds() {
+        for (name, text) in corpus() {
+            assert_same(&name, &text);
+        }
+    }
+
+    #[test]
+    fn the_fast_parser_agrees_with_pest_on_edited_files() {
+        // Deterministic edits of every file: delete, insert or replace a character or a token,
+        // cut a line; each edited text must parse (or fail) exactly as pest alone parses it.
+        const PIECES: &[&str] = &[
+            " ",
+            "\n",
+            "#",
+            "\"",
+            "{",
+            "}",
+            "[",
+            "]",
+            "(",
+            ")",
+            ",",
+            ";",
+            ":",
+            "=",
+            "$",
+            "${",
+            "\\",
+            "/",
+            "*",
+            "..",
+            "-",
+            "0",
+            "1.5e3",
+            "x",
+            "on",
+            "not",
+            "and",
+            "or",
+            "any",
+            "all",
+            "contains",
+            "starts with",
+            "in",
+            "exists",
+            "==",
+            "<=",
+            "key",
+            "header(\"a\")",
+            "$.a",
+            "$['b']",
+            "${event}",
+            "\\u00e9",
+            "é",
+            "secret",
+            "rule",
+            "test",
+            "expect",
+            "[1,]",
+        ];
+        let mut rng = fastrand::Rng::with_seed(12);
+        for (name, text) in corpus() {
+            if text.is_empty() {
+                continue;
+            }
+            for _ in 0..30 {
+                let mut at = rng.usize(0..=text.len());
+                while !text.is_char_boundary(at) {
+                    at -= 1;
+                }
+                let mut end = (at + rng.usize(0..4)).min(text.len());
+                while !text.is_char_boundary(end) {
+                    end -= 1;
+                }
+                let piece = PIECES[rng.usize(0..PIECES.len())];
+                let edited = match rng.u8(0..4) {
+                    0 => format!("{}{}", &text[..at], &text[end..]),
+                    1 => format!("{}{piece}{}", &text[..at], &text[at..]),
+                    2 => format!("{}{piece}{}", &text[..at], &text[end..]),
+                    _ => {
+                        let line_end = text[at..].find('\n').map_or(text.len(), |i| at + i);
+                        format!("{}{}", &text[..at], &text[line_end..])
+                    }
+                };
+                assert_same(&name, &edited);
+            }
+        }
+    }
+
+    #[test]
+    fn spans_after_optional_parts_match_pest() {
+        // pest keeps the white space skipped before an optional part that matched nothing.
+        for text in [
+            "rule \"r\" { from a, b \n on \"x\" , \"y\"  # c\n when not not $.a == 1 and ( $.b exists or any $.c in [1, 2] ) \n queue check t \n notify u \n forward v sign with s }",
+            "target t { post \"http://x/${ secret.a }${header( \"h\" )}\" \n retry 3 ; timeout 1s; signature github header \"x\" }",
+            "test \"t\" { source s event \"e\" headers file(\"h\") payload {\"a\": [1, -2.5e-3, true, null]} expect notify t == {} expect check t key \"k\" expect matched [\"r\"] }",
+            "source s: generic { token header \"x\" rate 1 per 1s max_body 1MiB events \"a\", \"b\" }\nsecret a = file(\"/x\")\ninclude \"x/*.hook\"",
+            "rule \"r\" { from * when $.a matches /a\\/b[/]/i and $['a b'][?@.c == \"]\"] exists }",
+        ] {
+            assert_same(text, text);
+        }
+    }
 
     fn parse_ok(text: &str) -> Ast {
         match parse(FileId::default(), text) {

@@ -208,17 +208,37 @@ impl Cx<'_> {
                 self.plain(s, "header names").to_ascii_lowercase(),
             )),
             ValueKind::Query(s) => Some(Operand::Query(self.plain(s, "query names"))),
-            _ => self
-                .literal(v, "match expressions")
-                .map(|j| Operand::Literal(Arc::new(j))),
+            _ => self.shared_literal(v),
         }
+    }
+
+    /// A literal of a match expression, shared with every earlier one written the same way (10,000
+    /// rules comparing `$.ref` with `"refs/heads/main"` hold one copy). Only literals that compiled
+    /// without a diagnostic are shared, so that each faulty one is reported where it is.
+    fn shared_literal(&mut self, v: &Value) -> Option<Operand> {
+        let files = self.files;
+        let text = files
+            .get(v.span.file)
+            .text
+            .get(v.span.start as usize..v.span.end as usize);
+        if let Some(shared) = text.and_then(|t| self.literals.get(t)) {
+            return Some(Operand::Literal(shared.clone()));
+        }
+        let diagnostics = self.diags.len();
+        let literal = Arc::new(self.literal(v, "match expressions")?);
+        if let Some(text) = text
+            && self.diags.len() == diagnostics
+        {
+            self.literals.insert(text, literal.clone());
+        }
+        Some(Operand::Literal(literal))
     }
 
     /// A JSON literal; reports request reads and interpolations inside it.
     pub(crate) fn literal(&mut self, v: &Value, context: &'static str) -> Option<Json> {
         Some(match &v.kind {
             ValueKind::Object(members) => {
-                let mut map = Map::new();
+                let mut map = Map::with_capacity(members.len());
                 let mut ok = true;
                 for (key, value) in members {
                     let k = self.plain(key, context);
@@ -360,7 +380,7 @@ impl Cx<'_> {
 
     /// A string with `${...}`; what may be interpolated depends on `context`.
     pub(super) fn str_template(&mut self, s: &Str, context: StrContext) -> StrTemplate {
-        let mut pieces = Vec::new();
+        let mut pieces = Vec::with_capacity(s.parts.len());
         for part in &s.parts {
             match part {
                 StrPart::Text(t) => pieces.push(StrPiece::Text(t.clone())),

@@ -1,11 +1,23 @@
 //! `rule "NAME" { from ...; on ...; when ...; actions }` → [`Rule`].
 
+use std::sync::Arc;
+
 use crate::compile::{Cx, Options, expr};
 use crate::diagnostic::{Diagnostic, DiagnosticKind};
 use crate::ruleset::{Action, Rule, Source};
 use crate::syntax::{RuleDecl, RuleItemKind};
 
 impl Cx<'_> {
+    /// The shared copy of an `on` list.
+    fn event_list(&mut self, list: Vec<String>) -> Arc<[String]> {
+        if let Some(shared) = self.event_lists.get(&list) {
+            return shared.clone();
+        }
+        let shared: Arc<[String]> = list.clone().into();
+        self.event_lists.insert(list, shared.clone());
+        shared
+    }
+
     /// Compiles one rule against the compiled `sources`; `None` when it has errors (all reported).
     pub(super) fn rule(&mut self, decl: &RuleDecl, sources: &[Source]) -> Option<Rule> {
         let name = decl.name.text();
@@ -116,10 +128,17 @@ impl Cx<'_> {
                 decl.name.span,
             ));
         }
+        // Rules repeat the same few `from` and `on` lists: exact sizes, and one `on` list shared.
+        let from = from.map(|mut ids| {
+            ids.shrink_to_fit();
+            ids
+        });
+        let on = on.map(|list| self.event_list(list.into_iter().map(|(e, _)| e).collect()));
+        actions.shrink_to_fit();
         ok.then(|| Rule {
             name,
             sources: from,
-            on: on.map(|list| list.into_iter().map(|(e, _)| e).collect()),
+            on,
             when,
             actions,
         })

@@ -639,7 +639,7 @@ impl Cx {
 }
 
 /// Decodes one escape sequence the grammar accepted.
-fn unescape(escape: &str) -> String {
+pub(super) fn unescape(escape: &str) -> String {
     let c = match &escape[1..] {
         "\"" => '"',
         "\\" => '\\',
