@@ -17,6 +17,8 @@
 #   unwatched     push to a repository no rule watches
 #   unwatched-warn   the same with RUST_LOG=warn (not in the default set)
 #   branch        push to another branch of a watched repository
+#   unwatched-nolog, branch-nolog   the same two with the delivery log off (`--deliveries-max-records 0`;
+#                 not in the default set)
 #   match-info    push that matches one rule; the target is rate-limited, so nothing is delivered; only
 #   match-warn    the 202s count. The same with RUST_LOG=warn.
 #   delivered     matching push, delivered to the live sink; the run ends when the queue is drained and
@@ -46,9 +48,9 @@ MINIMAL_PORT=$((PORT_BASE + 1)) HOOK_PORT=$((PORT_BASE + 2)) ADMIN_PORT=$((PORT_
 [ -f "$PAYLOAD" ] || { echo "error: $PAYLOAD is missing" >&2; exit 1; }
 for c in $CASES; do
   case $c in
-    minimal-wrk|unwatched|unwatched-warn|branch|match-info|match-warn|delivered|latency|eq-unwatched|eq-branch|eq-match) ;;
+    minimal-wrk|unwatched|unwatched-warn|unwatched-nolog|branch|branch-nolog|match-info|match-warn|delivered|latency|eq-unwatched|eq-branch|eq-match) ;;
     *) echo "error: unknown case \`$c\`" >&2
-       echo "  help: CASES takes: minimal-wrk unwatched unwatched-warn branch match-info match-warn delivered latency eq-unwatched eq-branch eq-match" >&2
+       echo "  help: CASES takes: minimal-wrk unwatched unwatched-warn unwatched-nolog branch branch-nolog match-info match-warn delivered latency eq-unwatched eq-branch eq-match" >&2
        exit 2 ;;
   esac
 done
@@ -191,10 +193,11 @@ print(int(ns(sys.argv[2]) - ns(sys.argv[1])))' "$(tail -n1 "$work/times0")" "$(t
 }
 
 # One gateway per case, on a fresh queue, its log lines in a file as a service manager would keep them.
-gateway() { # CASE RULES-FILE LOG-LEVEL
+gateway() { # CASE RULES-FILE LOG-LEVEL [MORE-FLAGS]
   rm -rf "$work/data"
+  # shellcheck disable=SC2086 # MORE-FLAGS is a list of words
   start env RUST_LOG="$3" ${PROFILE_GATEWAY:-} taskset -c $SERVER_CORE "$bin/gateway" serve --rules "$work/$2" \
-    --listen 127.0.0.1:$HOOK_PORT --admin 127.0.0.1:$ADMIN_PORT --data "$work/data" 2> "$work/gateway-$1-$round.log"
+    --listen 127.0.0.1:$HOOK_PORT --admin 127.0.0.1:$ADMIN_PORT --data "$work/data" ${4:-} 2> "$work/gateway-$1-$round.log"
   gw=$started; wait_port $HOOK_PORT; wait_port $ADMIN_PORT
   gwp=$(server_pid $gw)
 }
@@ -210,9 +213,9 @@ drain() {
 
 # A case's gateway log (tens of MB at info) is kept only with KEEP=1.
 drop_log() { [ -n "${KEEP:-}" ] || rm -f "$work/gateway-$1-$round.log"; }
-closed_case() { # CASE RULES PAYLOAD LOG-LEVEL COUNTED-STATUS
+closed_case() { # CASE RULES PAYLOAD LOG-LEVEL COUNTED-STATUS [GATEWAY-FLAGS]
   has_case "$1" || return 0
-  gateway "$1" "$2" "$4"
+  gateway "$1" "$2" "$4" "${6:-}"
   threads $gwp > "$work/cpu-$1-$round-0"
   out=$(loadgen http://127.0.0.1:$HOOK_PORT/hook/acme "$3")
   threads $gwp > "$work/cpu-$1-$round-1"
@@ -246,6 +249,8 @@ for round in $(seq 1 "$REPEAT"); do
   closed_case unwatched rules-contains-held.hook unwatched info 200
   closed_case unwatched-warn rules-contains-held.hook unwatched warn 200
   closed_case branch rules-contains-held.hook branch info 200
+  closed_case unwatched-nolog rules-contains-held.hook unwatched info 200 "--deliveries-max-records 0"
+  closed_case branch-nolog rules-contains-held.hook branch info 200 "--deliveries-max-records 0"
   closed_case match-info rules-contains-held.hook hit info 202
   closed_case match-warn rules-contains-held.hook hit warn 202
   closed_case eq-unwatched rules-eq-held.hook unwatched info 200

@@ -401,9 +401,17 @@ impl DeliveryLog {
         &self.config
     }
 
-    /// Appends a record, dropping the oldest past the bounds.
+    /// Whether records are kept at all (`--deliveries-max-records 0` turns the log off).
+    pub fn enabled(&self) -> bool {
+        self.config.max_records > 0
+    }
+
+    /// Appends a record, dropping the oldest past the bounds. With the log off, it is dropped.
     pub fn append(&self, record: Record) -> Arc<Record> {
         let record = Arc::new(record);
+        if !self.enabled() {
+            return record;
+        }
         if let Some(tx) = &self.persist
             && record.outcome != Outcome::Accepted
             && tx.try_send(record.clone()).is_err()

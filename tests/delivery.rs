@@ -2,6 +2,8 @@
 //! against both backends: the embedded SQLite queue and PostgreSQL (a real server, `support::pg`).
 
 mod support;
+#[path = "support/idempotency.rs"]
+mod idempotency;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -204,7 +206,11 @@ async fn notify_delivers_the_exact_rendered_body(backend: Backend) {
     assert_eq!(got.header("x-team"), Some("acme"));
     assert_eq!(got.header("x-hookgate-delivery"), Some("abc-123"));
     let key = got.header("idempotency-key").unwrap();
-    assert_eq!(key.len(), 32);
+    // As docs/delivery.md defines it; tests/docs.rs checks the README's walk-through by the same formula.
+    assert_eq!(
+        key,
+        idempotency::idempotency_key("acme", "abc-123", "sync", 0)
+    );
     let job = wait_state(&running.queue, id, JobState::Done).await;
     assert_eq!((job.attempts, job.last_status), (1, Some(200)));
     running.stop().await;

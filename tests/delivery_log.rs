@@ -448,3 +448,41 @@ async fn retention_bounds_are_honoured_in_memory_and_in_storage() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_records_allowed_the_log_is_off_and_delivery_still_works() {
+    let sink = Sink::always(200).await;
+    let setup = Setup::new(&format!(
+        "target ci {{ post \"{}\" }}\n{RULES_V1}",
+        sink.url("/ci")
+    ));
+    let gw = Serve::start(
+        &setup.rules,
+        &setup.data,
+        &["--deliveries-max-records", "0"],
+        &[],
+    );
+    let matching = push("acme/app", "main");
+    assert_eq!(
+        send(&gw, "acme", "push", "on-1", &matching, true).await,
+        202
+    );
+    let other = push("acme/app", "x");
+    assert_eq!(send(&gw, "acme", "push", "off-1", &other, true).await, 200);
+    assert!(
+        sink.wait_for(1, WAIT).await,
+        "the accepted delivery is delivered"
+    );
+    let listed = api(&gw, "/api/deliveries?limit=100").await;
+    assert_eq!(listed["deliveries"], json!([]), "{listed}");
+    let status = api(&gw, "/status").await;
+    assert_eq!(status["deliveries"]["records"], 0, "{status}");
+    let (exit, _) = tokio::task::spawn_blocking(move || gw.stop())
+        .await
+        .unwrap();
+    assert_eq!(exit, Some(0));
+    // Nothing was stored either: with the log on again, there is nothing to show.
+    let gw = Serve::start(&setup.rules, &setup.data, &[], &[]);
+    let listed = api(&gw, "/api/deliveries?limit=100").await;
+    assert_eq!(listed["deliveries"], json!([]), "{listed}");
+}

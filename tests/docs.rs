@@ -7,6 +7,9 @@ use std::path::Path;
 use hookgate::compile::PlaceholderSecrets;
 use hookgate::load;
 
+#[path = "support/idempotency.rs"]
+mod idempotency;
+
 /// A fenced block of a Markdown file: the line its text starts on, and its text.
 struct Block {
     line: usize,
@@ -139,5 +142,20 @@ fn a_broken_example_is_reported() {
         problems[2].starts_with("page.md:14: test \"x\" failed"),
         "{}",
         problems[2]
+    );
+}
+
+#[test]
+fn the_readme_walkthrough_shows_the_key_the_gateway_sends() {
+    // The walk-through posts delivery `72d3162e-…` to source `acme`; the stand-in fluxd prints the
+    // notify's `Idempotency-Key` (the first action of the matching rule) before the body.
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README.md is readable");
+    let delivery = "72d3162e-cc78-11e3-81ab-4c9367dc0958";
+    assert!(readme.contains(&format!("X-GitHub-Delivery: {delivery}")));
+    let key = idempotency::idempotency_key("acme", delivery, "sync app on push to main", 0);
+    assert!(
+        readme.contains(&format!("/api/flux/v11/notify {key} {{")),
+        "the README's stand-in output should show key {key}"
     );
 }

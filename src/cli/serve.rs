@@ -77,7 +77,8 @@ pub(crate) struct ServeArgs {
     /// Request bodies the delivery log keeps: `all` that reached evaluation, `matched` only, or `none`.
     #[arg(long, env = "HOOKGATE_RECORD_BODIES", value_enum, default_value_t = RecordBodiesArg::All)]
     record_bodies: RecordBodiesArg,
-    /// Delivery records kept (in memory; accepted ones also in the queue's database).
+    /// Delivery records kept (in memory; accepted ones also in the queue's database); 0 turns the
+    /// delivery log off.
     #[arg(
         long,
         env = "HOOKGATE_DELIVERIES_MAX_RECORDS",

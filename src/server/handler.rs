@@ -292,10 +292,10 @@ pub(crate) async fn run(
     let kinds: Vec<&'static str> = jobs.iter().map(|j| j.kind.as_str()).collect();
     let n = jobs.len();
     // The record is stored with the jobs, so an accepted delivery is never without its record.
-    let stored = Arc::new(record.clone());
+    let stored = state.log.enabled().then(|| Arc::new(record.clone()));
     match state
         .queue
-        .accept_recorded(seen, state.config.dedup_window, jobs, Some(stored))
+        .accept_recorded(seen, state.config.dedup_window, jobs, stored)
         .await
     {
         Err(e) => {
