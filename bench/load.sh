@@ -26,7 +26,7 @@
 #   latency       receipt-to-delivery latency at a fixed rate: RATE, or half of `delivered`'s rate
 #   eq-unwatched, eq-branch, eq-match   the first three with `==` rules instead of containment
 #
-# Other knobs: REPEAT (rounds of all the cases, taken in turn; the table shows medians and ranges),
+# Other knobs: GATEWAY_FLAGS (more `gateway serve` flags for every case, e.g. "--record-bodies none"), REPEAT (rounds of all the cases, taken in turn; the table shows medians and ranges),
 # RATE (latency case, req/s), SINK_CONCURRENCY (the sink target's `concurrency`; default: the
 # target default), ACTION (the matching rules' action), DRAIN_TIMEOUT (seconds, default 600), KEEP=1 (keep
 # the work directory: rules, payloads, gateway logs, the sink's arrivals), PROFILE_GATEWAY (a command
@@ -197,7 +197,7 @@ gateway() { # CASE RULES-FILE LOG-LEVEL [MORE-FLAGS]
   rm -rf "$work/data"
   # shellcheck disable=SC2086 # MORE-FLAGS is a list of words
   start env RUST_LOG="$3" ${PROFILE_GATEWAY:-} taskset -c $SERVER_CORE "$bin/gateway" serve --rules "$work/$2" \
-    --listen 127.0.0.1:$HOOK_PORT --admin 127.0.0.1:$ADMIN_PORT --data "$work/data" ${4:-} 2> "$work/gateway-$1-$round.log"
+    --listen 127.0.0.1:$HOOK_PORT --admin 127.0.0.1:$ADMIN_PORT --data "$work/data" ${4:-} ${GATEWAY_FLAGS:-} 2> "$work/gateway-$1-$round.log"
   gw=$started; wait_port $HOOK_PORT; wait_port $ADMIN_PORT
   gwp=$(server_pid $gw)
 }

@@ -11,7 +11,7 @@ fn main() -> std::process::ExitCode {
     hookgate::cli::main()
 }
 
-/// `mi_option_purge_delay` in mimalloc 2's `mi_option_t` (`libmimalloc-sys` names no constant for it).
+/// `mi_option_purge_delay` in mimalloc 3's `mi_option_t` (`libmimalloc-sys` names no constant for it).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// Freed memory goes back to the system at once rather than after a delay that only passes while
