@@ -387,8 +387,15 @@ impl Queue {
     /// Opens the queue `spec` names: a `postgres://` (or `postgresql://`) URL, or a directory for the
     /// embedded SQLite queue.
     pub async fn open(spec: &str) -> Result<Queue, QueueError> {
+        Queue::open_with(spec, &postgres::Options::default()).await
+    }
+
+    /// [`Queue::open`], with how to connect to PostgreSQL (its CA file); SQLite has no such options.
+    pub async fn open_with(spec: &str, options: &postgres::Options) -> Result<Queue, QueueError> {
         if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
-            return Ok(Queue::Postgres(postgres::PostgresQueue::open(spec).await?));
+            return Ok(Queue::Postgres(
+                postgres::PostgresQueue::open(spec, options).await?,
+            ));
         }
         if let Some((scheme, _)) = spec.split_once("://") {
             return Err(QueueError::Storage(format!(

@@ -835,6 +835,53 @@ fn the_pieces_are_wired_to_each_other() {
     }
 }
 
+/// CloudNativePG serves TLS with its own CA: with its component, the gateway trusts that CA's
+/// certificate (and sees only the certificate, not the CA's key); without it, nothing points at it.
+#[test]
+fn with_cloudnative_pg_the_gateway_trusts_its_ca() {
+    let tree = Tree::new();
+    let objects = tree.render("ha+servicemonitor+cloudnative-pg");
+    let w = workload(&objects);
+    let c = gateway_container(w);
+    let ca_file = env(c)
+        .remove("HOOKGATE_QUEUE_CA_FILE")
+        .expect("the component sets HOOKGATE_QUEUE_CA_FILE");
+    let m = mount(c, "queue-ca");
+    let dir = m["mountPath"].as_str().unwrap();
+    assert_eq!(
+        Path::new(&ca_file).parent(),
+        Some(Path::new(dir)),
+        "the CA file is in the mounted volume"
+    );
+    let secret = &volume(w, "queue-ca").expect("a `queue-ca` volume")["secret"];
+    let cluster = find(&objects, "Cluster", "hookgate-db");
+    let cluster_name = cluster["metadata"]["name"].as_str().unwrap();
+    assert_eq!(
+        secret["secretName"],
+        format!("{cluster_name}-ca"),
+        "CloudNativePG's CA Secret is `<cluster>-ca`"
+    );
+    let items = array(&secret["items"]);
+    assert_eq!(
+        items.len(),
+        1,
+        "only the certificate, not `ca.key`: {items:?}"
+    );
+    assert_eq!(items[0]["key"], "ca.crt");
+    assert_eq!(
+        Path::new(dir).join(items[0]["path"].as_str().unwrap()),
+        Path::new(&ca_file)
+    );
+    for variant in ["base", "ha"] {
+        let objects = tree.render(variant);
+        assert!(
+            !env_names(gateway_container(workload(&objects)))
+                .contains(&"HOOKGATE_QUEUE_CA_FILE".to_string()),
+            "{variant}: no CA file without CloudNativePG"
+        );
+    }
+}
+
 #[test]
 fn the_ha_deployment_runs_the_base_pod() {
     let tree = Tree::new();

@@ -96,6 +96,7 @@ impl Gateway {
             rules: path,
             data: dir.path().join("data"),
             queue: None,
+            queue_ca_file: None,
             server: config,
             dispatch: DispatchConfig {
                 tick: Duration::from_millis(50),

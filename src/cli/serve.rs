@@ -30,6 +30,10 @@ pub(crate) struct ServeArgs {
     /// the embedded SQLite queue in `--data`.
     #[arg(long, env = "HOOKGATE_QUEUE")]
     queue: Option<String>,
+    /// CA certificates (PEM) that PostgreSQL's TLS certificate may be signed by, besides the public
+    /// (webpki) roots; e.g. CloudNativePG's cluster CA.
+    #[arg(long, env = "HOOKGATE_QUEUE_CA_FILE")]
+    queue_ca_file: Option<PathBuf>,
     /// Directory of the queue database.
     #[arg(long, env = "HOOKGATE_DATA", default_value = "data")]
     data: PathBuf,
@@ -193,10 +197,18 @@ fn config(args: &ServeArgs) -> Result<Config, Exit> {
             }
         }
     };
+    if args.queue_ca_file.is_some() && args.queue.is_none() {
+        eprintln!("error: `--queue-ca-file` is for a PostgreSQL queue, and no `--queue` is given");
+        eprintln!(
+            "  help: give the PostgreSQL URL with `--queue` (`HOOKGATE_QUEUE`), or drop `--queue-ca-file` to use the embedded SQLite queue"
+        );
+        return Err(Exit::Errors);
+    }
     Ok(Config {
         rules: args.rules.clone(),
         data: args.data.clone(),
         queue: args.queue.clone(),
+        queue_ca_file: args.queue_ca_file.clone(),
         server: ServerConfig {
             max_body: args.max_body,
             max_body_in_flight: args.max_body_in_flight,

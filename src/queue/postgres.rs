@@ -22,6 +22,9 @@
 //!   bucket (its rate), so concurrent replicas see each other's claims.
 //! - **One clock.** Every time the queue compares or stores (run_at, claimed_until, seen_at, ...) is
 //!   PostgreSQL's `clock_timestamp()`, so replicas whose clocks differ agree on what is due.
+//! - **TLS as the URL's `sslmode` says** (`prefer` by default: TLS when the server offers it), through
+//!   rustls. When TLS is used, the server's certificate and host name are always verified, against the
+//!   webpki roots plus the CA file of [`Options::ca_file`] (`--queue-ca-file`).
 //! - **Connection loss fails fast.** An operation that cannot reach the database returns a
 //!   [`QueueError`] within [`OP_TIMEOUT`] (the server answers 503, never 202); the pool replaces
 //!   broken connections by itself, so the queue works again as soon as the database is back.
@@ -31,14 +34,17 @@
 
 use std::borrow::Cow;
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use futures_util::future::join_all;
 use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio_postgres::Row;
+use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::delivery_log::{Filter, Record, RecordRow, StatusFilter, TargetStats};
 use crate::queue::{
@@ -60,6 +66,8 @@ pub const OP_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Attempts of an operation that lost a deadlock or serialization race with another replica.
 const RACE_RETRIES: usize = 3;
+/// The largest CA file read (a system-wide bundle is a few hundred KiB).
+const MAX_CA_FILE: u64 = 1 << 20;
 /// The advisory lock held while migrating, so replicas starting together migrate once.
 const MIGRATION_LOCK: i64 = 0x686f_6f6b_6761_7465; // "hookgate"
 
@@ -541,12 +549,8 @@ pub struct PostgresQueue {
 impl PostgresQueue {
     /// Connects to `url`, checks the database, and migrates it (once, however many replicas start
     /// together). Must be called within a Tokio runtime: the writers are tasks.
-    pub async fn open(url: &str) -> Result<PostgresQueue, QueueError> {
-        let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
-            QueueError::Storage(format!(
-                "the queue URL is not a PostgreSQL connection URL: {e}\nhelp: write it as `postgres://USER:PASSWORD@HOST:PORT/DATABASE`"
-            ))
-        })?;
+    pub async fn open(url: &str, options: &Options) -> Result<PostgresQueue, QueueError> {
+        let mut config: tokio_postgres::Config = url.parse().map_err(|e| url_error(url, &e))?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -554,9 +558,11 @@ impl PostgresQueue {
             config.application_name("hookgate");
         }
         let describe = describe(&config);
+        let ssl_mode = config.get_ssl_mode();
+        let tls = MakeRustlsConnect::new(tls_config(options.ca_file.as_deref())?);
         let manager = Manager::from_config(
             config,
-            NoTls,
+            tls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -570,11 +576,8 @@ impl PostgresQueue {
             .build()
             .map_err(|e| QueueError::Storage(format!("cannot set up the connection pool: {e}")))?;
         {
-            let mut client = get(&pool).await.map_err(|e| {
-                QueueError::Storage(format!(
-                    "{e}\nhelp: check that PostgreSQL runs at {describe} and accepts this user"
-                ))
-            })?;
+            let mut client =
+                connect(&pool, &describe, ssl_mode, options.ca_file.as_deref()).await?;
             let encoding: String = client
                 .query_one("SHOW server_encoding", &[])
                 .await
@@ -612,6 +615,284 @@ impl PostgresQueue {
     }
 }
 
+/// How the queue connects, besides its URL.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// PEM certificates of CAs trusted besides the webpki roots, e.g. CloudNativePG's cluster CA
+    /// (`--queue-ca-file`).
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Why the URL does not parse. tokio-postgres's message leaves its cause out; the cause is added when
+/// it names an option (never a value, which could be the password).
+fn url_error(url: &str, e: &tokio_postgres::Error) -> QueueError {
+    let cause = std::error::Error::source(e)
+        .map(|c| c.to_string())
+        .unwrap_or_default();
+    let query = url.split_once('?').map_or("", |(_, q)| q);
+    let has = |key: &str| query.split('&').any(|p| p.split('=').next() == Some(key));
+    let (detail, help) = if cause == "unknown option `sslrootcert`" {
+        (
+            cause.as_str(),
+            "give the CA certificate with `--queue-ca-file PATH` (`HOOKGATE_QUEUE_CA_FILE`) instead of `sslrootcert` in the URL",
+        )
+    } else if cause == "invalid value for option `sslmode`" {
+        (
+            cause.as_str(),
+            "`sslmode` takes `disable`, `prefer` (the default) or `require`; whenever TLS is used, the server's certificate and host name are verified, as libpq's `verify-full` does",
+        )
+    } else if cause.starts_with("unknown option `")
+        && cause["unknown option `".len()..]
+            .trim_end_matches('`')
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        let help = if ["sslcert", "sslkey", "sslpassword", "sslcrl"]
+            .iter()
+            .any(|k| has(k))
+        {
+            "client certificates are not supported: the gateway authenticates with the URL's user and password"
+        } else {
+            "write it as `postgres://USER:PASSWORD@HOST:PORT/DATABASE`"
+        };
+        (cause.as_str(), help)
+    } else if cause.starts_with("invalid value for option `") {
+        (
+            cause.as_str(),
+            "write it as `postgres://USER:PASSWORD@HOST:PORT/DATABASE`",
+        )
+    } else {
+        (
+            "",
+            "write it as `postgres://USER:PASSWORD@HOST:PORT/DATABASE`",
+        )
+    };
+    let detail = if detail.is_empty() {
+        String::new()
+    } else {
+        format!(": {detail}")
+    };
+    QueueError::Storage(format!(
+        "the queue URL is not a PostgreSQL connection URL{detail}\nhelp: {help}"
+    ))
+}
+
+/// rustls with the ring provider (as reqwest's), trusting the webpki roots and the certificates of
+/// `ca_file`.
+fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, QueueError> {
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(path) = ca_file {
+        for cert in read_ca_file(path)? {
+            roots.add(cert).map_err(|e| {
+                QueueError::Storage(format!(
+                    "the CA file `{}` holds a certificate that cannot be used: {e}\nhelp: {CA_FILE_HELP}",
+                    path.display()
+                ))
+            })?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| QueueError::Storage(format!("cannot set up TLS: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(config)
+}
+
+const CA_FILE_HELP: &str = "`--queue-ca-file` names a PEM file of the CA certificates (`-----BEGIN CERTIFICATE-----` blocks) that sign PostgreSQL's certificate, e.g. the `ca.crt` of CloudNativePG's `<cluster>-ca` secret";
+
+/// The certificates of a PEM file (a regular file, at most [`MAX_CA_FILE`]).
+fn read_ca_file(
+    path: &Path,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, QueueError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::{Error, PemObject};
+    let fail = |what: String| {
+        QueueError::Storage(format!(
+            "the CA file `{}` {what}\nhelp: {CA_FILE_HELP}",
+            path.display()
+        ))
+    };
+    let bytes = crate::fs::read_regular(path, MAX_CA_FILE)
+        .map_err(|e| fail(format!("cannot be read: {}", crate::fs::io_reason(&e))))?;
+    if bytes.len() as u64 > MAX_CA_FILE {
+        return Err(fail(format!("is larger than {} KiB", MAX_CA_FILE >> 10)));
+    }
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            fail(match e {
+                Error::MissingSectionEnd { .. } => {
+                    "is not valid PEM: a block has no `-----END` line".into()
+                }
+                Error::IllegalSectionStart { .. } => {
+                    "is not valid PEM: a `-----BEGIN` line is malformed".into()
+                }
+                Error::Base64Decode(_) => "is not valid PEM: a block is not base64".into(),
+                _ => "is not valid PEM".into(),
+            })
+        })?;
+    if certs.is_empty() {
+        return Err(fail("holds no certificate".into()));
+    }
+    Ok(certs)
+}
+
+/// The first connection, with what went wrong said for the operator: an untrusted certificate, a
+/// server that wants TLS when the URL turns it off, ... (never the URL, so never its password).
+async fn connect(
+    pool: &Pool,
+    describe: &str,
+    ssl_mode: SslMode,
+    ca_file: Option<&Path>,
+) -> Result<deadpool_postgres::Client, QueueError> {
+    use deadpool_postgres::PoolError;
+    let e = match pool.get().await {
+        Ok(client) => return Ok(client),
+        Err(PoolError::Backend(e)) => e,
+        Err(e) => {
+            return Err(QueueError::Storage(format!(
+                "{}\nhelp: check that PostgreSQL runs at {describe} and accepts this user",
+                pool_error(e)
+            )));
+        }
+    };
+    let default_help = format!("check that PostgreSQL runs at {describe} and accepts this user");
+    let (message, help) = match tls_failure(&e) {
+        Some((failure, what)) => {
+            let help = match failure {
+                TlsFailure::UnknownIssuer => match ca_file {
+                    None => "give the CA certificate that signed PostgreSQL's certificate (a PEM file) with `--queue-ca-file PATH` (`HOOKGATE_QUEUE_CA_FILE`); with CloudNativePG, the `ca.crt` of the `<cluster>-ca` secret".to_string(),
+                    Some(path) => format!(
+                        "the CA file `{}` does not hold the CA that signed PostgreSQL's certificate: give that CA's certificate (PEM) with `--queue-ca-file`; with CloudNativePG, the `ca.crt` of the `<cluster>-ca` secret",
+                        path.display()
+                    ),
+                },
+                TlsFailure::WrongName => "connect with a host name (or address) that the certificate names: the host of the `--queue` URL".to_string(),
+                TlsFailure::Time => {
+                    "renew PostgreSQL's certificate, or check this machine's clock".to_string()
+                }
+                TlsFailure::NotOffered => "turn TLS on in PostgreSQL (`ssl = on`), or let the gateway connect without it: `sslmode=prefer` (the default) or `sslmode=disable` in the `--queue` URL".to_string(),
+                TlsFailure::Other => default_help,
+            };
+            (format!("cannot connect to {describe}: {what}"), help)
+        }
+        None => {
+            let refused_plain = ssl_mode == SslMode::Disable
+                && e.code() == Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION)
+                && e.as_db_error()
+                    .is_some_and(|db| db.message().contains("no encryption"));
+            let help = if refused_plain {
+                "PostgreSQL takes this connection only over TLS: remove `sslmode=disable` from the `--queue` URL (and give its CA with `--queue-ca-file` if a private CA signs its certificate)".to_string()
+            } else {
+                default_help
+            };
+            (format!("cannot reach PostgreSQL: {}", reason(&e)), help)
+        }
+    };
+    Err(QueueError::Storage(format!("{message}\nhelp: {help}")))
+}
+
+/// What went wrong with TLS, for the help line.
+enum TlsFailure {
+    UnknownIssuer,
+    WrongName,
+    Time,
+    NotOffered,
+    Other,
+}
+
+/// The rustls error inside a connection error, if any (tokio-rustls wraps it in an `io::Error`, whose
+/// `source` skips it).
+fn rustls_error(e: &tokio_postgres::Error) -> Option<&rustls::Error> {
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        if let Some(r) = c.downcast_ref::<rustls::Error>() {
+            return Some(r);
+        }
+        if let Some(r) = c
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return Some(r);
+        }
+        cause = c.source();
+    }
+    None
+}
+
+/// A connection error that is about TLS: which kind, and what is wrong in words.
+fn tls_failure(e: &tokio_postgres::Error) -> Option<(TlsFailure, String)> {
+    use rustls::CertificateError as C;
+    use rustls::Error::InvalidCertificate as Invalid;
+    let cert = "PostgreSQL's TLS certificate";
+    let Some(r) = rustls_error(e) else {
+        // tokio-postgres's own: `sslmode=require`, and the server answered that it has no TLS.
+        let cause = std::error::Error::source(e).map(|c| c.to_string());
+        return (cause.as_deref() == Some("server does not support TLS")).then(|| {
+            (
+                TlsFailure::NotOffered,
+                "PostgreSQL does not offer TLS, and the URL says `sslmode=require`".to_string(),
+            )
+        });
+    };
+    Some(match r {
+        Invalid(C::UnknownIssuer) => (
+            TlsFailure::UnknownIssuer,
+            format!("{cert} is not signed by a trusted CA (unknown issuer)"),
+        ),
+        Invalid(C::NotValidForNameContext {
+            expected,
+            presented,
+        }) => {
+            let names = presented
+                .iter()
+                .map(|n| format!("`{}`", name_of(n)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let names = if names.is_empty() {
+                "no names".to_string()
+            } else {
+                names
+            };
+            (
+                TlsFailure::WrongName,
+                format!(
+                    "{cert} is not valid for `{}` (it names {names})",
+                    expected.to_str()
+                ),
+            )
+        }
+        Invalid(C::NotValidForName) => (
+            TlsFailure::WrongName,
+            format!("{cert} is not valid for the host name connected to"),
+        ),
+        Invalid(C::Expired | C::ExpiredContext { .. }) => {
+            (TlsFailure::Time, format!("{cert} has expired"))
+        }
+        Invalid(C::NotValidYet | C::NotValidYetContext { .. }) => {
+            (TlsFailure::Time, format!("{cert} is not valid yet"))
+        }
+        Invalid(other) => (TlsFailure::Other, format!("{cert} is refused: {other:?}")),
+        other => (
+            TlsFailure::Other,
+            format!("the TLS handshake with PostgreSQL failed: {other}"),
+        ),
+    })
+}
+
+/// `localhost` from rustls's `DnsName("localhost")`, `127.0.0.1` from `IpAddress(127.0.0.1)`.
+fn name_of(presented: &str) -> &str {
+    presented
+        .split_once('(')
+        .map_or(presented, |(_, rest)| rest.trim_end_matches(')'))
+        .trim_matches('"')
+}
+
 /// `work` within [`OP_TIMEOUT`].
 async fn timed<T>(work: impl Future<Output = Result<T, QueueError>>) -> Result<T, QueueError> {
     tokio::time::timeout(OP_TIMEOUT, work)
@@ -634,17 +915,21 @@ fn describe(config: &tokio_postgres::Config) -> String {
 }
 
 async fn get(pool: &Pool) -> Result<deadpool_postgres::Client, QueueError> {
-    pool.get().await.map_err(|e| {
-        use deadpool_postgres::PoolError;
-        QueueError::Storage(match e {
-            PoolError::Backend(e) => format!("cannot reach PostgreSQL: {}", reason(&e)),
-            PoolError::Timeout(_) => format!(
-                "cannot reach PostgreSQL: no connection within {}s",
-                OP_TIMEOUT.as_secs()
-            ),
-            other => format!("cannot reach PostgreSQL: {other}"),
-        })
-    })
+    pool.get()
+        .await
+        .map_err(|e| QueueError::Storage(pool_error(e)))
+}
+
+fn pool_error(e: deadpool_postgres::PoolError) -> String {
+    use deadpool_postgres::PoolError;
+    match e {
+        PoolError::Backend(e) => format!("cannot reach PostgreSQL: {}", reason(&e)),
+        PoolError::Timeout(_) => format!(
+            "cannot reach PostgreSQL: no connection within {}s",
+            OP_TIMEOUT.as_secs()
+        ),
+        other => format!("cannot reach PostgreSQL: {other}"),
+    }
 }
 
 fn timed_out() -> QueueError {
@@ -657,6 +942,9 @@ fn timed_out() -> QueueError {
 /// A database error's own message, or the error as tokio-postgres says it with its cause (its
 /// `Display` leaves the cause out: "error connecting to server", without "Connection refused").
 fn reason(e: &tokio_postgres::Error) -> String {
+    if let Some((_, what)) = tls_failure(e) {
+        return what;
+    }
     match e.as_db_error() {
         Some(db) => db.message().to_string(),
         None => match std::error::Error::source(e) {

@@ -25,6 +25,8 @@ pub struct Config {
     pub data: PathBuf,
     /// `--queue`: a `postgres://` URL of a queue shared by replicas.
     pub queue: Option<String>,
+    /// `--queue-ca-file`: CA certificates (PEM) trusted for PostgreSQL's TLS, besides the webpki roots.
+    pub queue_ca_file: Option<PathBuf>,
     pub server: ServerConfig,
     pub dispatch: DispatchConfig,
     pub log: LogConfig,
@@ -79,7 +81,10 @@ pub async fn run(
         Some(url) => url.clone(),
         None => config.data.display().to_string(),
     };
-    let queue = Arc::new(Queue::open(&spec).await?);
+    let options = crate::queue::postgres::Options {
+        ca_file: config.queue_ca_file.clone(),
+    };
+    let queue = Arc::new(Queue::open_with(&spec, &options).await?);
     let dispatcher = Dispatcher::new(queue.clone(), store.handle(), config.dispatch.clone());
     let mut background = tokio::task::JoinSet::new();
     // Replicas on PostgreSQL store every record, so each replica lists all of them; on SQLite, records

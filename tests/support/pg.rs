@@ -6,6 +6,10 @@
 //! run as root, and CI runs as root: then both run as the `postgres` system user (or `nobody`) through
 //! `setpriv`, which execs in place, so the PID we hold is the server's own.
 //!
+//! [`PgServer::start_tls`] starts one with TLS (`ssl = on`, the certificate and key a test gives) whose
+//! `pg_hba.conf` takes TCP connections only over TLS and with a password (SCRAM); the test harness
+//! itself connects through the unix socket.
+//!
 //! The server is started by a small shell watchdog that holds our pipe: it stops the server (fast
 //! shutdown, by the PID it started) when told to, or when the pipe closes because the test process
 //! ended — so the per-binary [`shared`] server, which lives in a static and is never dropped, does not
@@ -35,6 +39,14 @@ wait "$pid"
 if [ "$remove" = yes ]; then rm -rf "$top"; fi
 "#;
 
+/// TLS for a test server: its certificate (PEM, the chain) and private key (PEM), and the password of
+/// the `hookgate` user, which TCP connections must give.
+pub struct Tls<'a> {
+    pub cert_pem: &'a str,
+    pub key_pem: &'a str,
+    pub password: &'a str,
+}
+
 /// A PostgreSQL server owned by a test (or by the test binary, see [`shared`]).
 pub struct PgServer {
     top: PathBuf,
@@ -42,6 +54,8 @@ pub struct PgServer {
     port: u16,
     /// `Some(user)` when the server runs as another user (we are root).
     user: Option<String>,
+    /// With TLS: the `hookgate` user's password.
+    password: Option<String>,
     running: Mutex<Option<Running>>,
     databases: AtomicUsize,
     /// Remove the directory on drop (false for the shared server: its watchdog does at exit).
@@ -68,6 +82,17 @@ pub fn shared() -> &'static PgServer {
 impl PgServer {
     /// `initdb` and start a new server; panics with the server's log if it does not come up.
     pub fn start() -> PgServer {
+        PgServer::start_with(None)
+    }
+
+    /// A new server with TLS: `ssl = on` with `tls`'s certificate and key, and a `pg_hba.conf` that
+    /// takes TCP connections only over TLS (`hostssl`) with the password, unix-socket ones (the
+    /// harness's own) without.
+    pub fn start_tls(tls: &Tls) -> PgServer {
+        PgServer::start_with(Some(tls))
+    }
+
+    fn start_with(tls: Option<&Tls>) -> PgServer {
         clean_stale();
         let bin = bin_dir();
         let top = std::env::temp_dir().join(format!(
@@ -108,17 +133,68 @@ impl PgServer {
         if let Some(user) = &user {
             chown(&top.join("sock"), user);
         }
+        if let Some(tls) = tls {
+            use std::os::unix::fs::PermissionsExt;
+            // PostgreSQL refuses a key that others may read, or that is not its own user's (or root's).
+            let dir = top.join("tls");
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::write(dir.join("server.crt"), tls.cert_pem).unwrap();
+            std::fs::write(dir.join("server.key"), tls.key_pem).unwrap();
+            std::fs::set_permissions(
+                dir.join("server.key"),
+                std::fs::Permissions::from_mode(0o600),
+            )
+            .unwrap();
+            if let Some(user) = &user {
+                for path in [dir.clone(), dir.join("server.crt"), dir.join("server.key")] {
+                    chown(&path, user);
+                }
+            }
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\n\
+                 hostssl all all 127.0.0.1/32 scram-sha-256\n\
+                 hostssl all all ::1/128 scram-sha-256\n",
+            )
+            .unwrap();
+        }
         let server = PgServer {
             top,
             bin,
             port: free_port(),
             user,
+            password: tls.map(|t| t.password.to_string()),
             running: Mutex::new(None),
             databases: AtomicUsize::new(0),
             owned: true,
         };
         server.start_again();
+        if let Some(password) = &server.password {
+            let out = server
+                .tool("psql")
+                .args(["-X", "-v", "ON_ERROR_STOP=1", "-d", "postgres", "-c"])
+                .arg(format!("ALTER ROLE hookgate PASSWORD '{password}'"))
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "setting the password failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         server
+    }
+
+    /// A client program of the server's version, pointed at it as `hookgate`: over TCP, or through the
+    /// unix socket when TCP needs TLS and a password.
+    fn tool(&self, name: &str) -> Command {
+        let host = match self.password {
+            Some(_) => self.top.join("sock").display().to_string(),
+            None => "127.0.0.1".to_string(),
+        };
+        let mut command = Command::new(self.bin.join(name));
+        command.args(["-h", &host, "-p", &self.port.to_string(), "-U", "hookgate"]);
+        command
     }
 
     /// The port it listens on (127.0.0.1).
@@ -126,9 +202,15 @@ impl PgServer {
         self.port
     }
 
-    /// The URL of database `name`.
+    /// The URL of database `name` (with the password, on a TLS server).
     pub fn url(&self, name: &str) -> String {
-        format!("postgres://hookgate@127.0.0.1:{}/{name}", self.port)
+        match &self.password {
+            Some(password) => format!(
+                "postgres://hookgate:{password}@127.0.0.1:{}/{name}",
+                self.port
+            ),
+            None => format!("postgres://hookgate@127.0.0.1:{}/{name}", self.port),
+        }
     }
 
     /// Creates a new empty database and returns its URL.
@@ -138,18 +220,7 @@ impl PgServer {
             self.databases.fetch_add(1, Ordering::Relaxed),
             fastrand::u32(..)
         );
-        let out = Command::new(self.bin.join("createdb"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "hookgate",
-            ])
-            .arg(&name)
-            .output()
-            .unwrap();
+        let out = self.tool("createdb").arg(&name).output().unwrap();
         assert!(
             out.status.success(),
             "createdb failed: {}",
@@ -211,6 +282,19 @@ impl PgServer {
             "-c".into(),
             "max_connections=300".into(),
         ]);
+        if self.password.is_some() {
+            let tls = self.top.join("tls");
+            server.extend([
+                "-c".to_string(),
+                "ssl=on".into(),
+                "-c".into(),
+                format!("ssl_cert_file={}", tls.join("server.crt").display()),
+                "-c".into(),
+                format!("ssl_key_file={}", tls.join("server.key").display()),
+                "-c".into(),
+                "password_encryption=scram-sha-256".into(),
+            ]);
+        }
         let mut watchdog = Command::new("sh")
             .arg("-c")
             .arg(WATCHDOG)
@@ -245,18 +329,7 @@ impl PgServer {
         let deadline = Instant::now() + READY_TIMEOUT;
         let mut pause = Duration::from_millis(10);
         loop {
-            let ready = Command::new(self.bin.join("pg_isready"))
-                .args([
-                    "-q",
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    &self.port.to_string(),
-                    "-U",
-                    "hookgate",
-                ])
-                .status()
-                .unwrap();
+            let ready = self.tool("pg_isready").arg("-q").status().unwrap();
             if ready.success() {
                 return;
             }
