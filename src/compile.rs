@@ -23,9 +23,11 @@ mod values;
 pub(crate) use resolve::suggest;
 pub(crate) use values::{parse_duration, parse_size};
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
+
+// The rules are the operator's own input, not an attacker's: a fast hash (FxHash) over SipHash.
+use rustc_hash::FxHashMap as HashMap;
 
 use crate::diagnostic::{Diagnostic, DiagnosticKind, Diagnostics, NameKind};
 use crate::rule_test::RuleTest;
@@ -234,10 +236,10 @@ impl<'a> Cx<'a> {
             rules: Names::new(NameKind::Rule),
             tests: Names::new(NameKind::Test),
             secret_values: Vec::new(),
-            regexes: HashMap::new(),
-            paths: HashMap::new(),
-            literals: HashMap::new(),
-            event_lists: HashMap::new(),
+            regexes: HashMap::default(),
+            paths: HashMap::default(),
+            literals: HashMap::default(),
+            event_lists: HashMap::default(),
         }
     }
 

@@ -7,7 +7,14 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    return_freed_memory();
+    // One-shot commands (`check`, `test`, ...) exit soon: returning memory would only cost them time.
+    let serving = std::env::args_os()
+        .skip(1)
+        .find(|a| !a.to_string_lossy().starts_with('-'))
+        .is_some_and(|a| a == "serve");
+    if serving {
+        return_freed_memory();
+    }
     hookgate::cli::main()
 }
 

@@ -1,6 +1,6 @@
 //! Name tables: one per kind of declaration, with duplicate detection and "did you mean".
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 use crate::diagnostic::{Diagnostic, DiagnosticKind, Diagnostics, NameKind};
 use crate::source::Span;
@@ -19,7 +19,7 @@ impl Names {
     pub(super) fn new(kind: NameKind) -> Names {
         Names {
             kind,
-            index: HashMap::new(),
+            index: HashMap::default(),
             spans: Vec::new(),
             names: Vec::new(),
             used: Vec::new(),
