@@ -125,6 +125,7 @@ macro_rules! both_backends {
 
 both_backends!(
     notify_delivers_the_exact_rendered_body,
+    urls_fixed_or_rendered_per_job_reach_their_paths,
     a_500_is_retried_and_delivered_once,
     a_404_is_dead_lettered_without_retry_and_can_be_requeued,
     a_429_waits_for_retry_after,
@@ -765,4 +766,41 @@ mod replicas {
         one.stop().await;
         two.stop().await;
     }
+}
+
+async fn urls_fixed_or_rendered_per_job_reach_their_paths(backend: Backend) {
+    // A URL of text and secrets is parsed once and reused; one with job values is rendered per job.
+    let sink = Sink::always(200).await;
+    let text = format!(
+        "secret s = env(\"S\")\nsource acme: github {{ secret s }}\n\
+         target fixed {{ post \"{}\" }}\ntarget per_job {{ post \"{}\" }}\n\
+         rule \"r\" {{ from acme notify fixed notify per_job }}\n",
+        sink.url("/fixed?token=${secret.s}"),
+        sink.url("/hooks/${source}/${event}/${delivery}")
+    );
+    let rules = compile(&text, &[("s", "tok-1")]);
+    let store = Store::new(backend);
+    let running = start(Arc::new(store.open().await), rules, config());
+    let mut jobs = Vec::new();
+    for delivery in ["d-1", "d-2"] {
+        for target in ["fixed", "per_job"] {
+            let mut j = job(JobKind::Notify, target, None);
+            j.delivery = delivery.into();
+            jobs.push(j);
+        }
+    }
+    running.enqueue(jobs).await;
+    assert!(sink.wait_for(4, WAIT).await);
+    let mut paths: Vec<String> = sink.received().iter().map(|r| r.path.clone()).collect();
+    paths.sort();
+    assert_eq!(
+        paths,
+        [
+            "/fixed?token=tok-1",
+            "/fixed?token=tok-1",
+            "/hooks/acme/push/d-1",
+            "/hooks/acme/push/d-2"
+        ]
+    );
+    running.stop().await;
 }

@@ -145,6 +145,7 @@ impl Cx<'_> {
             rate,
             concurrency,
             signature,
+            fixed_url: std::sync::OnceLock::new(),
         })
     }
 

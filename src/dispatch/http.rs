@@ -26,7 +26,6 @@ pub(super) async fn send(
     job: &Job,
     rules: &RuleSet,
 ) -> Result<Response, String> {
-    let url = render(&target.url, job);
     let method = match target.method {
         Method::Get => reqwest::Method::GET,
         Method::Post => reqwest::Method::POST,
@@ -34,10 +33,11 @@ pub(super) async fn send(
         Method::Patch => reqwest::Method::PATCH,
         Method::Delete => reqwest::Method::DELETE,
     };
-    let mut request = client
-        .request(method, &url)
-        .timeout(target.timeout)
-        .body(job.body.clone());
+    let request = match target.fixed_url() {
+        Some(url) => client.request(method, url.clone()),
+        None => client.request(method, render(&target.url, job)),
+    };
+    let mut request = request.timeout(target.timeout).body(job.body.clone());
     for (name, value) in &job.headers {
         request = request.header(name.as_str(), value.as_str());
     }

@@ -92,6 +92,9 @@ pub struct Target {
     pub(crate) rate: Option<Rate>,
     pub(crate) concurrency: u32,
     pub(crate) signature: SignatureStyle,
+    /// The URL parsed once, when no piece of it depends on the job: `dispatch` would otherwise render
+    /// and parse it for every delivery. Filled at the first delivery, so loading does not pay for it.
+    pub(crate) fixed_url: std::sync::OnceLock<Option<url::Url>>,
 }
 
 /// Defaults for what a target does not say; documented in `docs/rules-language.md`.
@@ -106,6 +109,25 @@ pub(crate) const DEFAULT_CONCURRENCY: u32 = 4;
 impl Target {
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The URL, when it is the same for every job (only text and secrets in it).
+    pub(crate) fn fixed_url(&self) -> Option<&url::Url> {
+        self.fixed_url
+            .get_or_init(|| {
+                let mut text = String::new();
+                for piece in &self.url.pieces {
+                    match piece {
+                        super::StrPiece::Text(t) => text.push_str(t),
+                        super::StrPiece::Secret(s) => {
+                            text.push_str(&String::from_utf8_lossy(s.expose()))
+                        }
+                        super::StrPiece::Operand(_) => return None,
+                    }
+                }
+                url::Url::parse(&text).ok()
+            })
+            .as_ref()
     }
 }
 
