@@ -14,6 +14,7 @@ fn main() -> std::process::ExitCode {
         .is_some_and(|a| a == "serve");
     if serving {
         return_freed_memory();
+        no_huge_pages();
     }
     hookgate::cli::main()
 }
@@ -30,5 +31,18 @@ fn return_freed_memory() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: sets a plain integer option; mimalloc reads options at any time.
         unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+    }
+}
+
+/// Transparent huge pages off for the process: with memory returned at once, each page taken again
+/// would otherwise be faulted in as a whole 2 MiB page and cleared on the request path
+/// (docs/performance.md). `MIMALLOC_ALLOW_THP` in the environment leaves the choice to mimalloc.
+#[allow(unsafe_code)]
+fn no_huge_pages() {
+    #[cfg(target_os = "linux")]
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
+        // SAFETY: `PR_SET_THP_DISABLE` takes plain integers and touches no memory of ours. A kernel
+        // without it refuses with EINVAL, which changes nothing.
+        unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1 as libc::c_ulong, 0, 0, 0) };
     }
 }

@@ -606,27 +606,101 @@ fn found_at(text: &str, pos: usize) -> Found {
     }
 }
 
-/// Finds where bracket nesting first exceeds [`MAX_DEPTH`], skipping comments, strings and regexes.
+/// Finds where bracket nesting first exceeds [`MAX_DEPTH`], skipping comments, the text of strings and
+/// regexes. Brackets inside a string's `${…}` interpolation count (a JSONPath can nest there too), and
+/// `/` opens a regex only after the keyword `matches` (elsewhere, as in a JSONPath filter, it is an
+/// operator), so no bracket the parsers will recurse into is left uncounted.
 fn too_deep(text: &str) -> Option<usize> {
     let bytes = text.as_bytes();
     let mut depth = 0usize;
     let mut i = 0;
+    // Whether the last word was `matches` (white space and comments in between do not count).
+    let mut after_matches = false;
     while i < bytes.len() {
-        match bytes[i] {
+        let b = bytes[i];
+        match b {
             b'#' => i = skip_until(bytes, i + 1, b'\n'),
-            quote @ (b'"' | b'\'' | b'/') => i = skip_quoted(bytes, i + 1, quote),
+            b' ' | b'\t' | b'\r' | b'\n' => {}
+            b'"' => {
+                match scan_string(bytes, i + 1, &mut depth) {
+                    Ok(end) => i = end,
+                    Err(at) => return Some(at),
+                }
+                after_matches = false;
+            }
+            b'\'' => {
+                i = skip_quoted(bytes, i + 1, b'\'');
+                after_matches = false;
+            }
+            b'/' if after_matches => {
+                i = skip_quoted(bytes, i + 1, b'/');
+                after_matches = false;
+            }
             b'(' | b'[' | b'{' => {
                 depth += 1;
                 if depth > MAX_DEPTH {
                     return Some(i);
                 }
+                after_matches = false;
             }
-            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
+            b')' | b']' | b'}' => {
+                depth = depth.saturating_sub(1);
+                after_matches = false;
+            }
+            _ if is_word_char(char::from(b)) => {
+                let start = i;
+                while bytes
+                    .get(i + 1)
+                    .is_some_and(|&c| is_word_char(char::from(c)))
+                {
+                    i += 1;
+                }
+                after_matches = &bytes[start..=i] == b"matches";
+            }
+            _ => after_matches = false,
         }
         i += 1;
     }
     None
+}
+
+/// Scans a double-quoted string from just after its opening quote to its closing quote (or the end of
+/// the line, which the grammar reports), counting the brackets of its `${…}` interpolations into
+/// `depth`. `Err` is where nesting first exceeds [`MAX_DEPTH`] (returned by `too_deep` as `Some`).
+fn scan_string(bytes: &[u8], mut i: usize, depth: &mut usize) -> Result<usize, usize> {
+    while i < bytes.len() && bytes[i] != b'"' && bytes[i] != b'\n' {
+        if bytes[i] == b'\\' && bytes.get(i + 1).is_some_and(|&b| b != b'\n') {
+            i += 2;
+            continue;
+        }
+        if bytes[i] == b'$' && bytes.get(i + 1) == Some(&b'{') {
+            // The interpolation runs to the `}` that closes its `{`; quoted names inside are skipped.
+            let outer = *depth;
+            i += 1;
+            while i < bytes.len() {
+                match bytes[i] {
+                    b'(' | b'[' | b'{' => {
+                        *depth += 1;
+                        if *depth > MAX_DEPTH {
+                            return Err(i);
+                        }
+                    }
+                    b')' | b']' | b'}' => {
+                        *depth = depth.saturating_sub(1);
+                        if *depth <= outer {
+                            *depth = outer;
+                            break;
+                        }
+                    }
+                    quote @ (b'"' | b'\'') => i = skip_quoted(bytes, i + 1, quote),
+                    _ => {}
+                }
+                i += 1;
+            }
+        }
+        i += 1;
+    }
+    Ok(i)
 }
 
 fn skip_until(bytes: &[u8], mut i: usize, end: u8) -> usize {
@@ -791,6 +865,49 @@ mod tests {
             "rule \"r\" { from * when $.a matches /a\\/b[/]/i and $['a b'][?@.c == \"]\"] exists }",
         ] {
             assert_same(text, text);
+        }
+    }
+
+    #[test]
+    fn nesting_inside_interpolations_and_after_slashes_is_counted() {
+        // 100,000 levels where the old pre-scan did not look: a string's `${…}`, and after a `/`
+        // that is not a regex. Both must be a `rules::too_deep` diagnostic, not a deep recursion.
+        let deep =
+            |open: &str, close: &str| format!("{}{}", open.repeat(100_000), close.repeat(100_000));
+        for text in [
+            format!(
+                "target t {{ post \"http://x/${{$.a{}}}\" }}",
+                deep("[", "]")
+            ),
+            format!(
+                "rule \"r\" {{ from a when $.a[?(@.b / 2 {} )] exists }}",
+                deep("(", ")")
+            ),
+            format!(
+                "rule \"r\" {{ from a notify t {{\"k\": \"${{header(\"h\")}} ${{$.a[?{}]}}\"}} }}",
+                deep("(", ")")
+            ),
+        ] {
+            let err = parse(FileId::default(), &text).expect_err("too deep");
+            assert!(
+                err.iter()
+                    .any(|d| matches!(d.kind, DiagnosticKind::TooDeep { .. })),
+                "{:?}",
+                err.iter().next()
+            );
+        }
+        // What is not nesting stays fine: brackets inside a regex, or inside a quoted JSONPath name.
+        for text in [
+            format!(
+                "rule \"r\" {{ from a when $.m matches /{}/ }}",
+                "[(".repeat(200)
+            ),
+            format!(
+                "rule \"r\" {{ from a when $['{}'] exists }}",
+                "[".repeat(200)
+            ),
+        ] {
+            assert_eq!(too_deep(&text), None, "{text}");
         }
     }
 

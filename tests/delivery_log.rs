@@ -456,13 +456,24 @@ async fn with_no_records_allowed_the_log_is_off_and_delivery_still_works() {
         "target ci {{ post \"{}\" }}\n{RULES_V1}",
         sink.url("/ci")
     ));
-    let gw = Serve::start(
-        &setup.rules,
-        &setup.data,
-        &["--deliveries-max-records", "0"],
-        &[],
-    );
     let matching = push("acme/app", "main");
+    // Recorded while the log is on.
+    let gw = Serve::start(&setup.rules, &setup.data, &[], &[]);
+    assert_eq!(
+        send(&gw, "acme", "push", "before", &matching, true).await,
+        202
+    );
+    let before = listed(&gw, "before").await;
+    let before_id = before["id"].as_str().unwrap().to_string();
+    assert!(sink.wait_for(1, WAIT).await);
+    let (exit, _) = tokio::task::spawn_blocking(move || gw.stop())
+        .await
+        .unwrap();
+    assert_eq!(exit, Some(0));
+
+    // Off: nothing new is recorded, delivery works, what was stored stays (no pruning by count).
+    let off = ["--deliveries-max-records", "0"];
+    let gw = Serve::start(&setup.rules, &setup.data, &off, &[]);
     assert_eq!(
         send(&gw, "acme", "push", "on-1", &matching, true).await,
         202
@@ -470,19 +481,37 @@ async fn with_no_records_allowed_the_log_is_off_and_delivery_still_works() {
     let other = push("acme/app", "x");
     assert_eq!(send(&gw, "acme", "push", "off-1", &other, true).await, 200);
     assert!(
-        sink.wait_for(1, WAIT).await,
+        sink.wait_for(2, WAIT).await,
         "the accepted delivery is delivered"
     );
-    let listed = api(&gw, "/api/deliveries?limit=100").await;
-    assert_eq!(listed["deliveries"], json!([]), "{listed}");
     let status = api(&gw, "/status").await;
     assert_eq!(status["deliveries"]["records"], 0, "{status}");
+    // A replay runs, but there is no new record to name.
+    let (code, replayed) = post(&gw, &format!("/api/deliveries/{before_id}/replay")).await;
+    assert_eq!(code, 202, "{replayed}");
+    assert_eq!(replayed["record"], Value::Null, "{replayed}");
+    assert!(sink.wait_for(3, WAIT).await, "the replay is delivered");
+    let ids = |v: &Value| -> Vec<String> {
+        v["deliveries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["delivery"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let shown = api(&gw, "/api/deliveries?limit=100").await;
+    assert_eq!(
+        ids(&shown),
+        ["before"],
+        "only what was stored before: {shown}"
+    );
     let (exit, _) = tokio::task::spawn_blocking(move || gw.stop())
         .await
         .unwrap();
     assert_eq!(exit, Some(0));
-    // Nothing was stored either: with the log on again, there is nothing to show.
+
+    // On again: the earlier record is still there, and nothing from the time the log was off.
     let gw = Serve::start(&setup.rules, &setup.data, &[], &[]);
-    let listed = api(&gw, "/api/deliveries?limit=100").await;
-    assert_eq!(listed["deliveries"], json!([]), "{listed}");
+    let shown = api(&gw, "/api/deliveries?limit=100").await;
+    assert_eq!(ids(&shown), ["before"], "{shown}");
 }

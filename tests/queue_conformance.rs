@@ -1241,7 +1241,9 @@ async fn records_are_listed_filtered_paged_and_pruned(backend: Backend) {
         .await
         .unwrap();
     assert!(since.is_empty());
-    // Pruning keeps the newest `keep`, and drops what is older than `before`.
+    // Pruning keeps the newest `keep`, and drops what is older than `before`. No count bound (the
+    // gateway passes `u64::MAX` with the log off) prunes nothing by count.
+    assert_eq!(q.prune_records(0, u64::MAX).await.unwrap(), 0);
     assert_eq!(q.prune_records(0, 4).await.unwrap(), 2);
     assert_eq!(
         ids(&q.list_records(every.clone()).await.unwrap()),

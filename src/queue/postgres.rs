@@ -1787,7 +1787,7 @@ impl QueueBackend for PostgresQueue {
                 .execute("DELETE FROM records WHERE received_at < $1", &[&before])
                 .await
                 .map_err(pg)?;
-            let offset = keep.saturating_sub(1) as i64;
+            let offset = i64::try_from(keep.saturating_sub(1)).unwrap_or(i64::MAX);
             let over = client
                 .execute(
                     "DELETE FROM records WHERE id < (SELECT id FROM records ORDER BY id DESC LIMIT 1 OFFSET $1)",

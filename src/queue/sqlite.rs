@@ -919,7 +919,7 @@ fn apply(tx: &mut Transaction<'_>, op: Op) -> Answer {
                 let old = t.execute("DELETE FROM records WHERE received_at < ?1", [before])?;
                 let over = t.execute(
                     "DELETE FROM records WHERE id < (SELECT id FROM records ORDER BY id DESC LIMIT 1 OFFSET ?1)",
-                    [keep.saturating_sub(1) as i64],
+                    [i64::try_from(keep.saturating_sub(1)).unwrap_or(i64::MAX)],
                 )?;
                 // Rules versions no record refers to, but the newest, go too.
                 t.execute(
@@ -1252,7 +1252,7 @@ const MAX_DECOMPRESSED: usize = 1 << 30;
 /// values itself (TOAST), so its backend stores bodies as they are.
 fn encode_body(body: Option<&[u8]>) -> (Option<std::borrow::Cow<'_, [u8]>>, Option<&'static str>) {
     match body {
-        Some(b) if b.len() >= COMPRESS_FROM => {
+        Some(b) if (COMPRESS_FROM..=MAX_DECOMPRESSED).contains(&b.len()) => {
             let packed = lz4_flex::block::compress_prepend_size(b);
             if packed.len() < b.len() {
                 (Some(packed.into()), Some("lz4"))
@@ -1265,8 +1265,14 @@ fn encode_body(body: Option<&[u8]>) -> (Option<std::borrow::Cow<'_, [u8]>>, Opti
 }
 
 /// The body as received, or `None` (with a warning) when a stored body cannot be decoded: the record
-/// is still listed and explained as far as it can be.
-fn decode_body(id: &str, body: Option<Vec<u8>>, encoding: Option<&str>) -> Option<Vec<u8>> {
+/// is still listed and explained as far as it can be. `size` is the record's size column, which is at
+/// least the body's length: a damaged size prefix cannot make it allocate more.
+fn decode_body(
+    id: &str,
+    body: Option<Vec<u8>>,
+    encoding: Option<&str>,
+    size: i64,
+) -> Option<Vec<u8>> {
     let body = body?;
     let failed = |why: &str| {
         tracing::warn!(
@@ -1279,13 +1285,19 @@ fn decode_body(id: &str, body: Option<Vec<u8>>, encoding: Option<&str>) -> Optio
     match encoding {
         None => Some(body),
         Some("lz4") => {
-            let size = body
+            let prefix = body
                 .get(..4)
                 .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
-            match size {
-                Some(size) if size <= MAX_DECOMPRESSED => {
+            let limit = usize::try_from(size)
+                .unwrap_or(0)
+                .min(MAX_DECOMPRESSED)
+                // lz4 expands at most 255 times.
+                .min(body.len().saturating_mul(255));
+            match prefix {
+                Some(want) if want <= limit => {
                     match lz4_flex::block::decompress_size_prepended(&body) {
-                        Ok(body) => Some(body),
+                        Ok(body) if body.len() == want => Some(body),
+                        Ok(_) => failed("lz4 data shorter than its size"),
                         Err(_) => failed("damaged lz4 data"),
                     }
                 }
@@ -1329,7 +1341,7 @@ fn insert_record(t: &Connection, r: &RecordRow) -> rusqlite::Result<()> {
 fn record_from_row(r: &Row<'_>) -> rusqlite::Result<RecordRow> {
     let id: String = r.get(0)?;
     let encoding: Option<String> = r.get(16)?;
-    let body = decode_body(&id, r.get(14)?, encoding.as_deref());
+    let body = decode_body(&id, r.get(14)?, encoding.as_deref(), r.get(15)?);
     Ok(RecordRow {
         id,
         received_at: r.get(1)?,
@@ -1509,7 +1521,10 @@ mod tests {
         let stored = stored.unwrap().into_owned();
         assert_eq!(encoding, Some("lz4"));
         assert!(stored.len() < body.len() / 4, "{} bytes", stored.len());
-        assert_eq!(decode_body("r", Some(stored), encoding), Some(body));
+        assert_eq!(
+            decode_body("r", Some(stored), encoding, body.len() as i64),
+            Some(body)
+        );
     }
 
     #[test]
@@ -1520,26 +1535,38 @@ mod tests {
         let noise: Vec<u8> = (0..2048).map(|_| rng.u8(..)).collect();
         assert_eq!(encode_body(Some(&noise)), (Some(noise[..].into()), None));
         assert_eq!(encode_body(None), (None, None));
-        assert_eq!(decode_body("r", Some(noise.clone()), None), Some(noise));
+        assert_eq!(
+            decode_body("r", Some(noise.clone()), None, 2048),
+            Some(noise)
+        );
     }
 
     #[test]
     fn a_damaged_stored_body_is_dropped_not_a_panic_or_a_huge_allocation() {
         let body = b"abcdefgh".repeat(200);
+        let size = body.len() as i64;
         let (stored, _) = encode_body(Some(&body));
         let stored = stored.unwrap().into_owned();
-        // Cut short, garbage after the size, a size of 4 GiB, no size at all, an unknown encoding.
-        assert_eq!(
-            decode_body("r", Some(stored[..stored.len() / 2].to_vec()), Some("lz4")),
-            None
-        );
+        let lz4 = Some("lz4");
+        // Cut short, garbage after the size, a size of 4 GiB, a size above the record's, a size
+        // larger than the data holds, no size at all, an unknown encoding.
+        let cut = stored[..stored.len() / 2].to_vec();
+        assert_eq!(decode_body("r", Some(cut), lz4, size), None);
         let mut garbage = stored[..4].to_vec();
         garbage.extend([0xff; 64]);
-        assert_eq!(decode_body("r", Some(garbage), Some("lz4")), None);
+        assert_eq!(decode_body("r", Some(garbage), lz4, size), None);
         let mut huge = u32::MAX.to_le_bytes().to_vec();
         huge.extend(&stored[4..]);
-        assert_eq!(decode_body("r", Some(huge), Some("lz4")), None);
-        assert_eq!(decode_body("r", Some(vec![1, 2]), Some("lz4")), None);
-        assert_eq!(decode_body("r", Some(stored), Some("zstd")), None);
+        assert_eq!(decode_body("r", Some(huge), lz4, i64::MAX), None);
+        assert_eq!(decode_body("r", Some(stored.clone()), lz4, size - 1), None);
+        let mut longer = (body.len() as u32 + 10).to_le_bytes().to_vec();
+        longer.extend(&stored[4..]);
+        assert_eq!(decode_body("r", Some(longer), lz4, size + 10), None);
+        assert_eq!(decode_body("r", Some(vec![1, 2]), lz4, size), None);
+        assert_eq!(
+            decode_body("r", Some(stored.clone()), Some("zstd"), size),
+            None
+        );
+        assert_eq!(decode_body("r", Some(stored), lz4, size), Some(body));
     }
 }

@@ -94,7 +94,16 @@ pub struct Target {
     pub(crate) signature: SignatureStyle,
     /// The URL parsed once, when no piece of it depends on the job: `dispatch` would otherwise render
     /// and parse it for every delivery. Filled at the first delivery, so loading does not pay for it.
-    pub(crate) fixed_url: std::sync::OnceLock<Option<url::Url>>,
+    pub(crate) fixed_url: std::sync::OnceLock<Option<FixedUrl>>,
+}
+
+/// A target's URL with its secrets in it: `Debug` never shows it.
+pub(crate) struct FixedUrl(pub(crate) url::Url);
+
+impl fmt::Debug for FixedUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FixedUrl(..)")
+    }
 }
 
 /// Defaults for what a target does not say; documented in `docs/rules-language.md`.
@@ -125,9 +134,10 @@ impl Target {
                         super::StrPiece::Operand(_) => return None,
                     }
                 }
-                url::Url::parse(&text).ok()
+                url::Url::parse(&text).ok().map(FixedUrl)
             })
             .as_ref()
+            .map(|u| &u.0)
     }
 }
 
@@ -159,5 +169,34 @@ impl Display for Target {
             SignatureStyle::StandardWebhooks => "standard_webhooks".to_string(),
         };
         writeln!(f, "  signature {signature}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::compile::{SecretRef, Secrets};
+    use crate::ruleset::SecretValue;
+
+    struct Token;
+
+    impl Secrets for Token {
+        fn load(&self, name: &str, _from: SecretRef<'_>) -> Result<SecretValue, String> {
+            Ok(SecretValue::new(name, b"tok-do-not-show".to_vec()))
+        }
+    }
+
+    #[test]
+    fn a_parsed_url_with_a_secret_never_shows_in_debug_output() {
+        let text = "secret s = env(\"S\")\nsource a: github { secret s }\n\
+                    target t { post \"https://ci.example.com/hook?token=${secret.s}\" }\n\
+                    rule \"r\" { from a notify t }\n";
+        let loaded = crate::load::load_text("t.hook", None, text.as_bytes(), &Token);
+        let rules = loaded.result.expect("compiles").rules;
+        let target = &rules.targets[0];
+        let url = target.fixed_url().expect("text and a secret: fixed");
+        assert_eq!(url.query(), Some("token=tok-do-not-show"));
+        let shown = format!("{rules:?}");
+        assert!(shown.contains("FixedUrl(..)"), "the cache is filled");
+        assert!(!shown.contains("tok-do-not-show"), "{shown}");
     }
 }

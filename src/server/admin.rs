@@ -509,7 +509,12 @@ async fn replay(state: &State, id: &str, dry_run: bool) -> Response<Full<Bytes>>
         .map(|b| b.to_bytes())
         .unwrap_or_default();
     let mut value: Value = serde_json::from_slice(&bytes).unwrap_or(json!({}));
-    value["record"] = json!(new_id);
+    // With the log off the new record is not kept: there is no id to give.
+    value["record"] = if state.log.enabled() {
+        json!(new_id)
+    } else {
+        Value::Null
+    };
     value["replay_of"] = json!(id);
     json_response(parts.status, &value)
 }

@@ -211,7 +211,14 @@ async fn prune_records(queue: Arc<Queue>, log: crate::delivery_log::LogConfig) {
     loop {
         every.tick().await;
         let before = crate::clock::now_ms() - log.max_age.as_millis() as i64;
-        match queue.prune_records(before, log.max_records as u64).await {
+        // With the log off (no records allowed), only age prunes: a count of 0 would delete what
+        // other replicas sharing the database store, and what this one stored before.
+        let keep = if log.max_records == 0 {
+            u64::MAX
+        } else {
+            log.max_records as u64
+        };
+        match queue.prune_records(before, keep).await {
             Ok(n) if n > 0 => tracing::info!(records = n, "pruned old delivery records"),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "pruning delivery records failed"),

@@ -420,7 +420,7 @@ impl Parser<'_> {
 
     fn jp_inner(&mut self) -> Option<bool> {
         Some(match self.peek() {
-            Some(q @ (b'\'' | b'"')) => self.jp_quoted(q),
+            Some(q @ (b'\'' | b'"')) => self.jp_quoted(q)?,
             Some(b'[') => self.jp_bracket()?,
             Some(b'(') => {
                 let save = self.pos;
@@ -440,15 +440,18 @@ impl Parser<'_> {
         })
     }
 
-    fn jp_quoted(&mut self, q: u8) -> bool {
+    /// A quoted name in a JSONPath. At a line end it gives up (`None`) and leaves the declaration to
+    /// pest: an unclosed quote must not make every failing declaration scan to the end of the file.
+    fn jp_quoted(&mut self, q: u8) -> Option<bool> {
         let save = self.pos;
         self.pos += 1;
         loop {
             match self.peek() {
                 None => break,
+                Some(b'\n' | b'\r') => return None,
                 Some(c) if c == q => {
                     self.pos += 1;
-                    return true;
+                    return Some(true);
                 }
                 Some(b'\\') => {
                     self.pos += 1;
@@ -462,7 +465,7 @@ impl Parser<'_> {
             }
         }
         self.pos = save;
-        false
+        Some(false)
     }
 
     // Lists --------------------------------------------------------------------------------------
