@@ -333,9 +333,15 @@ struct Failure {
 }
 
 fn analyse(text: &str) -> Failure {
+    // pest's error detail is one process-wide flag, read when a parse starts: without the lock, one
+    // thread turning it off between another's turning it on and parsing gives that one a vaguer
+    // message (seen as a flaky test; in the server, a reload and an explanation can meet here).
+    static DETAIL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let guard = DETAIL.lock().unwrap_or_else(|p| p.into_inner());
     pest::set_error_detail(true);
     let result = Grammar::parse(Rule::file, text);
     pest::set_error_detail(false);
+    drop(guard);
     let Err(error) = result else {
         // Only reachable for the blanked retry if blanking fixed the text, which a control
         // character cannot; report the start of the file rather than panic.
