@@ -41,6 +41,17 @@ impl Replica {
     /// Starts replica `name`: a GitHub source `acme`, and `targets` (rules text in which `{replica}`
     /// stands for the name), plus `rules`.
     fn start(name: &'static str, url: &str, targets: &str, rules: &str) -> Replica {
+        Replica::start_with(name, url, targets, rules, &[])
+    }
+
+    /// [`Replica::start`] with more `gateway serve` flags.
+    fn start_with(
+        name: &'static str,
+        url: &str,
+        targets: &str,
+        rules: &str,
+        flags: &[&str],
+    ) -> Replica {
         let dir = tempfile::tempdir().unwrap();
         let secret = dir.path().join("secret");
         std::fs::write(&secret, SECRET).unwrap();
@@ -53,7 +64,9 @@ impl Replica {
         std::fs::write(&path, text).unwrap();
         let data: PathBuf = dir.path().join("data");
         // A short lease margin: a killed replica's claims pass to the other within seconds.
-        let serve = Serve::start(&path, &data, &["--queue", url, "--lease-margin", "1s"], &[]);
+        let mut args = vec!["--queue", url, "--lease-margin", "1s"];
+        args.extend_from_slice(flags);
+        let serve = Serve::start(&path, &data, &args, &[]);
         Replica {
             name,
             serve,
@@ -162,8 +175,12 @@ async fn a_replica_killed_mid_delivery_loses_no_accepted_delivery() {
         sink.url("/deliver")
     );
     let rule = "rule \"push\" { from acme on \"push\" notify t }";
-    let mut a = Replica::start("a", &url, &targets, rule);
-    let b = Replica::start("b", &url, &targets, rule);
+    // Each replica holds at most 4 of the target's 8 slots, so neither can take them all while the
+    // sink holds its requests: both are surely mid-delivery (without it, a busy machine let one
+    // replica claim all 8 first).
+    let half = ["--max-inflight", "4"];
+    let mut a = Replica::start_with("a", &url, &targets, rule, &half);
+    let b = Replica::start_with("b", &url, &targets, rule, &half);
 
     // Alternate the replica per delivery; every fifth goes to both at once.
     let mut accepted = BTreeSet::new();
