@@ -6,7 +6,8 @@
 //! The hyper glue around the handler (routing, limits, timeouts, HTTP/2, the real process wiring) is
 //! tested over loopback sockets in `tests/server.rs`.
 
-use std::path::Path;
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,50 +22,7 @@ use hookgate::reload::RuleStore;
 use hookgate::ruleset::HmacAlgorithm;
 use hookgate::server::handler::{self, Incoming};
 use hookgate::server::{ServerConfig, State};
-use hookgate::signature::hmac;
-
-/// A payload of `tests/fixtures/payloads` and the headers of its `.headers.json` sidecar.
-fn fixture(name: &str) -> (Vec<u8>, Vec<(String, String)>) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/payloads");
-    let read = |file: String| {
-        let path = dir.join(file);
-        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-    };
-    let body = read(format!("{name}.json"));
-    let headers: serde_json::Map<String, Value> =
-        serde_json::from_slice(&read(format!("{name}.headers.json"))).unwrap();
-    (
-        body,
-        headers
-            .into_iter()
-            .map(|(k, v)| (k, v.as_str().unwrap().to_string()))
-            .collect(),
-    )
-}
-
-fn h(name: &str, value: impl Into<String>) -> (String, String) {
-    (name.to_string(), value.into())
-}
-
-fn hex_mac(alg: HmacAlgorithm, key: &str, parts: &[&[u8]]) -> String {
-    hex::encode(hmac(alg, key.as_bytes(), parts))
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
-/// `/hook/<hex sha256(secret ++ name)>`: how a URL-token source's path is derived.
-fn token_path(secret: &str, name: &str) -> String {
-    use sha2::Digest;
-    format!(
-        "/hook/{}",
-        hex::encode(sha2::Sha256::digest(format!("{secret}{name}")))
-    )
-}
+use support::requests::{fixture, h, hex_mac, now, token_path};
 
 /// The handler's state over rules written to a temp dir (each secret in a file named after it) and a
 /// SQLite queue beside them.

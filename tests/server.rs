@@ -16,28 +16,10 @@ use hookgate::ruleset::HmacAlgorithm;
 use hookgate::server::ServerConfig;
 use hookgate::signature::{base64, hmac, standard_webhooks_key};
 use support::Sink;
+use support::requests::{fixture, h, hex_mac, now, token_path};
 
 const WAIT: Duration = Duration::from_secs(10);
 const SW_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-
-/// A payload of `tests/fixtures/payloads` and the headers of its `.headers.json` sidecar.
-fn fixture(name: &str) -> (Vec<u8>, Vec<(String, String)>) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/payloads");
-    let read = |file: String| {
-        let path = dir.join(file);
-        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-    };
-    let body = read(format!("{name}.json"));
-    let headers: serde_json::Map<String, Value> =
-        serde_json::from_slice(&read(format!("{name}.headers.json"))).unwrap();
-    (
-        body,
-        headers
-            .into_iter()
-            .map(|(k, v)| (k, v.as_str().unwrap().to_string()))
-            .collect(),
-    )
-}
 
 /// A running gateway on loopback.
 struct Gateway {
@@ -170,30 +152,6 @@ impl Gateway {
             let _ = tokio::time::timeout(Duration::from_secs(15), t).await;
         }
     }
-}
-
-fn h(name: &str, value: impl Into<String>) -> (String, String) {
-    (name.to_string(), value.into())
-}
-
-fn hex_mac(alg: HmacAlgorithm, key: &str, parts: &[&[u8]]) -> String {
-    hex::encode(hmac(alg, key.as_bytes(), parts))
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
-/// `/hook/<hex sha256(secret ++ name)>`: how a URL-token source's path is derived.
-fn token_path(secret: &str, name: &str) -> String {
-    use sha2::Digest;
-    format!(
-        "/hook/{}",
-        hex::encode(sha2::Sha256::digest(format!("{secret}{name}")))
-    )
 }
 
 /// A rule per source that notifies the sink with what the gateway made of the delivery.

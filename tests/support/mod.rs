@@ -4,6 +4,7 @@
 
 pub mod browser;
 pub mod pg;
+pub mod requests;
 pub mod serve;
 
 use std::convert::Infallible;
