@@ -23,17 +23,9 @@ use hookgate::compile::PlaceholderSecrets;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// As `src/main.rs` sets it: freed memory is returned at once (`mi_option_purge_delay` = 0).
-#[allow(unsafe_code)]
-fn return_freed_memory() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: sets a plain integer option; mimalloc reads options at any time.
-        unsafe { libmimalloc_sys::mi_option_set(15, 0) };
-    }
-}
-
 fn main() {
-    return_freed_memory();
+    // As `gateway serve` sets it.
+    hookgate::memory::return_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--store") {
         return store_child(Path::new(&args[i + 1]));

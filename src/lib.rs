@@ -52,4 +52,5 @@ pub mod reload;
 pub mod secrets;
 pub mod metrics;
 pub mod server;
+pub mod memory;
 pub mod cli;
