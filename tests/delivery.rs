@@ -2,8 +2,6 @@
 //! against both backends: the embedded SQLite queue and PostgreSQL (a real server, `support::pg`).
 
 mod support;
-#[path = "support/idempotency.rs"]
-mod idempotency;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -210,7 +208,7 @@ async fn notify_delivers_the_exact_rendered_body(backend: Backend) {
     // As docs/delivery.md defines it; tests/docs.rs checks the README's walk-through by the same formula.
     assert_eq!(
         key,
-        idempotency::idempotency_key("acme", "abc-123", "sync", 0)
+        support::idempotency::idempotency_key("acme", "abc-123", "sync", 0)
     );
     let job = wait_state(&running.queue, id, JobState::Done).await;
     assert_eq!((job.attempts, job.last_status), (1, Some(200)));

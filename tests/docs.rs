@@ -2,13 +2,12 @@
 //! rules file that must load without a diagnostic (secrets as placeholders, as `gateway check` loads
 //! them), and whose `test` blocks must pass against the payloads they name.
 
+mod support;
+
 use std::path::Path;
 
 use hookgate::compile::PlaceholderSecrets;
 use hookgate::load;
-
-#[path = "support/idempotency.rs"]
-mod idempotency;
 
 /// A fenced block of a Markdown file: the line its text starts on, and its text.
 struct Block {
@@ -153,7 +152,8 @@ fn the_readme_walkthrough_shows_the_key_the_gateway_sends() {
         .expect("README.md is readable");
     let delivery = "72d3162e-cc78-11e3-81ab-4c9367dc0958";
     assert!(readme.contains(&format!("X-GitHub-Delivery: {delivery}")));
-    let key = idempotency::idempotency_key("acme", delivery, "sync app on push to main", 0);
+    let key =
+        support::idempotency::idempotency_key("acme", delivery, "sync app on push to main", 0);
     assert!(
         readme.contains(&format!("/api/flux/v11/notify {key} {{")),
         "the README's stand-in output should show key {key}"

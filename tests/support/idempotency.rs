@@ -3,7 +3,7 @@
 
 use sha2::{Digest, Sha256};
 
-pub(crate) fn idempotency_key(source: &str, delivery: &str, rule: &str, action: usize) -> String {
+pub fn idempotency_key(source: &str, delivery: &str, rule: &str, action: usize) -> String {
     let mut h = Sha256::new();
     for part in [source, delivery, rule, &action.to_string()] {
         h.update(part.as_bytes());

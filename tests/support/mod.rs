@@ -3,6 +3,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod browser;
+pub mod idempotency;
 pub mod pg;
 pub mod requests;
 pub mod serve;
