@@ -6,7 +6,7 @@ use sha2::{Digest, Sha256};
 
 use crate::queue::{Job, JobKind};
 use crate::ruleset::{
-    HmacAlgorithm, Method, Operand, RuleSet, SignatureStyle, StrPiece, StrTemplate, Target,
+    HmacAlgorithm, Method, Operand, RuleSet, SignatureStyle, StrTemplate, Target,
 };
 use crate::signature;
 
@@ -137,21 +137,17 @@ fn sign(style: &SignatureStyle, secret: &[u8], job: &Job) -> Vec<(String, String
 
 /// Renders a target's URL or header: `compile` allows only secrets, `event`, `source` and `delivery`.
 fn render(template: &StrTemplate, job: &Job) -> String {
-    let mut out = String::new();
-    for piece in &template.pieces {
-        match piece {
-            StrPiece::Text(t) => out.push_str(t),
-            StrPiece::Secret(s) => out.push_str(&String::from_utf8_lossy(s.expose())),
-            StrPiece::Operand(Operand::Event) => {
-                out.push_str(job.event.as_deref().unwrap_or_default())
-            }
-            StrPiece::Operand(Operand::Source) => out.push_str(&job.source),
-            StrPiece::Operand(Operand::Delivery) => out.push_str(&job.delivery),
-            // INVARIANT: `compile` rejects other operands in target URLs and headers.
-            StrPiece::Operand(_) => {}
-        }
-    }
-    out
+    template
+        .render_with(|operand| {
+            Some(match operand {
+                Operand::Event => job.event.as_deref().unwrap_or_default(),
+                Operand::Source => &job.source,
+                Operand::Delivery => &job.delivery,
+                // INVARIANT: `compile` rejects other operands in target URLs and headers.
+                _ => "",
+            })
+        })
+        .unwrap_or_default()
 }
 
 fn parse_retry_after(value: &str) -> Option<Duration> {

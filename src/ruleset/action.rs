@@ -26,6 +26,23 @@ impl StrTemplate {
         }
     }
 
+    /// The text with secrets filled in and each operand's value from `operand`; `None` as soon as
+    /// `operand` has none for one.
+    pub(crate) fn render_with<'a>(
+        &self,
+        mut operand: impl FnMut(&Operand) -> Option<&'a str>,
+    ) -> Option<String> {
+        let mut out = String::new();
+        for piece in &self.pieces {
+            match piece {
+                StrPiece::Text(t) => out.push_str(t),
+                StrPiece::Secret(s) => out.push_str(&String::from_utf8_lossy(s.expose())),
+                StrPiece::Operand(o) => out.push_str(operand(o)?),
+            }
+        }
+        Some(out)
+    }
+
     /// The text when there is nothing to interpolate.
     pub fn as_literal(&self) -> Option<&str> {
         match self.pieces.as_slice() {

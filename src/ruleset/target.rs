@@ -124,16 +124,7 @@ impl Target {
     pub(crate) fn fixed_url(&self) -> Option<&url::Url> {
         self.fixed_url
             .get_or_init(|| {
-                let mut text = String::new();
-                for piece in &self.url.pieces {
-                    match piece {
-                        super::StrPiece::Text(t) => text.push_str(t),
-                        super::StrPiece::Secret(s) => {
-                            text.push_str(&String::from_utf8_lossy(s.expose()))
-                        }
-                        super::StrPiece::Operand(_) => return None,
-                    }
-                }
+                let text = self.url.render_with(|_| None)?;
                 url::Url::parse(&text).ok().map(FixedUrl)
             })
             .as_ref()
