@@ -1285,17 +1285,14 @@ fn decode_body(
     match encoding {
         None => Some(body),
         Some("lz4") => {
-            let prefix = body
-                .get(..4)
-                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
             let limit = usize::try_from(size)
                 .unwrap_or(0)
                 .min(MAX_DECOMPRESSED)
                 // lz4 expands at most 255 times.
                 .min(body.len().saturating_mul(255));
-            match prefix {
-                Some(want) if want <= limit => {
-                    match lz4_flex::block::decompress_size_prepended(&body) {
+            match lz4_flex::block::uncompressed_size(&body) {
+                Ok((want, data)) if want <= limit => {
+                    match lz4_flex::block::decompress(data, want) {
                         Ok(body) if body.len() == want => Some(body),
                         Ok(_) => failed("lz4 data shorter than its size"),
                         Err(_) => failed("damaged lz4 data"),
