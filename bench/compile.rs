@@ -4,7 +4,9 @@
 //! 2. For 100,000 *containment* rules (`payload contains {"repository": {"full_name": ...}, "ref": ...}`),
 //!    with a target per rule and with one shared target: in a child process each (so that its peak RSS
 //!    is its own), `RuleStore::load` of the file (time, resident memory, and memory per rule over an
-//!    empty process), then a reload after a byte changed (time, peak RSS during the reload), twice.
+//!    empty process), then reloads (time, peak RSS during the reload): a comment appended, twice; a
+//!    pipeline inserted at the top (every later target index moves); every rule's literal changed;
+//!    every target's URL changed.
 //!
 //! The numbers go in `docs/performance.md`. `-- --emit DIR` writes the generated containment files, for
 //! measuring `gateway check` with `/usr/bin/time -v`; `-- --hold FILE` loads a store and exits without
@@ -157,8 +159,19 @@ fn store_child(path: &Path) {
         mib(peak)
     );
     println!("held {}", (steady.saturating_sub(base)) * 1024);
-    for round in 1..=2 {
-        touch(path, round);
+    let edits: [(&str, Edit); 5] = [
+        ("a comment appended", touch),
+        ("a comment appended", touch),
+        ("a pipeline inserted at the top", insert_pipeline),
+        ("every rule's literal changed", |path, _| {
+            edit(path, "refs/heads/main", "refs/heads/trunk")
+        }),
+        ("every target's URL changed", |path, _| {
+            edit(path, "ci.example.com", "ci2.example.com")
+        }),
+    ];
+    for (round, (what, change)) in (1..).zip(edits) {
+        change(path, round);
         reset_peak();
         let start = Instant::now();
         let outcome = store.reload();
@@ -169,7 +182,7 @@ fn store_child(path: &Path) {
         );
         let (after, peak) = rss();
         println!(
-            "reload {round}: {:.0} ms, peak {:.0} MiB ({:.2}x the steady RSS before it), RSS after {:.0} MiB",
+            "reload {round}, {what}: {:.0} ms, peak {:.0} MiB ({:.2}x the steady RSS before it), RSS after {:.0} MiB",
             took.as_secs_f64() * 1e3,
             mib(peak),
             peak as f64 / steady.max(1) as f64,
@@ -187,6 +200,28 @@ fn touch(path: &Path, round: usize) {
         .open(PathBuf::from(path))
         .expect("the rules file opens");
     writeln!(f, "# reload {round}").expect("the rules file is written");
+}
+
+/// A change to the rules file before reload number `round`.
+type Edit = fn(path: &Path, round: usize);
+
+/// Replaces `from` by `to` everywhere in the file.
+fn edit(path: &Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(path).expect("the rules file is read");
+    std::fs::write(path, text.replace(from, to)).expect("the rules file is written");
+}
+
+/// Declares one more target and rule before the first pipeline.
+fn insert_pipeline(path: &Path, _round: usize) {
+    let text = std::fs::read_to_string(path).expect("the rules file is read");
+    let at = text
+        .find("\ntarget ")
+        .or_else(|| text.find("\nrule "))
+        .unwrap_or(0);
+    let new = "\ntarget inserted { post \"https://ci.example.com/new?webhook_token=${secret.ci}\" }\n\
+               rule \"inserted\" { from org on \"push\" when $.ref == \"refs/heads/new\" queue check inserted }\n";
+    let text = format!("{}{new}{}", &text[..at], &text[at..]);
+    std::fs::write(path, text).expect("the rules file is written");
 }
 
 /// Writes the containment files for `gateway check`.

@@ -31,9 +31,9 @@ use rustc_hash::FxHashMap as HashMap;
 
 use crate::diagnostic::{Diagnostic, DiagnosticKind, Diagnostics, NameKind};
 use crate::rule_test::RuleTest;
-use crate::ruleset::{RuleSet, SecretValue};
+use crate::ruleset::{Rule, RuleSet, SecretValue, Target};
 use crate::source::{FileId, SourceMap, Span};
-use crate::syntax::{Ast, Item, SourceDecl, Str};
+use crate::syntax::{Ast, Item, Later, LaterName, RuleDecl, SourceDecl, Str, TargetDecl, Word};
 use resolve::Names;
 
 /// Where a declared secret comes from.
@@ -67,27 +67,36 @@ pub struct Compiled {
     pub warnings: Diagnostics,
 }
 
-/// Compiles the parsed files of one rules set. The ASTs are consumed: each rule's declaration is
-/// dropped as soon as it is compiled, so that the AST and the compiled set of a large rules file are
-/// not both held whole (a reload compiles beside the set that serves).
+/// Compiles the parsed files of one rules set. The ASTs are consumed: each declaration is dropped as
+/// soon as it is compiled, and targets and rules are read again one at a time when parsed with
+/// [`crate::syntax::parse_later`], so that the AST of a large rules file is never held whole beside
+/// the set that serves during a reload. Each target and rule that compiles equal to the one of the
+/// same name in `previous` (the set serving) is that one, shared: a reload then holds a second copy
+/// only of what changed.
 pub(crate) fn compile(
     files: &SourceMap,
     asts: Vec<(FileId, Ast)>,
     secrets: &dyn Secrets,
+    previous: Option<&RuleSet>,
 ) -> Result<Compiled, Diagnostics> {
     let mut cx = Cx::new(files, secrets);
+    let previous = previous.map(Previous::new);
     let mut secret_decls = Vec::new();
     let mut source_decls = Vec::new();
-    let mut target_decls = Vec::new();
-    let mut rule_decls = Vec::new();
+    let mut target_decls: Vec<(Word, Pending<TargetDecl>)> = Vec::new();
+    let mut rule_decls: Vec<(Str, Pending<RuleDecl>)> = Vec::new();
     let mut test_decls = Vec::new();
     for (file, ast) in asts {
         for item in ast.items {
             match item {
                 Item::Secret(d) => secret_decls.push(d),
                 Item::Source(d) => source_decls.push(d),
-                Item::Target(d) => target_decls.push(d),
-                Item::Rule(d) => rule_decls.push(d),
+                Item::Target(d) => target_decls.push((d.name.clone(), Pending::Whole(d))),
+                Item::Rule(d) => rule_decls.push((d.name.clone(), Pending::Whole(d))),
+                Item::Later(Later { at, name }) => match name {
+                    LaterName::Target(name) => target_decls.push((name, Pending::Later(file, at))),
+                    LaterName::Rule(name) => rule_decls.push((name, Pending::Later(file, at))),
+                },
                 Item::Test(d) => test_decls.push((file, d)),
                 // Includes were followed by the loader.
                 Item::Include(_) => {}
@@ -116,18 +125,18 @@ pub(crate) fn compile(
         .collect();
     let target_ids: Vec<Option<usize>> = target_decls
         .iter()
-        .map(|d| cx.targets.declare(&d.name.text, d.name.span, &mut cx.diags))
+        .map(|(name, _)| cx.targets.declare(&name.text, name.span, &mut cx.diags))
         .collect();
-    for rule in &rule_decls {
-        let name = cx.plain(&rule.name, "rule names");
+    for (rule_name, _) in &rule_decls {
+        let name = cx.plain(rule_name, "rule names");
         if name.is_empty() {
             cx.invalid_value(
-                rule.name.span,
+                rule_name.span,
                 "rule name is empty",
                 "name the rule after what it does",
             );
         }
-        cx.rules.declare(&name, rule.name.span, &mut cx.diags);
+        cx.rules.declare(&name, rule_name.span, &mut cx.diags);
     }
 
     cx.secret_values = vec![None; cx.secrets.len()];
@@ -138,10 +147,20 @@ pub(crate) fn compile(
         }
     }
     let mut targets = Vec::with_capacity(target_decls.len());
-    for (decl, id) in target_decls.into_iter().zip(&target_ids) {
+    for ((name, decl), id) in target_decls.into_iter().zip(&target_ids) {
+        let decl = match decl {
+            Pending::Whole(decl) => decl,
+            Pending::Later(file, at) => match cx.read_again(file, at, name.span) {
+                Some(Item::Target(decl)) => decl,
+                _ => continue,
+            },
+        };
         let target = cx.target(&decl);
         if let (Some(_), Some(target)) = (id, target) {
-            targets.push(target);
+            targets.push(match &previous {
+                Some(previous) => previous.target(target),
+                None => Arc::new(target),
+            });
         }
     }
     let mut sources = Vec::new();
@@ -152,9 +171,19 @@ pub(crate) fn compile(
         }
     }
     let mut rules = Vec::with_capacity(rule_decls.len());
-    for decl in rule_decls {
+    for (name, decl) in rule_decls {
+        let decl = match decl {
+            Pending::Whole(decl) => decl,
+            Pending::Later(file, at) => match cx.read_again(file, at, name.span) {
+                Some(Item::Rule(decl)) => decl,
+                _ => continue,
+            },
+        };
         if let Some(rule) = cx.rule(&decl, &sources) {
-            rules.push(rule);
+            rules.push(match &previous {
+                Some(previous) => previous.rule(rule),
+                None => Arc::new(rule),
+            });
         }
     }
     let tests: Vec<RuleTest> = test_decls
@@ -205,6 +234,55 @@ pub(crate) fn compile(
     })
 }
 
+/// The targets and rules of the set loaded before, by name.
+struct Previous<'p> {
+    targets: HashMap<&'p str, &'p Arc<Target>>,
+    rules: HashMap<&'p str, &'p Arc<Rule>>,
+}
+
+impl<'p> Previous<'p> {
+    fn new(set: &'p RuleSet) -> Previous<'p> {
+        Previous {
+            targets: set.targets.iter().map(|t| (t.name.as_str(), t)).collect(),
+            rules: set.rules.iter().map(|r| (r.name.as_str(), r)).collect(),
+        }
+    }
+
+    /// The previous set's target of the same name if it is equal to `target`, else `target`.
+    fn target(&self, target: Target) -> Arc<Target> {
+        match self.targets.get(target.name.as_str()) {
+            Some(&same) if **same == target => Arc::clone(same),
+            _ => Arc::new(target),
+        }
+    }
+
+    /// The previous set's rule of the same name if it is equal to `rule` (the same targets and
+    /// sources by index, the same expression and actions), else `rule` with the previous rule's
+    /// expression when that is the same: a target declared before the others moves their indices,
+    /// and the rules that name them then differ only in those.
+    fn rule(&self, mut rule: Rule) -> Arc<Rule> {
+        let Some(&same) = self.rules.get(rule.name.as_str()) else {
+            return Arc::new(rule);
+        };
+        if **same == rule {
+            return Arc::clone(same);
+        }
+        if let (Some(new), Some(old)) = (&mut rule.when, &same.when)
+            && new == old
+        {
+            *new = Arc::clone(old);
+        }
+        Arc::new(rule)
+    }
+}
+
+/// A target or rule declaration: parsed whole, or to be read again at a byte of a file
+/// ([`crate::syntax::parse_later`]) when its turn comes, so that one declaration's AST is held at a time.
+enum Pending<T> {
+    Whole(T),
+    Later(FileId, usize),
+}
+
 /// Compilation state: the name tables, the diagnostics, and caches of compiled regexes and paths.
 pub(crate) struct Cx<'a> {
     pub(crate) files: &'a SourceMap,
@@ -219,7 +297,8 @@ pub(crate) struct Cx<'a> {
     regexes: HashMap<(String, String), Arc<regex::Regex>>,
     paths: HashMap<String, Arc<crate::ruleset::JsonPath>>,
     /// Literals of match expressions by their source text: rules that write the same literal share it.
-    literals: HashMap<&'a str, Arc<serde_json::Value>>,
+    /// Weak, so that a rule dropped for its equal in the previous set takes its literals with it.
+    literals: HashMap<&'a str, std::sync::Weak<serde_json::Value>>,
     /// `on` lists, shared by the rules that write the same one.
     event_lists: HashMap<Vec<String>, Arc<[String]>>,
 }
@@ -241,6 +320,22 @@ impl<'a> Cx<'a> {
             literals: HashMap::default(),
             event_lists: HashMap::default(),
         }
+    }
+
+    /// The declaration at byte `at` of `file`, which the parser read there once
+    /// ([`crate::syntax::parse_later`]). Reading it again gives what it gave the first time; were
+    /// that ever not so, the set fails to load with an error at the declaration's name, never a
+    /// panic or a set without it.
+    fn read_again(&mut self, file: FileId, at: usize, name: Span) -> Option<Item> {
+        let item = crate::syntax::read_again(file, &self.files.get(file).text, at);
+        if item.is_none() {
+            self.invalid_value(
+                name,
+                "this declaration could not be read a second time",
+                "this is a bug in hookgate: please report it with the rules file",
+            );
+        }
+        item
     }
 
     pub(crate) fn error(&mut self, kind: DiagnosticKind, span: Span) {
@@ -292,5 +387,61 @@ impl Options {
     /// Where `option` was given, if it was.
     pub(crate) fn get(&self, option: &str) -> Option<Span> {
         self.0.get(option).copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::SourceText;
+    use crate::syntax::{parse, parse_later};
+
+    fn outcome(result: Result<Compiled, Diagnostics>) -> String {
+        match result {
+            // Not the whole set: its hash maps print in no fixed order.
+            Ok(c) => format!(
+                "{:?}\n{:?}\n{:?}\n{:?}",
+                c.rules.targets, c.rules.rules, c.tests, c.warnings
+            ),
+            Err(diagnostics) => format!("{diagnostics:?}"),
+        }
+    }
+
+    /// Targets and rules read again when compiled (`parse_later`) compile to what one whole parse
+    /// gives, diagnostics included, on every rules file of the test suite.
+    #[test]
+    fn reading_declarations_again_compiles_what_one_parse_compiles() {
+        let mut later = 0;
+        for (name, text) in crate::syntax::tests::corpus() {
+            let mut files = SourceMap::default();
+            let file = files.add(SourceText::new(&name, None, text.as_str()));
+            let whole = parse(file, &text).map(|ast| {
+                outcome(compile(
+                    &files,
+                    vec![(file, ast)],
+                    &PlaceholderSecrets,
+                    None,
+                ))
+            });
+            let read_again = parse_later(file, &text).map(|ast| {
+                later += ast
+                    .items
+                    .iter()
+                    .filter(|i| matches!(i, Item::Later(_)))
+                    .count();
+                outcome(compile(
+                    &files,
+                    vec![(file, ast)],
+                    &PlaceholderSecrets,
+                    None,
+                ))
+            });
+            match (whole, read_again) {
+                (Ok(whole), Ok(read_again)) => assert_eq!(whole, read_again, "{name}"),
+                (Err(a), Err(b)) => assert_eq!(format!("{a:?}"), format!("{b:?}"), "{name}"),
+                (a, b) => panic!("{name}: {a:?} against {b:?}"),
+            }
+        }
+        assert!(later > 100, "declarations were read again: {later}");
     }
 }

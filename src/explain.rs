@@ -90,7 +90,7 @@ pub fn explain(rules: &RuleSet, event: &Event) -> Explanation {
                 _ => None,
             }
         };
-        let clauses: Vec<ClauseTrace> = match (&skipped, &rule.when) {
+        let clauses: Vec<ClauseTrace> = match (&skipped, rule.when.as_deref()) {
             (None, Some(Matcher::And(items))) => items.iter().map(|m| trace(m, event)).collect(),
             (None, Some(m)) => vec![trace(m, event)],
             _ => Vec::new(),

@@ -22,6 +22,7 @@ use sha2::{Digest, Sha256};
 
 use crate::compile::{self, Compiled, Secrets};
 use crate::diagnostic::{Diagnostic, DiagnosticKind, Diagnostics};
+use crate::ruleset::RuleSet;
 use crate::source::{FileId, MAX_FILE_BYTES, SourceMap, SourceText, Span};
 use crate::syntax::{self, Ast, Item};
 
@@ -62,6 +63,16 @@ impl LoadError {
 
 /// Loads and compiles the rules set rooted at `path`.
 pub fn load_file(path: &Path, secrets: &dyn Secrets) -> Result<Loaded, LoadError> {
+    reload_file(path, secrets, None)
+}
+
+/// [`load_file`], sharing with `previous` (the set serving, on a reload) every target and rule that
+/// compiles equal to its namesake there, so that what did not change is held once.
+pub fn reload_file(
+    path: &Path,
+    secrets: &dyn Secrets,
+    previous: Option<&RuleSet>,
+) -> Result<Loaded, LoadError> {
     let mut inputs = Inputs::default();
     let bytes = match inputs.read_file(path) {
         Ok(bytes) => bytes,
@@ -79,7 +90,7 @@ pub fn load_file(path: &Path, secrets: &dyn Secrets) -> Result<Loaded, LoadError
         Some(path.to_path_buf()),
         Cow::Owned(bytes),
     );
-    Ok(loader.finish(secrets))
+    Ok(loader.finish(secrets, previous))
 }
 
 /// Loads and compiles a rules set given as bytes (stdin, tests); includes resolve against `path`'s
@@ -87,7 +98,7 @@ pub fn load_file(path: &Path, secrets: &dyn Secrets) -> Result<Loaded, LoadError
 pub fn load_text(name: &str, path: Option<PathBuf>, bytes: &[u8], secrets: &dyn Secrets) -> Loaded {
     let mut loader = Loader::new(Inputs::default());
     loader.add(name, path, Cow::Borrowed(bytes));
-    loader.finish(secrets)
+    loader.finish(secrets, None)
 }
 
 /// Compiles a rules set from the texts of all its files, in load order (`RuleStore::texts`)
@@ -99,7 +110,7 @@ pub fn load_texts(texts: &[(String, String)], secrets: &dyn Secrets) -> Loaded {
     for (name, text) in texts {
         loader.add(name, None, Cow::Borrowed(text.as_bytes()));
     }
-    loader.finish(secrets)
+    loader.finish(secrets, None)
 }
 
 impl Loader {
@@ -116,7 +127,7 @@ impl Loader {
         }
     }
 
-    fn finish(self, secrets: &dyn Secrets) -> Loaded {
+    fn finish(self, secrets: &dyn Secrets, previous: Option<&RuleSet>) -> Loaded {
         let loader = self;
         let Loader {
             files,
@@ -131,7 +142,7 @@ impl Loader {
             diags.sort();
             Err(diags)
         } else {
-            match compile::compile(&files, asts, secrets) {
+            match compile::compile(&files, asts, secrets, previous) {
                 Ok(mut compiled) => {
                     diags.extend(compiled.warnings);
                     diags.sort();
@@ -203,7 +214,7 @@ impl Loader {
             return;
         }
         let text = self.files.get(file).text.clone();
-        let ast = match syntax::parse(file, &text) {
+        let ast = match syntax::parse_later(file, &text) {
             Ok(ast) => ast,
             Err(diagnostics) => {
                 self.diags.extend(diagnostics);
@@ -753,5 +764,129 @@ mod tests {
         assert!(loaded.inputs.unchanged(), "files the rules do not read");
         assert_eq!(loaded.inputs.files().count(), 3);
         assert_eq!(loaded.inputs.globs().count(), 1);
+    }
+
+    use std::sync::Arc;
+
+    /// Secrets given by value, as `serve` reads them from the environment.
+    struct Given(&'static [(&'static str, &'static str)]);
+
+    impl Secrets for Given {
+        fn load(
+            &self,
+            name: &str,
+            _from: crate::compile::SecretRef<'_>,
+        ) -> Result<crate::ruleset::SecretValue, String> {
+            let (_, value) = self.0.iter().find(|(n, _)| *n == name).ok_or("unset")?;
+            Ok(crate::ruleset::SecretValue::new(name, value.as_bytes()))
+        }
+    }
+
+    fn pipeline_rules(edit: impl Fn(String) -> String) -> String {
+        let mut text = String::from(
+            "secret gh = env(\"GH\")\nsecret ci = env(\"CI\")\nsource acme: github { secret gh }\n",
+        );
+        for n in 0..4 {
+            text += &format!(
+                "target t{n} {{ post \"http://127.0.0.1:9/check/{n}?token=${{secret.ci}}\" }}\n\
+                 rule \"r{n}\" {{ from acme on \"push\" when payload contains \
+                 {{\"repository\": {{\"full_name\": \"acme/repo-{n}\"}}}} queue check t{n} }}\n"
+            );
+        }
+        edit(text)
+    }
+
+    /// Loads `text` as a reload would, beside `previous`: the set, and (targets, rules) shared with it.
+    fn reload(text: &str, secrets: &Given, previous: &RuleSet) -> (RuleSet, Vec<bool>, Vec<bool>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rules.hook");
+        std::fs::write(&path, text).unwrap();
+        let set = reload_file(&path, secrets, Some(previous))
+            .unwrap()
+            .result
+            .unwrap()
+            .rules;
+        let fresh = load_text("rules.hook", None, text.as_bytes(), secrets)
+            .result
+            .unwrap()
+            .rules;
+        // Sharing never changes what is served: the set is the one a fresh load compiles.
+        assert_eq!(format!("{:?}", set.targets), format!("{:?}", fresh.targets));
+        assert_eq!(format!("{:?}", set.rules), format!("{:?}", fresh.rules));
+        assert!(
+            set.targets
+                .iter()
+                .zip(&fresh.targets)
+                .all(|(a, b)| **a == **b)
+        );
+        let shared = |new: &[Arc<crate::ruleset::Target>]| {
+            new.iter()
+                .map(|t| previous.targets.iter().any(|p| Arc::ptr_eq(p, t)))
+                .collect::<Vec<_>>()
+        };
+        let targets = shared(&set.targets);
+        let rules = set
+            .rules
+            .iter()
+            .map(|r| previous.rules.iter().any(|p| Arc::ptr_eq(p, r)))
+            .collect();
+        (set, targets, rules)
+    }
+
+    #[test]
+    fn a_reload_shares_what_compiles_the_same_and_only_that() {
+        let secrets = Given(&[("gh", "gh-secret"), ("ci", "ci-token")]);
+        let first = load_text(
+            "rules.hook",
+            None,
+            pipeline_rules(|t| t).as_bytes(),
+            &secrets,
+        )
+        .result
+        .unwrap()
+        .rules;
+
+        // A comment added: everything is shared.
+        let (_, targets, rules) = reload(&pipeline_rules(|t| t + "# more\n"), &secrets, &first);
+        assert_eq!(targets, [true; 4]);
+        assert_eq!(rules, [true; 4]);
+
+        // One target's URL and one rule's literal changed; the rest moved in the file but is shared.
+        let edited = pipeline_rules(|t| {
+            let t = t.replace("/check/1?", "/check/one?");
+            let t = t.replace("acme/repo-2", "acme/other");
+            format!("# a longer header than before\n{t}")
+        });
+        let (_, targets, rules) = reload(&edited, &secrets, &first);
+        assert_eq!(targets, [true, false, true, true]);
+        assert_eq!(rules, [true, true, false, true]);
+
+        // A target declared before the others moves their indices: the rules that name them compile
+        // to other indices and are not shared, but their expressions are; the targets are shared.
+        let inserted = pipeline_rules(|t| {
+            t.replace(
+                "target t0",
+                "target new { post \"http://127.0.0.1:9/new\" }\ntarget t0",
+            )
+        });
+        let (set, targets, rules) = reload(&inserted, &secrets, &first);
+        assert_eq!(targets, [false, true, true, true, true]);
+        assert_eq!(rules, [false; 4]);
+        assert_eq!(set.rules[0].actions[0].target(), 1);
+        for (new, old) in set.rules.iter().zip(&first.rules) {
+            let (new, old) = (new.when.as_ref().unwrap(), old.when.as_ref().unwrap());
+            assert!(Arc::ptr_eq(new, old));
+        }
+
+        // A rotated secret: every target whose URL holds it is compiled again, with the new value.
+        let rotated = Given(&[("gh", "gh-secret"), ("ci", "ci-token-2")]);
+        let (set, targets, rules) = reload(&pipeline_rules(|t| t), &rotated, &first);
+        assert_eq!(targets, [false; 4]);
+        assert_eq!(
+            rules, [true; 4],
+            "rules name targets by index, not by value"
+        );
+        let url = set.targets[0].url.render_with(|_| None).unwrap();
+        assert!(url.ends_with("token=ci-token-2"), "{url}");
     }
 }

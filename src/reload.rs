@@ -220,7 +220,7 @@ struct Failure {
 impl RuleStore {
     /// Loads the rules at `path` with real secrets; `Err` holds rendered diagnostics.
     pub fn load(path: &Path) -> Result<RuleStore, String> {
-        let fresh = compile(path).map_err(|f| f.diagnostics)?;
+        let fresh = compile(path, None).map_err(|f| f.diagnostics)?;
         let status = ReloadStatus {
             rules_file: path.display().to_string(),
             hash: fresh.hash.clone(),
@@ -372,7 +372,9 @@ impl RuleStore {
             return ReloadOutcome::Failed(diagnostics);
         }
         self.state().status.compiles += 1;
-        match compile(&self.path) {
+        // What compiles as in the set serving is shared with it, not held twice.
+        let serving = self.snapshot();
+        match compile(&self.path, Some(&serving)) {
             Err(failure) => {
                 // Watch what the failed attempt read too: creating a missing include must reload.
                 let watch = Arc::new(WatchSet::of(&[&reads.serving, &failure.reads]));
@@ -463,12 +465,12 @@ impl RecordingSecrets {
     }
 }
 
-fn compile(path: &Path) -> Result<Fresh, Failure> {
+fn compile(path: &Path, serving: Option<&RuleSet>) -> Result<Fresh, Failure> {
     let secrets = RecordingSecrets {
         reads: Mutex::new(Vec::new()),
         values: Mutex::new(Sha256::new()),
     };
-    let loaded = match load::load_file(path, &secrets) {
+    let loaded = match load::reload_file(path, &secrets, serving) {
         Ok(loaded) => loaded,
         Err(e) => {
             let mut diagnostics = format!("error: {e}\n");

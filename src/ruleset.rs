@@ -29,8 +29,10 @@ use std::time::Duration;
 #[derive(Debug)]
 pub struct RuleSet {
     pub(crate) sources: Vec<Source>,
-    pub(crate) targets: Vec<Target>,
-    pub(crate) rules: Vec<Rule>,
+    /// Targets and rules are shared with the set loaded before when they compiled the same
+    /// ([`crate::load::reload_file`]): a reload holds one copy of what did not change.
+    pub(crate) targets: Vec<Arc<Target>>,
+    pub(crate) rules: Vec<Arc<Rule>>,
     /// URL path → index into `sources`.
     pub(crate) by_path: HashMap<String, usize>,
     /// Every declared secret, by name (`forward ... sign with` looks them up at delivery).
@@ -41,14 +43,15 @@ pub struct RuleSet {
 }
 
 /// A rule: which sources and events it listens to, what must hold, and what to do.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub struct Rule {
     pub(crate) name: String,
     /// Indices into `RuleSet::sources`; `None` means every source (`from *`).
     pub(crate) sources: Option<Vec<usize>>,
     /// Accepted event names; `None` accepts every event. Shared by the rules with the same list.
     pub(crate) on: Option<Arc<[String]>>,
-    pub(crate) when: Option<Matcher>,
+    /// Shared with the previous set's rule of the same name when written alike (a reload).
+    pub(crate) when: Option<Arc<Matcher>>,
     pub(crate) actions: Vec<Action>,
 }
 
@@ -67,17 +70,17 @@ impl RuleSet {
         &self.sources
     }
 
-    pub fn targets(&self) -> &[Target] {
+    pub fn targets(&self) -> &[Arc<Target>] {
         &self.targets
     }
 
-    pub fn rules(&self) -> &[Rule] {
+    pub fn rules(&self) -> &[Arc<Rule>] {
         &self.rules
     }
 
     /// A target by name.
     pub fn target(&self, name: &str) -> Option<&Target> {
-        self.targets.iter().find(|t| t.name == name)
+        self.targets.iter().find(|t| t.name == name).map(|t| &**t)
     }
 
     pub fn secret(&self, name: &str) -> Option<&SecretValue> {

@@ -38,12 +38,27 @@ pub(crate) const MAX_SYNTAX_ERRORS: usize = 100;
 /// after it, so a window keeps each error's cost bounded and the work linear in the size of the file.
 /// A window that ends inside a declaration fails at its end; it is then doubled and parsed again, so
 /// windows never change what is reported.
+#[cfg(test)]
 pub(crate) fn parse(file: FileId, text: &str) -> Result<Ast, Diagnostics> {
-    parse_with(file, text, true)
+    parse_with(file, text, true, false)
+}
+
+/// [`parse`], keeping of each target and rule the fast parser reads only its name and where it
+/// starts ([`Item::Later`]); `compile` reads each again with [`read_again`] when it compiles it. The
+/// AST of a large file is then never held whole: for 100,000 rules it would take about 250 MiB,
+/// seven times the text, beside the set being served during a reload. Declarations pest parses
+/// (after a syntax error) are kept whole.
+pub(crate) fn parse_later(file: FileId, text: &str) -> Result<Ast, Diagnostics> {
+    parse_with(file, text, true, true)
+}
+
+/// The declaration at byte `at` of `text`, as [`parse_later`] read it the first time.
+pub(crate) fn read_again(file: FileId, text: &str, at: usize) -> Option<Item> {
+    fast::declaration_at(file, text, at)
 }
 
 /// [`parse`], or with `fast` off, pest alone from the start (the tests compare the two).
-fn parse_with(file: FileId, text: &str, fast: bool) -> Result<Ast, Diagnostics> {
+fn parse_with(file: FileId, text: &str, fast: bool, later: bool) -> Result<Ast, Diagnostics> {
     let mut diags = Diagnostics::default();
     if let Some(offset) = too_deep(text) {
         let span = Span::new(file, offset, offset + 1);
@@ -64,7 +79,7 @@ fn parse_with(file: FileId, text: &str, fast: bool) -> Result<Ast, Diagnostics> 
     let mut try_fast = fast;
     loop {
         if try_fast {
-            let (parsed, stop) = fast::declarations(file, text, start);
+            let (parsed, stop) = fast::declarations(file, text, start, later);
             items.extend(parsed);
             match stop {
                 Some(at) => start = at,
@@ -728,7 +743,7 @@ fn skip_quoted(bytes: &[u8], mut i: usize, quote: u8) -> usize {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::path::Path;
 
     use super::*;
@@ -742,7 +757,8 @@ mod tests {
     }
 
     /// Every rules file in the repository: the test suite's, the deployment's, the example.
-    fn corpus() -> Vec<(String, String)> {
+    /// Every rules file of the test suite, `deploy/` and `rules.example`: (path, text).
+    pub(crate) fn corpus() -> Vec<(String, String)> {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let mut files: Vec<(String, String)> = walkdir::WalkDir::new(root.join("tests/rules"))
             .into_iter()
@@ -762,8 +778,8 @@ mod tests {
     }
 
     fn assert_same(name: &str, text: &str) {
-        let fast = outcome(parse_with(FileId::default(), text, true));
-        let pest = outcome(parse_with(FileId::default(), text, false));
+        let fast = outcome(parse_with(FileId::default(), text, true, false));
+        let pest = outcome(parse_with(FileId::default(), text, false, false));
         assert!(
             fast == pest,
             "{name}: {text:?}\nfast:\n{fast}\npest:\n{pest}"

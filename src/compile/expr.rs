@@ -221,15 +221,18 @@ impl Cx<'_> {
             .get(v.span.file)
             .text
             .get(v.span.start as usize..v.span.end as usize);
-        if let Some(shared) = text.and_then(|t| self.literals.get(t)) {
-            return Some(Operand::Literal(shared.clone()));
+        if let Some(shared) = text
+            .and_then(|t| self.literals.get(t))
+            .and_then(|weak| weak.upgrade())
+        {
+            return Some(Operand::Literal(shared));
         }
         let diagnostics = self.diags.len();
         let literal = Arc::new(self.literal(v, "match expressions")?);
         if let Some(text) = text
             && self.diags.len() == diagnostics
         {
-            self.literals.insert(text, literal.clone());
+            self.literals.insert(text, Arc::downgrade(&literal));
         }
         Some(Operand::Literal(literal))
     }

@@ -65,7 +65,7 @@ impl Cx<'_> {
                     );
                 }
                 RuleItemKind::When(e) => match self.matcher(e) {
-                    Some(m) => when = Some(m),
+                    Some(m) => when = Some(Arc::new(m)),
                     None => ok = false,
                 },
                 RuleItemKind::Notify { target, body } => {

@@ -5,7 +5,7 @@ use std::fmt::{self, Display};
 use crate::ruleset::{Operand, RuleSet, SecretValue};
 
 /// A piece of a string template.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum StrPiece {
     Text(String),
     Operand(Operand),
@@ -14,7 +14,7 @@ pub enum StrPiece {
 }
 
 /// A string with `${...}` interpolations.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct StrTemplate {
     pub(crate) pieces: Vec<StrPiece>,
 }
@@ -71,7 +71,7 @@ impl Display for StrTemplate {
 }
 
 /// A JSON body template: JSON whose values may read the request.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Template {
     /// A literal or a read of the request (`$.repository.ssh_url`, `event`, ...).
     Operand(Operand),
@@ -110,7 +110,7 @@ impl Display for Template {
 }
 
 /// What a matching rule does. Targets are indices into `RuleSet::targets`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     /// One request per matching event; without a body the original payload is sent.
     Notify {

@@ -12,6 +12,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::sync::Arc;
 
 use serde_json::Value;
 
@@ -137,7 +138,7 @@ struct Leaf<'a> {
 
 impl SourceIndex {
     /// Indexes the rules `ids` (indices into `rules`) of one source.
-    pub(crate) fn build(rules: &[Rule], ids: &[usize]) -> SourceIndex {
+    pub(crate) fn build(rules: &[Arc<Rule>], ids: &[usize]) -> SourceIndex {
         let mut by_event: HashMap<&str, Vec<usize>> = HashMap::new();
         let mut any = Vec::new();
         for &i in ids {
@@ -213,7 +214,7 @@ impl SourceIndex {
 }
 
 impl Bucket {
-    fn build(rules: &[Rule], ids: &[usize]) -> Bucket {
+    fn build(rules: &[Arc<Rule>], ids: &[usize]) -> Bucket {
         // Each rule's leaves, with the hashes of their values.
         type Hashed<'a> = (Leaf<'a>, Vec<u64>);
         let leaves: Vec<(usize, Vec<Hashed<'_>>)> = ids
@@ -371,7 +372,7 @@ fn contained_leaves<'a>(prefix: Vec<StepRef<'a>>, object: &'a Value, out: &mut V
 /// rules on a payload that holds only these paths gives the same results as on the whole payload.
 /// `None` when any rule reads a JSONPath with wildcards, filters or indices, or the whole `payload`
 /// other than through `payload contains {object}` (which reads only the object's paths).
-pub(crate) fn paths_read(rules: &[Rule], ids: &[usize]) -> Option<Vec<Vec<Step>>> {
+pub(crate) fn paths_read(rules: &[Arc<Rule>], ids: &[usize]) -> Option<Vec<Vec<Step>>> {
     use crate::ruleset::{Action, StrPiece, StrTemplate, Template};
     // Paths are collected borrowed and once each: 100,000 rules reading the same two paths make
     // a set of two, not a list of 200,000 copies.

@@ -76,7 +76,7 @@ impl JsonPath {
 }
 
 /// Something a predicate reads: a literal or a part of the request.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Operand {
     Literal(Arc<Value>),
     Path(Arc<JsonPath>),
@@ -154,7 +154,7 @@ pub enum PredicateOp {
 }
 
 /// One test of one operand.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Predicate {
     /// `None` when not written: a multi-valued subject then means `any`.
     pub quantifier: Option<Quantifier>,
@@ -162,12 +162,42 @@ pub struct Predicate {
     pub op: PredicateOp,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Matcher {
     And(Vec<Matcher>),
     Or(Vec<Matcher>),
     Not(Box<Matcher>),
     Predicate(Predicate),
+}
+
+/// Compiled regexes are equal when they were compiled from the same pattern with the same flags.
+impl PartialEq for PredicateOp {
+    fn eq(&self, other: &PredicateOp) -> bool {
+        use PredicateOp::*;
+        match (self, other) {
+            (Contains(a), Contains(b))
+            | (StartsWith(a), StartsWith(b))
+            | (EndsWith(a), EndsWith(b))
+            | (In(a), In(b)) => a == b,
+            (
+                Matches { regex, flags },
+                Matches {
+                    regex: other_regex,
+                    flags: other_flags,
+                },
+            ) => regex.as_str() == other_regex.as_str() && flags == other_flags,
+            (Compare(op, a), Compare(other_op, b)) => op == other_op && a == b,
+            (Exists, Exists) => true,
+            _ => false,
+        }
+    }
+}
+
+/// JSONPaths are equal when written alike: the query and its steps follow from the text.
+impl PartialEq for JsonPath {
+    fn eq(&self, other: &JsonPath) -> bool {
+        self.text == other.text
+    }
 }
 
 impl Display for Predicate {

@@ -47,6 +47,18 @@ impl SecretValue {
     }
 }
 
+/// The same name and bytes (compared in constant time) and both real or both placeholders: a reload
+/// shares a target only when its secrets did not change.
+impl PartialEq for SecretValue {
+    fn eq(&self, other: &SecretValue) -> bool {
+        use subtle::ConstantTimeEq;
+        self.name == other.name
+            && self.placeholder == other.placeholder
+            && (Arc::ptr_eq(&self.bytes, &other.bytes)
+                || bool::from(self.bytes.as_ref().ct_eq(other.bytes.as_ref())))
+    }
+}
+
 impl fmt::Debug for SecretValue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "SecretValue({}, <redacted>)", self.name)

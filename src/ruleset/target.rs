@@ -97,6 +97,21 @@ pub struct Target {
     pub(crate) fixed_url: std::sync::OnceLock<Option<FixedUrl>>,
 }
 
+/// Equal when everything declared is: the parsed URL is a cache of `url`, left out.
+impl PartialEq for Target {
+    fn eq(&self, other: &Target) -> bool {
+        self.name == other.name
+            && self.method == other.method
+            && self.url == other.url
+            && self.headers == other.headers
+            && self.timeout == other.timeout
+            && self.retry == other.retry
+            && self.rate == other.rate
+            && self.concurrency == other.concurrency
+            && self.signature == other.signature
+    }
+}
+
 /// A target's URL with its secrets in it: `Debug` never shows it.
 pub(crate) struct FixedUrl(pub(crate) url::Url);
 

@@ -17,6 +17,39 @@ pub(crate) enum Item {
     Rule(RuleDecl),
     Include(Str),
     Test(TestDecl),
+    /// A target or rule declaration that was parsed and dropped: only its name is kept, and where it
+    /// starts, so that `compile` reads it again when its turn comes (see [`crate::syntax::parse_later`]).
+    Later(Later),
+}
+
+/// What is kept of a declaration read again later: its name, and the byte where it starts.
+#[derive(Debug, Clone)]
+pub(crate) struct Later {
+    pub(crate) at: usize,
+    pub(crate) name: LaterName,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum LaterName {
+    Target(Word),
+    Rule(Str),
+}
+
+impl Item {
+    /// The item with a target's or rule's body dropped (kept whole when it is anything else).
+    pub(crate) fn later(self, at: usize) -> Item {
+        match self {
+            Item::Target(d) => Item::Later(Later {
+                at,
+                name: LaterName::Target(d.name),
+            }),
+            Item::Rule(d) => Item::Later(Later {
+                at,
+                name: LaterName::Rule(d.name),
+            }),
+            other => other,
+        }
+    }
 }
 
 /// A word of the source text: a name, a duration, a number.

@@ -20,8 +20,14 @@ use crate::syntax::ast::*;
 const MAX_NESTING: usize = 256;
 
 /// Parses declarations from byte `start` of `text` (the whole file) until the end, or until one it
-/// does not parse: the declarations parsed, and where that one starts.
-pub(super) fn declarations(file: FileId, text: &str, start: usize) -> (Vec<Item>, Option<usize>) {
+/// does not parse: the declarations parsed, and where that one starts. With `later`, targets and
+/// rules are kept as [`Item::Later`] (read again with [`declaration_at`]).
+pub(super) fn declarations(
+    file: FileId,
+    text: &str,
+    start: usize,
+    later: bool,
+) -> (Vec<Item>, Option<usize>) {
     let mut p = Parser {
         text,
         b: text.as_bytes(),
@@ -38,10 +44,23 @@ pub(super) fn declarations(file: FileId, text: &str, start: usize) -> (Vec<Item>
         let at = p.pos;
         p.depth = 0;
         match p.item() {
+            Some(item) if later => items.push(item.later(at)),
             Some(item) => items.push(item),
             None => return (items, Some(at)),
         }
     }
+}
+
+/// The declaration that starts at byte `at` of `text`, which an earlier [`declarations`] parsed.
+pub(super) fn declaration_at(file: FileId, text: &str, at: usize) -> Option<Item> {
+    let mut p = Parser {
+        text,
+        b: text.as_bytes(),
+        pos: at,
+        file,
+        depth: 0,
+    };
+    p.item()
 }
 
 struct Parser<'t> {
