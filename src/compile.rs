@@ -83,19 +83,33 @@ pub(crate) fn compile(
     let previous = previous.map(Previous::new);
     let mut secret_decls = Vec::new();
     let mut source_decls = Vec::new();
-    let mut target_decls: Vec<(Word, Pending<TargetDecl>)> = Vec::new();
-    let mut rule_decls: Vec<(Str, Pending<RuleDecl>)> = Vec::new();
+    // Targets and rules are declared as they come (a name, a span and where to read the rest: 100,000
+    // of them are the largest part of what a reload holds besides the sets).
+    let mut target_decls: Vec<(Option<usize>, Span, Pending<TargetDecl>)> = Vec::new();
+    let mut rule_decls: Vec<(Span, Pending<RuleDecl>)> = Vec::new();
     let mut test_decls = Vec::new();
     for (file, ast) in asts {
         for item in ast.items {
             match item {
                 Item::Secret(d) => secret_decls.push(d),
                 Item::Source(d) => source_decls.push(d),
-                Item::Target(d) => target_decls.push((d.name.clone(), Pending::Whole(d))),
-                Item::Rule(d) => rule_decls.push((d.name.clone(), Pending::Whole(d))),
+                Item::Target(d) => {
+                    let id = cx.declare_target(&d.name);
+                    target_decls.push((id, d.name.span, Pending::Whole(Box::new(d))));
+                }
+                Item::Rule(d) => {
+                    cx.declare_rule(&d.name);
+                    rule_decls.push((d.name.span, Pending::Whole(Box::new(d))));
+                }
                 Item::Later(Later { at, name }) => match name {
-                    LaterName::Target(name) => target_decls.push((name, Pending::Later(file, at))),
-                    LaterName::Rule(name) => rule_decls.push((name, Pending::Later(file, at))),
+                    LaterName::Target(name) => {
+                        let id = cx.declare_target(&name);
+                        target_decls.push((id, name.span, Pending::Later(file, at)));
+                    }
+                    LaterName::Rule(name) => {
+                        cx.declare_rule(&name);
+                        rule_decls.push((name.span, Pending::Later(file, at)));
+                    }
                 },
                 Item::Test(d) => test_decls.push((file, d)),
                 // Includes were followed by the loader.
@@ -114,7 +128,7 @@ pub(crate) fn compile(
         );
     }
 
-    // Declare every name first, so references may come before declarations.
+    // Every name is declared before anything compiles, so references may come before declarations.
     let secret_ids: Vec<Option<usize>> = secret_decls
         .iter()
         .map(|d| cx.secrets.declare(&d.name.text, d.name.span, &mut cx.diags))
@@ -123,22 +137,6 @@ pub(crate) fn compile(
         .iter()
         .map(|d| cx.sources.declare(&d.name.text, d.name.span, &mut cx.diags))
         .collect();
-    let target_ids: Vec<Option<usize>> = target_decls
-        .iter()
-        .map(|(name, _)| cx.targets.declare(&name.text, name.span, &mut cx.diags))
-        .collect();
-    for (rule_name, _) in &rule_decls {
-        let name = cx.plain(rule_name, "rule names");
-        if name.is_empty() {
-            cx.invalid_value(
-                rule_name.span,
-                "rule name is empty",
-                "name the rule after what it does",
-            );
-        }
-        cx.rules.declare(&name, rule_name.span, &mut cx.diags);
-    }
-
     cx.secret_values = vec![None; cx.secrets.len()];
     for (decl, id) in secret_decls.iter().zip(&secret_ids) {
         let value = cx.secret(decl);
@@ -147,10 +145,10 @@ pub(crate) fn compile(
         }
     }
     let mut targets = Vec::with_capacity(target_decls.len());
-    for ((name, decl), id) in target_decls.into_iter().zip(&target_ids) {
+    for (id, name, decl) in target_decls {
         let decl = match decl {
-            Pending::Whole(decl) => decl,
-            Pending::Later(file, at) => match cx.read_again(file, at, name.span) {
+            Pending::Whole(decl) => *decl,
+            Pending::Later(file, at) => match cx.read_again(file, at, name) {
                 Some(Item::Target(decl)) => decl,
                 _ => continue,
             },
@@ -173,8 +171,8 @@ pub(crate) fn compile(
     let mut rules = Vec::with_capacity(rule_decls.len());
     for (name, decl) in rule_decls {
         let decl = match decl {
-            Pending::Whole(decl) => decl,
-            Pending::Later(file, at) => match cx.read_again(file, at, name.span) {
+            Pending::Whole(decl) => *decl,
+            Pending::Later(file, at) => match cx.read_again(file, at, name) {
                 Some(Item::Rule(decl)) => decl,
                 _ => continue,
             },
@@ -279,7 +277,7 @@ impl<'p> Previous<'p> {
 /// A target or rule declaration: parsed whole, or to be read again at a byte of a file
 /// ([`crate::syntax::parse_later`]) when its turn comes, so that one declaration's AST is held at a time.
 enum Pending<T> {
-    Whole(T),
+    Whole(Box<T>),
     Later(FileId, usize),
 }
 
@@ -320,6 +318,22 @@ impl<'a> Cx<'a> {
             literals: HashMap::default(),
             event_lists: HashMap::default(),
         }
+    }
+
+    fn declare_target(&mut self, name: &Word) -> Option<usize> {
+        self.targets.declare(&name.text, name.span, &mut self.diags)
+    }
+
+    fn declare_rule(&mut self, written: &Str) {
+        let name = self.plain(written, "rule names");
+        if name.is_empty() {
+            self.invalid_value(
+                written.span,
+                "rule name is empty",
+                "name the rule after what it does",
+            );
+        }
+        self.rules.declare(&name, written.span, &mut self.diags);
     }
 
     /// The declaration at byte `at` of `file`, which the parser read there once

@@ -1267,6 +1267,54 @@ async fn rules_versions_are_kept_once(backend: Backend) {
         q.get_rules_version("h1".into()).await.unwrap().as_deref(),
         Some("[[\"a.hook\",\"x\"]]")
     );
+
+    // A large version comes back byte for byte; SQLite keeps it compressed, and still reads a
+    // version an earlier gateway stored as text.
+    let rules: String = (0..20_000)
+        .map(|i| {
+            format!(
+                "rule \\\"pipeline {i}\\\" {{ from org when $.ref == \\\"refs/heads/main\\\" }}\\n"
+            )
+        })
+        .collect();
+    let large = format!("[[\"rules.hook\",\"{rules}\"]]");
+    q.put_rules_version("h2".into(), large.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        q.get_rules_version("h2".into()).await.unwrap(),
+        Some(large.clone())
+    );
+    if backend == Backend::Sqlite {
+        drop(q);
+        let file = std::path::Path::new(&store.spec()).join("hookgate.db");
+        let conn = rusqlite::Connection::open(file).unwrap();
+        let (kind, stored): (String, i64) = conn
+            .query_row(
+                "SELECT typeof(files), length(files) FROM rules_versions WHERE hash = 'h2'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(kind, "blob");
+        assert!(
+            stored * 10 < large.len() as i64,
+            "{stored} bytes for {}",
+            large.len()
+        );
+        conn.execute(
+            "INSERT INTO rules_versions (hash, created_at, files) VALUES ('old', 0, '[[\"a.hook\",\"y\"]]')",
+            [],
+        )
+        .unwrap();
+        drop(conn);
+        let q = store.open().await;
+        assert_eq!(
+            q.get_rules_version("old".into()).await.unwrap().as_deref(),
+            Some("[[\"a.hook\",\"y\"]]")
+        );
+        assert_eq!(q.get_rules_version("h2".into()).await.unwrap(), Some(large));
+    }
 }
 
 async fn targets_report_their_queue_and_last_attempts(backend: Backend) {

@@ -1,6 +1,7 @@
 //! Name tables: one per kind of declaration, with duplicate detection and "did you mean".
 
-use rustc_hash::FxHashMap as HashMap;
+use indexmap::IndexSet;
+use rustc_hash::FxBuildHasher;
 
 use crate::diagnostic::{Diagnostic, DiagnosticKind, Diagnostics, NameKind};
 use crate::source::Span;
@@ -8,9 +9,9 @@ use crate::source::Span;
 /// The declared names of one kind, in declaration order.
 pub(crate) struct Names {
     kind: NameKind,
-    index: HashMap<String, usize>,
+    /// The names, each held once, indexed by declaration order and hashed for lookup.
+    pub(crate) names: IndexSet<String, FxBuildHasher>,
     pub(super) spans: Vec<Span>,
-    pub(crate) names: Vec<String>,
     /// Whether anything refers to the name (for the unused lints).
     pub(super) used: Vec<bool>,
 }
@@ -19,9 +20,8 @@ impl Names {
     pub(super) fn new(kind: NameKind) -> Names {
         Names {
             kind,
-            index: HashMap::default(),
+            names: IndexSet::default(),
             spans: Vec::new(),
-            names: Vec::new(),
             used: Vec::new(),
         }
     }
@@ -33,7 +33,7 @@ impl Names {
         span: Span,
         diags: &mut Diagnostics,
     ) -> Option<usize> {
-        if let Some(&first) = self.index.get(name) {
+        if let Some(first) = self.names.get_index_of(name) {
             diags.push(
                 Diagnostic::new(
                     DiagnosticKind::DuplicateName {
@@ -46,9 +46,7 @@ impl Names {
             );
             return None;
         }
-        let id = self.names.len();
-        self.index.insert(name.to_string(), id);
-        self.names.push(name.to_string());
+        let (id, _) = self.names.insert_full(name.to_string());
         self.spans.push(span);
         self.used.push(false);
         Some(id)
@@ -61,8 +59,8 @@ impl Names {
         span: Span,
         diags: &mut Diagnostics,
     ) -> Option<usize> {
-        match self.index.get(name) {
-            Some(&id) => {
+        match self.names.get_index_of(name) {
+            Some(id) => {
                 self.used[id] = true;
                 Some(id)
             }
@@ -82,7 +80,7 @@ impl Names {
     }
 
     pub(crate) fn get(&self, name: &str) -> Option<usize> {
-        self.index.get(name).copied()
+        self.names.get_index_of(name)
     }
 
     pub(super) fn len(&self) -> usize {

@@ -177,7 +177,8 @@ enum Op {
     ListRecords(Filter, Reply<Vec<Record>>),
     GetRecord(String, Reply<Option<Record>>),
     PruneRecords(i64, u64, Reply<u64>),
-    PutRulesVersion(String, String, Reply<()>),
+    /// The files' JSON, lz4-compressed ([`pack_rules_version`]).
+    PutRulesVersion(String, Vec<u8>, Reply<()>),
     GetRulesVersion(String, Reply<Option<String>>),
     /// Checkpoint, close, stop the writer.
     Close(Reply<()>),
@@ -427,7 +428,11 @@ impl QueueBackend for SqliteQueue {
     }
 
     async fn put_rules_version(&self, hash: String, files: String) -> Result<(), QueueError> {
-        self.call(|reply| Op::PutRulesVersion(hash, files, reply))
+        // Compressed off the writer thread, which would otherwise hold accepts back meanwhile.
+        let packed = tokio::task::spawn_blocking(move || pack_rules_version(&files))
+            .await
+            .map_err(|e| QueueError::Storage(format!("compressing a rules version failed: {e}")))?;
+        self.call(|reply| Op::PutRulesVersion(hash, packed, reply))
             .await
     }
 
@@ -947,9 +952,10 @@ fn apply(tx: &mut Transaction<'_>, op: Op) -> Answer {
                 t.query_row(
                     "SELECT files FROM rules_versions WHERE hash = ?1",
                     [&hash],
-                    |r| r.get(0),
+                    |r| r.get::<_, rusqlite::types::Value>(0),
                 )
                 .optional()
+                .map(|files| files.and_then(|files| unpack_rules_version(&hash, files)))
             }),
         ),
         Op::Close(_) => unreachable!("the writer takes `Close` out of its batch"),
@@ -1261,6 +1267,46 @@ fn encode_body(body: Option<&[u8]>) -> (Option<std::borrow::Cow<'_, [u8]>>, Opti
             }
         }
         other => (other.map(Into::into), None),
+    }
+}
+
+/// A rules version's files (JSON) as stored: lz4-compressed, in a BLOB. A large rules set's text is
+/// tens of MiB; stored as it is, SQLite copied it when binding and then kept its pages in the page
+/// cache, about 100 MiB at every reload of 100,000 rules (docs/performance.md). Versions stored as
+/// TEXT by earlier gateways are read as they are.
+fn pack_rules_version(files: &str) -> Vec<u8> {
+    lz4_flex::block::compress_prepend_size(files.as_bytes())
+}
+
+/// The files' JSON of a stored rules version, or `None` (with a warning) when it cannot be decoded:
+/// the deliveries it judged are then shown without an explanation.
+fn unpack_rules_version(hash: &str, stored: rusqlite::types::Value) -> Option<String> {
+    use rusqlite::types::Value;
+    let failed = |why: &str| {
+        tracing::warn!(
+            rules_version = hash,
+            reason = why,
+            "a stored rules version cannot be decoded; its deliveries are shown without explanations"
+        );
+        None
+    };
+    match stored {
+        Value::Text(files) => Some(files),
+        Value::Blob(packed) => match lz4_flex::block::uncompressed_size(&packed) {
+            // lz4 expands at most 255 times.
+            Ok((want, data)) if want <= MAX_DECOMPRESSED.min(packed.len().saturating_mul(255)) => {
+                match lz4_flex::block::decompress(data, want) {
+                    Ok(files) if files.len() == want => match String::from_utf8(files) {
+                        Ok(files) => Some(files),
+                        Err(_) => failed("not UTF-8"),
+                    },
+                    Ok(_) => failed("lz4 data shorter than its size"),
+                    Err(_) => failed("damaged lz4 data"),
+                }
+            }
+            _ => failed("damaged lz4 size"),
+        },
+        _ => failed("neither text nor a blob"),
     }
 }
 

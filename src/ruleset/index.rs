@@ -215,46 +215,41 @@ impl SourceIndex {
 
 impl Bucket {
     fn build(rules: &[Arc<Rule>], ids: &[usize]) -> Bucket {
-        // Each rule's leaves, with the hashes of their values.
-        type Hashed<'a> = (Leaf<'a>, Vec<u64>);
-        let leaves: Vec<(usize, Vec<Hashed<'_>>)> = ids
-            .iter()
-            .map(|&i| {
-                let mut leaves = Vec::new();
-                if let Some(when) = &rules[i].when {
-                    required_leaves(when, &mut leaves);
-                }
-                let hashed = leaves
-                    .into_iter()
-                    .map(|l| {
-                        let hashes = l.values.iter().filter_map(|v| key_hash(v)).collect();
-                        (l, hashes)
-                    })
-                    .collect();
-                (i, hashed)
-            })
-            .collect();
+        // A rule's leaves, with the hashes of their values. Worked out twice per rule rather than
+        // kept for all of them: for 100,000 rules the lists were tens of MiB, at the moment a reload
+        // holds the most (the old set and nearly all of the new one).
+        let leaves = |i: usize| -> Vec<(Leaf<'_>, Vec<u64>)> {
+            let mut leaves = Vec::new();
+            if let Some(when) = &rules[i].when {
+                required_leaves(when, &mut leaves);
+            }
+            leaves
+                .into_iter()
+                .map(|l| {
+                    let hashes = l.values.iter().filter_map(|v| key_hash(v)).collect();
+                    (l, hashes)
+                })
+                .collect()
+        };
         // The most selective path is the one with the most distinct values across these rules:
         // `full_name` (one per rule) beats `ref` (the same for all). Counted by hash, as filed.
-        let mut distinct: HashMap<&[StepRef<'_>], HashSet<u64, BuildHasherDefault<Prehashed>>> =
+        let mut distinct: HashMap<Vec<StepRef<'_>>, HashSet<u64, BuildHasherDefault<Prehashed>>> =
             HashMap::new();
-        for (_, ls) in &leaves {
-            for (leaf, hashes) in ls {
-                distinct
-                    .entry(&leaf.steps)
-                    .or_default()
-                    .extend(hashes.iter().copied());
+        for &i in ids {
+            for (leaf, hashes) in leaves(i) {
+                distinct.entry(leaf.steps).or_default().extend(hashes);
             }
         }
         let mut bucket = Bucket::default();
         // (hash, rule) per indexed path, in the order of `bucket.keyed`.
         let mut filed: Vec<Vec<(u64, u32)>> = Vec::new();
-        for (i, ls) in &leaves {
+        for &i in ids {
+            let ls = leaves(i);
             let best = ls
                 .iter()
                 .max_by_key(|(l, _)| distinct.get(l.steps.as_slice()).map_or(0, |d| d.len()));
             let Some((leaf, hashes)) = best else {
-                bucket.scan.push(*i as u32);
+                bucket.scan.push(i as u32);
                 continue;
             };
             let pos = match bucket
@@ -273,7 +268,7 @@ impl Bucket {
                     bucket.keyed.len() - 1
                 }
             };
-            filed[pos].extend(hashes.iter().map(|&h| (h, *i as u32)));
+            filed[pos].extend(hashes.iter().map(|&h| (h, i as u32)));
         }
         for (keyed, mut pairs) in bucket.keyed.iter_mut().zip(filed) {
             // By hash, then rule: each hash's rules are one ascending, duplicate-free range.
