@@ -363,14 +363,15 @@ pub trait QueueBackend: Send + Sync + 'static {
         keep: u64,
     ) -> impl Future<Output = Result<u64, QueueError>> + Send;
 
-    /// Keeps the text of a rules version (its files, as JSON), so deliveries it judged can be explained
-    /// after a restart; storing a version twice changes nothing.
+    /// Keeps the text of a rules version (its files, by name), so deliveries it judged can be
+    /// explained after a restart; storing a version twice changes nothing.
     fn put_rules_version(
         &self,
         hash: String,
-        files: String,
+        files: crate::reload::Files,
     ) -> impl Future<Output = Result<(), QueueError>> + Send;
 
+    /// A stored rules version's files as JSON (`[[name, text], ...]`, [`rules_version_json`]).
     fn get_rules_version(
         &self,
         hash: String,
@@ -527,11 +528,25 @@ impl QueueBackend for Queue {
         delegate!(self, q => q.prune_records(before, keep))
     }
 
-    async fn put_rules_version(&self, hash: String, files: String) -> Result<(), QueueError> {
+    async fn put_rules_version(
+        &self,
+        hash: String,
+        files: crate::reload::Files,
+    ) -> Result<(), QueueError> {
         delegate!(self, q => q.put_rules_version(hash, files))
     }
 
     async fn get_rules_version(&self, hash: String) -> Result<Option<String>, QueueError> {
         delegate!(self, q => q.get_rules_version(hash))
     }
+}
+
+/// A rules version's files as stored and returned by [`QueueBackend::get_rules_version`]: a JSON
+/// array of `[name, text]` pairs, in load order.
+pub fn rules_version_json(
+    files: &[(String, Arc<str>)],
+    out: impl std::io::Write,
+) -> std::io::Result<()> {
+    let files: Vec<(&str, &str)> = files.iter().map(|(n, t)| (n.as_str(), &**t)).collect();
+    serde_json::to_writer(out, &files).map_err(std::io::Error::other)
 }

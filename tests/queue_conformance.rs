@@ -1256,29 +1256,36 @@ async fn records_are_listed_filtered_paged_and_pruned(backend: Backend) {
 async fn rules_versions_are_kept_once(backend: Backend) {
     let store = Store::new(backend);
     let q = store.open().await;
+    let files = |texts: &[(&str, &str)]| -> Vec<(String, Arc<str>)> {
+        texts
+            .iter()
+            .map(|(n, t)| (n.to_string(), Arc::from(*t)))
+            .collect()
+    };
     assert_eq!(q.get_rules_version("h1".into()).await.unwrap(), None);
-    q.put_rules_version("h1".into(), "[[\"a.hook\",\"x\"]]".into())
-        .await
-        .unwrap();
-    q.put_rules_version("h1".into(), "ignored".into())
+    q.put_rules_version(
+        "h1".into(),
+        files(&[("a.hook", "x \"y\"\n"), ("b.hook", "z")]),
+    )
+    .await
+    .unwrap();
+    q.put_rules_version("h1".into(), files(&[("ignored", "")]))
         .await
         .unwrap();
     assert_eq!(
         q.get_rules_version("h1".into()).await.unwrap().as_deref(),
-        Some("[[\"a.hook\",\"x\"]]")
+        Some(r#"[["a.hook","x \"y\"\n"],["b.hook","z"]]"#)
     );
 
     // A large version comes back byte for byte; SQLite keeps it compressed, and still reads a
     // version an earlier gateway stored as text.
     let rules: String = (0..20_000)
         .map(|i| {
-            format!(
-                "rule \\\"pipeline {i}\\\" {{ from org when $.ref == \\\"refs/heads/main\\\" }}\\n"
-            )
+            format!("rule \"pipeline {i}\" {{ from org when $.ref == \"refs/heads/main\" }}\n")
         })
         .collect();
-    let large = format!("[[\"rules.hook\",\"{rules}\"]]");
-    q.put_rules_version("h2".into(), large.clone())
+    let large = serde_json::to_string(&[("rules.hook", &rules)]).unwrap();
+    q.put_rules_version("h2".into(), files(&[("rules.hook", &rules)]))
         .await
         .unwrap();
     assert_eq!(

@@ -1808,7 +1808,19 @@ impl QueueBackend for PostgresQueue {
         .await
     }
 
-    async fn put_rules_version(&self, hash: String, files: String) -> Result<(), QueueError> {
+    async fn put_rules_version(
+        &self,
+        hash: String,
+        files: crate::reload::Files,
+    ) -> Result<(), QueueError> {
+        // PostgreSQL compresses a large value itself (TOAST).
+        let mut json = Vec::new();
+        crate::queue::rules_version_json(&files, &mut json).map_err(|e| {
+            QueueError::Storage(format!("a rules version could not be written: {e}"))
+        })?;
+        let files = String::from_utf8(json).map_err(|e| {
+            QueueError::Storage(format!("a rules version could not be written: {e}"))
+        })?;
         timed(async {
             let client = get(&self.pool).await?;
             client

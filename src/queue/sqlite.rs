@@ -427,10 +427,15 @@ impl QueueBackend for SqliteQueue {
             .await
     }
 
-    async fn put_rules_version(&self, hash: String, files: String) -> Result<(), QueueError> {
+    async fn put_rules_version(
+        &self,
+        hash: String,
+        files: crate::reload::Files,
+    ) -> Result<(), QueueError> {
         // Compressed off the writer thread, which would otherwise hold accepts back meanwhile.
         let packed = tokio::task::spawn_blocking(move || pack_rules_version(&files))
             .await
+            .map_err(|e| QueueError::Storage(format!("compressing a rules version failed: {e}")))?
             .map_err(|e| QueueError::Storage(format!("compressing a rules version failed: {e}")))?;
         self.call(|reply| Op::PutRulesVersion(hash, packed, reply))
             .await
@@ -1270,12 +1275,15 @@ fn encode_body(body: Option<&[u8]>) -> (Option<std::borrow::Cow<'_, [u8]>>, Opti
     }
 }
 
-/// A rules version's files (JSON) as stored: lz4-compressed, in a BLOB. A large rules set's text is
-/// tens of MiB; stored as it is, SQLite copied it when binding and then kept its pages in the page
-/// cache, about 100 MiB at every reload of 100,000 rules (docs/performance.md). Versions stored as
-/// TEXT by earlier gateways are read as they are.
-fn pack_rules_version(files: &str) -> Vec<u8> {
-    lz4_flex::block::compress_prepend_size(files.as_bytes())
+/// A rules version's files as stored: their JSON ([`crate::queue::rules_version_json`]) written
+/// straight into an lz4 frame, in a BLOB. A large rules set's text is tens of MiB; as one JSON string
+/// bound as TEXT, it was held twice more during the insert (the string and SQLite's copy) and then
+/// filled SQLite's page cache, about 100 MiB at every reload of 100,000 rules (docs/performance.md).
+/// Versions stored as TEXT by earlier gateways are read as they are.
+fn pack_rules_version(files: &crate::reload::Files) -> std::io::Result<Vec<u8>> {
+    let mut frame = lz4_flex::frame::FrameEncoder::new(Vec::new());
+    crate::queue::rules_version_json(files, &mut frame)?;
+    frame.finish().map_err(std::io::Error::other)
 }
 
 /// The files' JSON of a stored rules version, or `None` (with a warning) when it cannot be decoded:
@@ -1292,20 +1300,21 @@ fn unpack_rules_version(hash: &str, stored: rusqlite::types::Value) -> Option<St
     };
     match stored {
         Value::Text(files) => Some(files),
-        Value::Blob(packed) => match lz4_flex::block::uncompressed_size(&packed) {
-            // lz4 expands at most 255 times.
-            Ok((want, data)) if want <= MAX_DECOMPRESSED.min(packed.len().saturating_mul(255)) => {
-                match lz4_flex::block::decompress(data, want) {
-                    Ok(files) if files.len() == want => match String::from_utf8(files) {
-                        Ok(files) => Some(files),
-                        Err(_) => failed("not UTF-8"),
-                    },
-                    Ok(_) => failed("lz4 data shorter than its size"),
-                    Err(_) => failed("damaged lz4 data"),
+        Value::Blob(packed) => {
+            use std::io::Read;
+            let mut files = String::new();
+            // At most what the text could be (lz4 expands at most 255 times), and a GiB.
+            let limit = MAX_DECOMPRESSED.min(packed.len().saturating_mul(255)) as u64;
+            let mut reader = lz4_flex::frame::FrameDecoder::new(packed.as_slice()).take(limit + 1);
+            match reader.read_to_string(&mut files) {
+                Ok(n) if n as u64 <= limit => Some(files),
+                Ok(_) => failed("larger than it can be"),
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    failed("damaged lz4 data or not UTF-8")
                 }
+                Err(_) => failed("damaged lz4 data"),
             }
-            _ => failed("damaged lz4 size"),
-        },
+        }
         _ => failed("neither text nor a blob"),
     }
 }

@@ -197,9 +197,7 @@ async fn store_versions(
         if serving != hash {
             continue; // Replaced again meanwhile; its successor's hash is on its way.
         }
-        let texts: Vec<(&str, &str)> = texts.iter().map(|(n, t)| (n.as_str(), &**t)).collect();
-        let files = serde_json::to_string(&texts).unwrap_or_default();
-        if let Err(e) = queue.put_rules_version(hash, files).await {
+        if let Err(e) = queue.put_rules_version(hash, texts).await {
             tracing::warn!(error = %e, "the rules version was not stored; deliveries it judges can be explained while it serves");
         }
     }
