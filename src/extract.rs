@@ -5,10 +5,15 @@
 //! checks it. The server uses it to consult a source's rule index before paying for a full parse: when no
 //! rule can be a candidate, the full `Value` tree is never built.
 //!
+//! Most bodies are read by the hand-written `skim`, which answers only when it is sure to agree;
+//! otherwise (and for every error) serde_json decides, as below.
+//!
 //! INVARIANT: `extract` accepts exactly the bytes `serde_json::from_slice::<Value>` accepts, and finds at
 //! each path what a walk of that `Value` finds. Two details make it so: skipped values go through
 //! `deserialize_any` (serde's `IgnoredAny` would skip strings without checking their UTF-8 and nesting
 //! without its depth limit), and a repeated key replaces what an earlier one held, as it does in a `Value`.
+
+mod skim;
 
 use std::fmt;
 
@@ -19,6 +24,14 @@ use crate::ruleset::Step;
 
 /// The values at `paths` (each `None` when absent), or the syntax error of `body`.
 pub fn extract(body: &[u8], paths: &[&[Step]]) -> Result<Vec<Option<Value>>, serde_json::Error> {
+    if let Some(found) = skim::extract(body, paths) {
+        return Ok(found);
+    }
+    by_serde(body, paths)
+}
+
+/// [`extract`] through serde_json: exact on every input, errors included.
+fn by_serde(body: &[u8], paths: &[&[Step]]) -> Result<Vec<Option<Value>>, serde_json::Error> {
     let mut found = vec![None; paths.len()];
     let wanted: Vec<(usize, &[Step])> = paths.iter().copied().enumerate().collect();
     let mut de = serde_json::Deserializer::from_slice(body);
