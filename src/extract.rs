@@ -74,6 +74,21 @@ fn insert(node: &mut Value, steps: &[Step], value: Value) {
     }
 }
 
+/// The paths of `wanted` that go on into the member or item whose step `here` accepts, with the
+/// steps left after it.
+fn below<'p>(
+    wanted: &[(usize, &'p [Step])],
+    here: impl Fn(&Step) -> bool,
+) -> Vec<(usize, &'p [Step])> {
+    wanted
+        .iter()
+        .filter_map(|&(i, rest)| match rest.split_first() {
+            Some((step, tail)) if here(step) => Some((i, tail)),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The paths still wanted below the current value (with the steps left), and where results go.
 struct Seed<'a, 'b> {
     wanted: &'a [(usize, &'a [Step])],
@@ -109,14 +124,10 @@ impl<'de> Visitor<'de> for Seed<'_, '_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         while let Some(key) = map.next_key_seed(Key)? {
-            let below: Vec<(usize, &[Step])> = self
-                .wanted
-                .iter()
-                .filter_map(|(i, rest)| match rest.split_first() {
-                    Some((Step::Key(k), tail)) if *k == key => Some((*i, tail)),
-                    _ => None,
-                })
-                .collect();
+            let below = below(
+                self.wanted,
+                |step| matches!(step, Step::Key(k) if *k == key),
+            );
             // A repeated key replaces the earlier value whole, as in a `Value`: forget what it held.
             for (i, _) in &below {
                 self.found[*i] = None;
@@ -148,14 +159,7 @@ impl<'de> Visitor<'de> for Seed<'_, '_> {
         }
         let mut n: i64 = 0;
         loop {
-            let below: Vec<(usize, &[Step])> = self
-                .wanted
-                .iter()
-                .filter_map(|(i, rest)| match rest.split_first() {
-                    Some((Step::Index(k), tail)) if *k == n => Some((*i, tail)),
-                    _ => None,
-                })
-                .collect();
+            let below = below(self.wanted, |step| *step == Step::Index(n));
             if seq
                 .next_element_seed(Seed {
                     wanted: &below,

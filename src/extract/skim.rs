@@ -173,13 +173,7 @@ impl<'a> Skim<'a> {
                 return None;
             }
             self.ws();
-            let below: Vec<(usize, &[Step])> = wanted
-                .iter()
-                .filter_map(|(i, rest)| match rest.split_first() {
-                    Some((Step::Key(k), tail)) if *k == key => Some((*i, tail)),
-                    _ => None,
-                })
-                .collect();
+            let below = super::below(wanted, |step| matches!(step, Step::Key(k) if *k == key));
             // A repeated key replaces the earlier value whole, as in a `Value`.
             for (i, _) in &below {
                 found[*i] = None;
@@ -200,13 +194,7 @@ impl<'a> Skim<'a> {
         }
         let mut n: i64 = 0;
         loop {
-            let below: Vec<(usize, &[Step])> = wanted
-                .iter()
-                .filter_map(|(i, rest)| match rest.split_first() {
-                    Some((Step::Index(k), tail)) if *k == n => Some((*i, tail)),
-                    _ => None,
-                })
-                .collect();
+            let below = super::below(wanted, |step| *step == Step::Index(n));
             self.value(&below, found)?;
             n += 1;
             if !self.more(b']')? {
@@ -218,43 +206,8 @@ impl<'a> Skim<'a> {
     /// Any value, checked and dropped.
     fn skip(&mut self) -> Option<()> {
         match self.peek()? {
-            b'{' => {
-                self.enter()?;
-                self.ws();
-                if self.eat(b'}') {
-                    self.depth -= 1;
-                    return Some(());
-                }
-                loop {
-                    if self.peek()? != b'"' {
-                        return None;
-                    }
-                    self.string(None)?;
-                    self.ws();
-                    if !self.eat(b':') {
-                        return None;
-                    }
-                    self.ws();
-                    self.skip()?;
-                    if !self.more(b'}')? {
-                        return Some(());
-                    }
-                }
-            }
-            b'[' => {
-                self.enter()?;
-                self.ws();
-                if self.eat(b']') {
-                    self.depth -= 1;
-                    return Some(());
-                }
-                loop {
-                    self.skip()?;
-                    if !self.more(b']')? {
-                        return Some(());
-                    }
-                }
-            }
+            b'{' => self.object(&[], &mut []),
+            b'[' => self.array(&[], &mut []),
             b'"' => self.string(None),
             b't' => self.literal(b"true"),
             b'f' => self.literal(b"false"),
