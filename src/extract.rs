@@ -45,15 +45,15 @@ fn by_serde(body: &[u8], paths: &[&[Step]]) -> Result<Vec<Option<Value>>, serde_
 }
 
 /// A payload holding only `values` at `paths` (with the objects along the way). Rules that read only
-/// these paths evaluate on it exactly as on the whole payload.
-pub fn sparse(paths: &[&[Step]], values: &[Option<Value>]) -> Value {
+/// these paths evaluate on it exactly as on the whole payload. The values are moved into it.
+pub fn sparse(paths: &[&[Step]], values: Vec<Option<Value>>) -> Value {
     let mut root = Value::Object(serde_json::Map::new());
     for (steps, value) in paths.iter().zip(values) {
         let Some(value) = value else { continue };
         if steps.is_empty() {
-            return value.clone();
+            return value;
         }
-        insert(&mut root, steps, value.clone());
+        insert(&mut root, steps, value);
     }
     root
 }

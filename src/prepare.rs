@@ -213,7 +213,7 @@ fn header_kind_view(
         return Ok(View::None { filtered: false });
     }
     match reads {
-        Some(_) => Ok(View::Sparse(extract::sparse(&paths, &values))),
+        Some(_) => Ok(View::Sparse(extract::sparse(&paths, values))),
         None => parse_full(json),
     }
 }

@@ -217,7 +217,7 @@ proptest! {
         for payload in payloads {
             let bytes = serde_json::to_vec(&payload).unwrap();
             let values = hookgate::extract::extract(&bytes, &paths).unwrap();
-            let sparse = hookgate::extract::sparse(&paths, &values);
+            let sparse = hookgate::extract::sparse(&paths, values);
             for name in [Some("push"), Some("create"), None] {
                 let full = Event::new(&compiled.rules, 0, name.map(String::from), vec![], vec![], payload.clone());
                 let thin = Event::new(&compiled.rules, 0, name.map(String::from), vec![], vec![], sparse.clone());

@@ -105,7 +105,7 @@ proptest! {
         let _ = hookgate::extract::extract(&body, &paths);
         let _ = hookgate::extract::extract(json.as_bytes(), &paths);
         if let Ok(values) = hookgate::extract::extract(json.as_bytes(), &paths) {
-            let _ = hookgate::extract::sparse(&paths, &values);
+            let _ = hookgate::extract::sparse(&paths, values);
         }
     }
 }
