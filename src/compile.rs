@@ -148,9 +148,12 @@ pub(crate) fn compile(
     for (id, name, decl) in target_decls {
         let decl = match decl {
             Pending::Whole(decl) => *decl,
-            Pending::Later(file, at) => match cx.read_again(file, at, name) {
+            Pending::Later(file, at) => match cx.read_again(file, at) {
                 Some(Item::Target(decl)) => decl,
-                _ => continue,
+                _ => {
+                    cx.not_read_again(name);
+                    continue;
+                }
             },
         };
         let target = cx.target(&decl);
@@ -172,9 +175,12 @@ pub(crate) fn compile(
     for (name, decl) in rule_decls {
         let decl = match decl {
             Pending::Whole(decl) => *decl,
-            Pending::Later(file, at) => match cx.read_again(file, at, name) {
+            Pending::Later(file, at) => match cx.read_again(file, at) {
                 Some(Item::Rule(decl)) => decl,
-                _ => continue,
+                _ => {
+                    cx.not_read_again(name);
+                    continue;
+                }
             },
         };
         if let Some(rule) = cx.rule(&decl, &sources) {
@@ -338,18 +344,18 @@ impl<'a> Cx<'a> {
 
     /// The declaration at byte `at` of `file`, which the parser read there once
     /// ([`crate::syntax::parse_later`]). Reading it again gives what it gave the first time; were
-    /// that ever not so, the set fails to load with an error at the declaration's name, never a
-    /// panic or a set without it.
-    fn read_again(&mut self, file: FileId, at: usize, name: Span) -> Option<Item> {
-        let item = crate::syntax::read_again(file, &self.files.get(file).text, at);
-        if item.is_none() {
-            self.invalid_value(
-                name,
-                "this declaration could not be read a second time",
-                "this is a bug in hookgate: please report it with the rules file",
-            );
-        }
-        item
+    /// that ever not so, the caller reports it ([`Cx::not_read_again`]) and the set fails to load
+    /// with an error at the declaration's name: never a panic, nor a set without the declaration.
+    fn read_again(&self, file: FileId, at: usize) -> Option<Item> {
+        crate::syntax::read_again(file, &self.files.get(file).text, at)
+    }
+
+    fn not_read_again(&mut self, name: Span) {
+        self.invalid_value(
+            name,
+            "this declaration could not be read a second time",
+            "this is a bug in hookgate: please report it with the rules file",
+        );
     }
 
     pub(crate) fn error(&mut self, kind: DiagnosticKind, span: Span) {

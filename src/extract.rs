@@ -1,23 +1,16 @@
 //! Reads a few simple paths out of a JSON body without building the whole tree.
 //!
-//! One pass of serde_json over the bytes: values on the requested paths are deserialized, everything
-//! else is visited and dropped, and the whole document is checked exactly as a full parse into a `Value`
-//! checks it. The server uses it to consult a source's rule index before paying for a full parse: when no
-//! rule can be a candidate, the full `Value` tree is never built.
-//!
-//! Most bodies are read by the hand-written `skim`, which answers only when it is sure to agree;
-//! otherwise (and for every error) serde_json decides, as below.
+//! The server uses it to consult a source's rule index before paying for a full parse: when no rule can
+//! be a candidate, the full `Value` tree is never built. The hand-written `skim` reads almost every
+//! body: one pass that checks the whole document and parses only the wanted values. It answers only
+//! when it is sure to agree with serde_json; for anything else (every error among them) `extract`
+//! parses the body whole and walks it, which is the reference by definition.
 //!
 //! INVARIANT: `extract` accepts exactly the bytes `serde_json::from_slice::<Value>` accepts, and finds at
-//! each path what a walk of that `Value` finds. Two details make it so: skipped values go through
-//! `deserialize_any` (serde's `IgnoredAny` would skip strings without checking their UTF-8 and nesting
-//! without its depth limit), and a repeated key replaces what an earlier one held, as it does in a `Value`.
+//! each path what a walk of that `Value` finds.
 
 mod skim;
 
-use std::fmt;
-
-use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
 use crate::ruleset::Step;
@@ -27,21 +20,16 @@ pub fn extract(body: &[u8], paths: &[&[Step]]) -> Result<Vec<Option<Value>>, ser
     if let Some(found) = skim::extract(body, paths) {
         return Ok(found);
     }
-    by_serde(body, paths)
+    by_full_parse(body, paths)
 }
 
-/// [`extract`] through serde_json: exact on every input, errors included.
-fn by_serde(body: &[u8], paths: &[&[Step]]) -> Result<Vec<Option<Value>>, serde_json::Error> {
-    let mut found = vec![None; paths.len()];
-    let wanted: Vec<(usize, &[Step])> = paths.iter().copied().enumerate().collect();
-    let mut de = serde_json::Deserializer::from_slice(body);
-    Seed {
-        wanted: &wanted,
-        found: &mut found,
-    }
-    .deserialize(&mut de)?;
-    de.end()?;
-    Ok(found)
+/// [`extract`] the slow way, exact on every input: the whole `Value`, walked.
+fn by_full_parse(body: &[u8], paths: &[&[Step]]) -> Result<Vec<Option<Value>>, serde_json::Error> {
+    let value: Value = serde_json::from_slice(body)?;
+    Ok(paths
+        .iter()
+        .map(|p| crate::ruleset::walk(p, &value).cloned())
+        .collect())
 }
 
 /// A payload holding only `values` at `paths` (with the objects along the way). Rules that read only
@@ -71,205 +59,6 @@ fn insert(node: &mut Value, steps: &[Step], value: Value) {
             .entry(key.clone())
             .or_insert_with(|| Value::Object(serde_json::Map::new()));
         insert(child, rest, value);
-    }
-}
-
-/// The paths of `wanted` that go on into the member or item whose step `here` accepts, with the
-/// steps left after it.
-fn below<'p>(
-    wanted: &[(usize, &'p [Step])],
-    here: impl Fn(&Step) -> bool,
-) -> Vec<(usize, &'p [Step])> {
-    wanted
-        .iter()
-        .filter_map(|&(i, rest)| match rest.split_first() {
-            Some((step, tail)) if here(step) => Some((i, tail)),
-            _ => None,
-        })
-        .collect()
-}
-
-/// The paths still wanted below the current value (with the steps left), and where results go.
-struct Seed<'a, 'b> {
-    wanted: &'a [(usize, &'a [Step])],
-    found: &'b mut Vec<Option<Value>>,
-}
-
-impl<'de> DeserializeSeed<'de> for Seed<'_, '_> {
-    type Value = ();
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        if self.wanted.is_empty() {
-            return Skip.deserialize(d);
-        }
-        // A path that ends here wants this whole value.
-        if self.wanted.iter().any(|(_, rest)| rest.is_empty()) {
-            let value = <Value as serde::Deserialize>::deserialize(d)?;
-            for (i, rest) in self.wanted {
-                let v = crate::ruleset::walk(rest, &value).cloned();
-                self.found[*i] = v;
-            }
-            return Ok(());
-        }
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Seed<'_, '_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("JSON")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while let Some(key) = map.next_key_seed(Key)? {
-            let below = below(
-                self.wanted,
-                |step| matches!(step, Step::Key(k) if *k == key),
-            );
-            // A repeated key replaces the earlier value whole, as in a `Value`: forget what it held.
-            for (i, _) in &below {
-                self.found[*i] = None;
-            }
-            map.next_value_seed(Seed {
-                wanted: &below,
-                found: self.found,
-            })?;
-        }
-        Ok(())
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        // Negative indices count from the end, which a single forward pass cannot know: collect then.
-        if self
-            .wanted
-            .iter()
-            .any(|(_, rest)| matches!(rest.first(), Some(Step::Index(i)) if *i < 0))
-        {
-            let mut items = Vec::new();
-            while let Some(v) = seq.next_element::<Value>()? {
-                items.push(v);
-            }
-            let array = Value::Array(items);
-            for (i, rest) in self.wanted {
-                self.found[*i] = crate::ruleset::walk(rest, &array).cloned();
-            }
-            return Ok(());
-        }
-        let mut n: i64 = 0;
-        loop {
-            let below = below(self.wanted, |step| *step == Step::Index(n));
-            if seq
-                .next_element_seed(Seed {
-                    wanted: &below,
-                    found: self.found,
-                })?
-                .is_none()
-            {
-                return Ok(());
-            }
-            n += 1;
-        }
-    }
-
-    // Scalars where the path wanted an object or array: the path selects nothing.
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
-        Ok(())
-    }
-}
-
-/// An object key, borrowed from the body unless it has escapes: serde's own `Cow<str>` always
-/// allocates, and a GitHub push's `repository` alone has about 90 keys to compare.
-struct Key;
-
-impl<'de> DeserializeSeed<'de> for Key {
-    type Value = std::borrow::Cow<'de, str>;
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_str(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Key {
-    type Value = std::borrow::Cow<'de, str>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an object key")
-    }
-    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-        Ok(std::borrow::Cow::Borrowed(v))
-    }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(std::borrow::Cow::Owned(v.to_owned()))
-    }
-    fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
-        Ok(std::borrow::Cow::Owned(v))
-    }
-}
-
-/// Visits a value and keeps nothing, checking it as a `Value` parse would.
-struct Skip;
-
-impl<'de> DeserializeSeed<'de> for Skip {
-    type Value = ();
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(Skip)
-    }
-}
-
-impl<'de> Visitor<'de> for Skip {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("JSON")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while map.next_key_seed(Skip)?.is_some() {
-            map.next_value_seed(Skip)?;
-        }
-        Ok(())
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element_seed(Skip)?.is_some() {}
-        Ok(())
-    }
-
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
-        Ok(())
     }
 }
 

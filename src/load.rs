@@ -878,6 +878,29 @@ mod tests {
             assert!(Arc::ptr_eq(new, old));
         }
 
+        // The keys of a literal reordered: equal as JSON maps, but the rule is not the same (a body
+        // renders in its order), so it is compiled again.
+        let reordered = pipeline_rules(|t| {
+            t.replace(
+                "{\"repository\": {\"full_name\": \"acme/repo-3\"}}",
+                "{\"repository\": {\"full_name\": \"acme/repo-3\"}, \"ref\": \"x\"}",
+            )
+        });
+        let first_reordered = load_text("rules.hook", None, reordered.as_bytes(), &secrets)
+            .result
+            .unwrap()
+            .rules;
+        let swapped = reordered.replace(
+            "{\"repository\": {\"full_name\": \"acme/repo-3\"}, \"ref\": \"x\"}",
+            "{\"ref\": \"x\", \"repository\": {\"full_name\": \"acme/repo-3\"}}",
+        );
+        let (set, _, rules) = reload(&swapped, &secrets, &first_reordered);
+        assert_eq!(rules, [true, true, true, false]);
+        assert!(
+            format!("{}", set.rules[3].when.as_ref().unwrap())
+                .starts_with("payload contains {\"ref\"")
+        );
+
         // A rotated secret: every target whose URL holds it is compiled again, with the new value.
         let rotated = Given(&[("gh", "gh-secret"), ("ci", "ci-token-2")]);
         let (set, targets, rules) = reload(&pipeline_rules(|t| t), &rotated, &first);

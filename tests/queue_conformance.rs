@@ -1314,6 +1314,28 @@ async fn rules_versions_are_kept_once(backend: Backend) {
             [],
         )
         .unwrap();
+        // Damaged values: garbage, a frame cut short. Read as absent, with a warning.
+        let (_, whole): (String, Vec<u8>) = conn
+            .query_row(
+                "SELECT typeof(files), files FROM rules_versions WHERE hash = 'h2'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        let cut = whole[..whole.len() / 2].to_vec();
+        for (hash, value) in [
+            (
+                "garbage",
+                rusqlite::types::Value::Blob(vec![0x04, 0x22, 0x4d, 0x18, 0xff, 0x00]),
+            ),
+            ("cut", rusqlite::types::Value::Blob(cut)),
+        ] {
+            conn.execute(
+                "INSERT INTO rules_versions (hash, created_at, files) VALUES (?1, 0, ?2)",
+                rusqlite::params![hash, value],
+            )
+            .unwrap();
+        }
         drop(conn);
         let q = store.open().await;
         assert_eq!(
@@ -1321,6 +1343,13 @@ async fn rules_versions_are_kept_once(backend: Backend) {
             Some("[[\"a.hook\",\"y\"]]")
         );
         assert_eq!(q.get_rules_version("h2".into()).await.unwrap(), Some(large));
+        for damaged in ["garbage", "cut"] {
+            assert_eq!(
+                q.get_rules_version(damaged.into()).await.unwrap(),
+                None,
+                "{damaged}"
+            );
+        }
     }
 }
 

@@ -4,15 +4,18 @@
 //!
 //! INVARIANT: it answers only for bodies `serde_json::from_slice::<Value>` accepts, with what a walk
 //! of that `Value` finds. It is stricter than serde_json where being exact would take more code
-//! than it is worth, and then gives no answer (`None`) and `extract` asks serde_json:
+//! than it is worth, and then gives no answer (`None`) and `extract` parses the body whole:
 //! - the whole body must be UTF-8 (serde_json refuses invalid UTF-8 in strings, and any non-ASCII
 //!   byte outside a string is a syntax error anyway);
 //! - nesting deeper than [`MAX_DEPTH`] (serde_json allows 128);
 //! - a `\u` escape of a surrogate (serde_json pairs them or refuses them);
-//! - a negative array index in a wanted path (a forward pass cannot know where it is).
+//! - a key that is serde_json's private number token ([`NUMBER_TOKEN`]), which a `Value` parse reads
+//!   as a number (with `arbitrary_precision`), not as an object.
 //!
 //! Each wanted value is parsed by serde_json from its own bytes, so it is the `Value` a full parse
-//! builds there. `tests` compare the two on random documents and edits of real payloads.
+//! builds there; so is an array a negative index reads into (a forward pass cannot know where the
+//! item is). `tests` compare the skim with a full parse and a walk on every payload fixture, on
+//! random documents and on random edits of them.
 
 use std::borrow::Cow;
 
@@ -61,18 +64,16 @@ fn stop_in(bytes: &[u8]) -> Option<usize> {
         .map(|i| at + i)
 }
 
+/// The key by which serde_json (with `arbitrary_precision`) marks an object as a number in disguise
+/// (`serde_json::number::TOKEN`, private to it).
+const NUMBER_TOKEN: &str = "$serde_json::private::Number";
+
 /// Nesting beyond this is left to serde_json (whose limit is 128).
 const MAX_DEPTH: usize = 100;
 
 /// The values at `paths`, or `None` when serde_json must decide (an error, or a case above).
 pub(super) fn extract(body: &[u8], paths: &[&[Step]]) -> Option<Vec<Option<Value>>> {
     let text = std::str::from_utf8(body).ok()?;
-    if paths
-        .iter()
-        .any(|p| p.iter().any(|s| matches!(s, Step::Index(i) if *i < 0)))
-    {
-        return None;
-    }
     let wanted: Vec<(usize, &[Step])> = paths.iter().copied().enumerate().collect();
     let mut found = vec![None; paths.len()];
     let mut p = Skim {
@@ -85,6 +86,21 @@ pub(super) fn extract(body: &[u8], paths: &[&[Step]]) -> Option<Vec<Option<Value
     p.value(&wanted, &mut found)?;
     p.ws();
     (p.pos == body.len()).then_some(found)
+}
+
+/// The paths of `wanted` that go on into the member or item whose step `here` accepts, with the
+/// steps left after it.
+fn below<'p>(
+    wanted: &[(usize, &'p [Step])],
+    here: impl Fn(&Step) -> bool,
+) -> Vec<(usize, &'p [Step])> {
+    wanted
+        .iter()
+        .filter_map(|&(i, rest)| match rest.split_first() {
+            Some((step, tail)) if here(step) => Some((i, tail)),
+            _ => None,
+        })
+        .collect()
 }
 
 struct Skim<'a> {
@@ -142,7 +158,12 @@ impl<'a> Skim<'a> {
         if wanted.is_empty() {
             return self.skip();
         }
-        if wanted.iter().any(|(_, rest)| rest.is_empty()) {
+        // A path that ends here wants this whole value; one with a negative index wants the whole
+        // array to count from its end.
+        if wanted
+            .iter()
+            .any(|(_, rest)| matches!(rest.first(), None | Some(Step::Index(..0))))
+        {
             let start = self.pos;
             self.skip()?;
             let value: Value = serde_json::from_slice(&self.b[start..self.pos]).ok()?;
@@ -173,7 +194,7 @@ impl<'a> Skim<'a> {
                 return None;
             }
             self.ws();
-            let below = super::below(wanted, |step| matches!(step, Step::Key(k) if *k == key));
+            let below = below(wanted, |step| matches!(step, Step::Key(k) if *k == key));
             // A repeated key replaces the earlier value whole, as in a `Value`.
             for (i, _) in &below {
                 found[*i] = None;
@@ -194,7 +215,7 @@ impl<'a> Skim<'a> {
         }
         let mut n: i64 = 0;
         loop {
-            let below = super::below(wanted, |step| *step == Step::Index(n));
+            let below = below(wanted, |step| *step == Step::Index(n));
             self.value(&below, found)?;
             n += 1;
             if !self.more(b']')? {
@@ -260,10 +281,11 @@ impl<'a> Skim<'a> {
         let start = self.pos + 1;
         let mut decoded = None;
         self.string(Some(&mut decoded))?;
-        Some(match decoded {
+        let key = match decoded {
             Some(owned) => Cow::Owned(owned),
             None => Cow::Borrowed(&self.text[start..self.pos - 1]),
-        })
+        };
+        (key != NUMBER_TOKEN).then_some(key)
     }
 
     /// A string, from its opening quote to after its closing one. With `decoded`, a string with
@@ -326,9 +348,15 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// What serde_json says, for comparison.
-    fn by_serde(body: &[u8], paths: &[&[Step]]) -> Option<Vec<Option<Value>>> {
-        super::super::by_serde(body, paths).ok()
+    /// What a full parse and a walk find: the reference.
+    fn reference(body: &[u8], paths: &[&[Step]]) -> Option<Vec<Option<Value>>> {
+        let value: Value = serde_json::from_slice(body).ok()?;
+        Some(
+            paths
+                .iter()
+                .map(|p| crate::ruleset::walk(p, &value).cloned())
+                .collect(),
+        )
     }
 
     /// Paths to the scalars of `v` (up to 64), and some that lead nowhere. Not to objects or arrays:
@@ -370,7 +398,7 @@ mod tests {
         if let Some(found) = extract(body, &refs) {
             assert_eq!(
                 Some(found),
-                by_serde(body, &refs),
+                reference(body, &refs),
                 "{:?}",
                 String::from_utf8_lossy(body)
             );
@@ -402,7 +430,7 @@ mod tests {
             let refs: Vec<&[Step]> = paths.iter().map(Vec::as_slice).collect();
             let found = extract(&body, &refs);
             assert!(found.is_some(), "{}", String::from_utf8_lossy(&body));
-            assert_eq!(found, by_serde(&body, &refs));
+            assert_eq!(found, reference(&body, &refs));
         }
     }
 
@@ -439,6 +467,11 @@ mod tests {
             b"{'a': 1}",
             b"{a: 1}",
             b"\"unterminated",
+            // serde_json's number token: refused, or read as a number, by a `Value` parse.
+            b"{\"$serde_json::private::Number\": \"abc\"}",
+            b"{\"$serde_json::private::Number\": \"1\", \"b\": \"x\"}",
+            b"{\"a\": {\"$serde_json::private::Numbe\\u0072\": true}}",
+            b"{\"$serde_json::private::Number\": \"5\"}",
         ];
         // Below `a`, so that `a`'s value is skimmed, not handed whole to serde_json.
         let paths = [
@@ -458,8 +491,9 @@ mod tests {
         for body in [
             deep(101).into_bytes(),
             b"{\"a\": \"\\ud83d\\ude00\"}".to_vec(),
+            b"{\"$serde_json::private::Number\": \"5\"}".to_vec(),
         ] {
-            assert!(by_serde(&body, &refs).is_some());
+            assert!(reference(&body, &refs).is_some());
             assert_eq!(extract(&body, &refs), None);
         }
         // And agrees on these.

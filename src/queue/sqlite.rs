@@ -179,7 +179,8 @@ enum Op {
     PruneRecords(i64, u64, Reply<u64>),
     /// The files' JSON, lz4-compressed ([`pack_rules_version`]).
     PutRulesVersion(String, Vec<u8>, Reply<()>),
-    GetRulesVersion(String, Reply<Option<String>>),
+    /// The stored value as it is: decoding it is the caller's ([`unpack_rules_version`]).
+    GetRulesVersion(String, Reply<Option<rusqlite::types::Value>>),
     /// Checkpoint, close, stop the writer.
     Close(Reply<()>),
 }
@@ -442,7 +443,15 @@ impl QueueBackend for SqliteQueue {
     }
 
     async fn get_rules_version(&self, hash: String) -> Result<Option<String>, QueueError> {
-        self.call(|reply| Op::GetRulesVersion(hash, reply)).await
+        let stored = self
+            .call(|reply| Op::GetRulesVersion(hash.clone(), reply))
+            .await?;
+        // Decompressed off the writer thread, which would otherwise hold accepts back meanwhile.
+        tokio::task::spawn_blocking(move || {
+            stored.and_then(|stored| unpack_rules_version(&hash, stored))
+        })
+        .await
+        .map_err(|e| QueueError::Storage(format!("decompressing a rules version failed: {e}")))
     }
 }
 
@@ -960,7 +969,6 @@ fn apply(tx: &mut Transaction<'_>, op: Op) -> Answer {
                     |r| r.get::<_, rusqlite::types::Value>(0),
                 )
                 .optional()
-                .map(|files| files.and_then(|files| unpack_rules_version(&hash, files)))
             }),
         ),
         Op::Close(_) => unreachable!("the writer takes `Close` out of its batch"),
@@ -1275,6 +1283,10 @@ fn encode_body(body: Option<&[u8]>) -> (Option<std::borrow::Cow<'_, [u8]>>, Opti
     }
 }
 
+/// The largest rules version read back: a root file and its includes of up to `MAX_FILE_BYTES` each,
+/// as JSON (escapes can double a text), for a set of a few large files.
+const MAX_RULES_VERSION: usize = 256 << 20;
+
 /// A rules version's files as stored: their JSON ([`crate::queue::rules_version_json`]) written
 /// straight into an lz4 frame, in a BLOB. A large rules set's text is tens of MiB; as one JSON string
 /// bound as TEXT, it was held twice more during the insert (the string and SQLite's copy) and then
@@ -1303,8 +1315,9 @@ fn unpack_rules_version(hash: &str, stored: rusqlite::types::Value) -> Option<St
         Value::Blob(packed) => {
             use std::io::Read;
             let mut files = String::new();
-            // At most what the text could be (lz4 expands at most 255 times), and a GiB.
-            let limit = MAX_DECOMPRESSED.min(packed.len().saturating_mul(255)) as u64;
+            // At most what the text could be (lz4 expands at most 255 times), and what a rules set's
+            // files can hold: a damaged or forged value cannot make it allocate more.
+            let limit = MAX_RULES_VERSION.min(packed.len().saturating_mul(255)) as u64;
             let mut reader = lz4_flex::frame::FrameDecoder::new(packed.as_slice()).take(limit + 1);
             match reader.read_to_string(&mut files) {
                 Ok(n) if n as u64 <= limit => Some(files),
