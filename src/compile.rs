@@ -58,6 +58,22 @@ impl Secrets for PlaceholderSecrets {
     }
 }
 
+/// Secrets given by value (for tests): a name not given gets the value `unused`.
+#[cfg(test)]
+pub(crate) struct FixedSecrets(pub(crate) &'static [(&'static str, &'static str)]);
+
+#[cfg(test)]
+impl Secrets for FixedSecrets {
+    fn load(&self, name: &str, _from: SecretRef<'_>) -> Result<SecretValue, String> {
+        let value = self
+            .0
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or("unused", |(_, v)| v);
+        Ok(SecretValue::new(name, value.as_bytes().to_vec()))
+    }
+}
+
 /// A successfully compiled rules set.
 #[derive(Debug)]
 pub struct Compiled {
@@ -146,15 +162,11 @@ pub(crate) fn compile(
     }
     let mut targets = Vec::with_capacity(target_decls.len());
     for (id, name, decl) in target_decls {
-        let decl = match decl {
-            Pending::Whole(decl) => *decl,
-            Pending::Later(file, at) => match cx.read_again(file, at) {
-                Some(Item::Target(decl)) => decl,
-                _ => {
-                    cx.not_read_again(name);
-                    continue;
-                }
-            },
+        let Some(decl) = cx.whole(decl, name, |item| match item {
+            Item::Target(decl) => Some(decl),
+            _ => None,
+        }) else {
+            continue;
         };
         let target = cx.target(&decl);
         if let (Some(_), Some(target)) = (id, target) {
@@ -173,15 +185,11 @@ pub(crate) fn compile(
     }
     let mut rules = Vec::with_capacity(rule_decls.len());
     for (name, decl) in rule_decls {
-        let decl = match decl {
-            Pending::Whole(decl) => *decl,
-            Pending::Later(file, at) => match cx.read_again(file, at) {
-                Some(Item::Rule(decl)) => decl,
-                _ => {
-                    cx.not_read_again(name);
-                    continue;
-                }
-            },
+        let Some(decl) = cx.whole(decl, name, |item| match item {
+            Item::Rule(decl) => Some(decl),
+            _ => None,
+        }) else {
+            continue;
         };
         if let Some(rule) = cx.rule(&decl, &sources) {
             rules.push(match &previous {
@@ -342,20 +350,29 @@ impl<'a> Cx<'a> {
         self.rules.declare(&name, written.span, &mut self.diags);
     }
 
-    /// The declaration at byte `at` of `file`, which the parser read there once
-    /// ([`crate::syntax::parse_later`]). Reading it again gives what it gave the first time; were
-    /// that ever not so, the caller reports it ([`Cx::not_read_again`]) and the set fails to load
-    /// with an error at the declaration's name: never a panic, nor a set without the declaration.
-    fn read_again(&self, file: FileId, at: usize) -> Option<Item> {
-        crate::syntax::read_again(file, &self.files.get(file).text, at)
-    }
-
-    fn not_read_again(&mut self, name: Span) {
-        self.invalid_value(
-            name,
-            "this declaration could not be read a second time",
-            "this is a bug in hookgate: please report it with the rules file",
-        );
+    /// A pending declaration whole: as parsed, or read again at the byte where the parser read it
+    /// once ([`crate::syntax::parse_later`]) and taken as its kind by `kind`. Reading it again gives
+    /// what it gave the first time; were that ever not so, the set fails to load with an error at the
+    /// declaration's name (`name`): never a panic, nor a set without the declaration.
+    fn whole<T>(
+        &mut self,
+        decl: Pending<T>,
+        name: Span,
+        kind: impl FnOnce(Item) -> Option<T>,
+    ) -> Option<T> {
+        let (file, at) = match decl {
+            Pending::Whole(decl) => return Some(*decl),
+            Pending::Later(file, at) => (file, at),
+        };
+        let decl = crate::syntax::read_again(file, &self.files.get(file).text, at).and_then(kind);
+        if decl.is_none() {
+            self.invalid_value(
+                name,
+                "this declaration could not be read a second time",
+                "this is a bug in hookgate: please report it with the rules file",
+            );
+        }
+        decl
     }
 
     pub(crate) fn error(&mut self, kind: DiagnosticKind, span: Span) {

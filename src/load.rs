@@ -768,19 +768,7 @@ mod tests {
 
     use std::sync::Arc;
 
-    /// Secrets given by value, as `serve` reads them from the environment.
-    struct Given(&'static [(&'static str, &'static str)]);
-
-    impl Secrets for Given {
-        fn load(
-            &self,
-            name: &str,
-            _from: crate::compile::SecretRef<'_>,
-        ) -> Result<crate::ruleset::SecretValue, String> {
-            let (_, value) = self.0.iter().find(|(n, _)| *n == name).ok_or("unset")?;
-            Ok(crate::ruleset::SecretValue::new(name, value.as_bytes()))
-        }
-    }
+    use crate::compile::FixedSecrets;
 
     fn pipeline_rules(edit: impl Fn(String) -> String) -> String {
         let mut text = String::from(
@@ -797,7 +785,11 @@ mod tests {
     }
 
     /// Loads `text` as a reload would, beside `previous`: the set, and (targets, rules) shared with it.
-    fn reload(text: &str, secrets: &Given, previous: &RuleSet) -> (RuleSet, Vec<bool>, Vec<bool>) {
+    fn reload(
+        text: &str,
+        secrets: &FixedSecrets,
+        previous: &RuleSet,
+    ) -> (RuleSet, Vec<bool>, Vec<bool>) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("rules.hook");
         std::fs::write(&path, text).unwrap();
@@ -835,7 +827,7 @@ mod tests {
 
     #[test]
     fn a_reload_shares_what_compiles_the_same_and_only_that() {
-        let secrets = Given(&[("gh", "gh-secret"), ("ci", "ci-token")]);
+        let secrets = FixedSecrets(&[("gh", "gh-secret"), ("ci", "ci-token")]);
         let first = load_text(
             "rules.hook",
             None,
@@ -902,7 +894,7 @@ mod tests {
         );
 
         // A rotated secret: every target whose URL holds it is compiled again, with the new value.
-        let rotated = Given(&[("gh", "gh-secret"), ("ci", "ci-token-2")]);
+        let rotated = FixedSecrets(&[("gh", "gh-secret"), ("ci", "ci-token-2")]);
         let (set, targets, rules) = reload(&pipeline_rules(|t| t), &rotated, &first);
         assert_eq!(targets, [false; 4]);
         assert_eq!(

@@ -435,20 +435,7 @@ fn fresh(timestamp: &str, now: i64, tolerance: i64) -> Result<(), Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compile::{SecretRef, Secrets};
-
-    struct Fixed(&'static [(&'static str, &'static str)]);
-
-    impl Secrets for Fixed {
-        fn load(&self, name: &str, _: SecretRef<'_>) -> Result<SecretValue, String> {
-            let v = self
-                .0
-                .iter()
-                .find(|(n, _)| *n == name)
-                .map_or("unused", |(_, v)| v);
-            Ok(SecretValue::new(name, v.as_bytes().to_vec()))
-        }
-    }
+    use crate::compile::FixedSecrets;
 
     /// Verifies with the first source of `decl` (a source block) and the given secrets.
     fn run(
@@ -465,7 +452,8 @@ mod tests {
         let text = format!(
             "{names}{decl}\ntarget t {{ post \"http://127.0.0.1:9/\" }}\nrule \"r\" {{ from * notify t }}\n"
         );
-        let loaded = crate::load::load_text("v.hook", None, text.as_bytes(), &Fixed(secrets));
+        let loaded =
+            crate::load::load_text("v.hook", None, text.as_bytes(), &FixedSecrets(secrets));
         let rules = loaded
             .result
             .unwrap_or_else(|d| panic!("{}", d.render(&loaded.files, false)))

@@ -129,10 +129,20 @@ impl<'a> Skim<'a> {
         }
     }
 
-    fn enter(&mut self) -> Option<()> {
+    /// Past the opening bracket of an object or array: whether it has items (`false` when it closes
+    /// at once with `close`, which is then consumed).
+    fn open(&mut self, close: u8) -> Option<bool> {
         self.depth += 1;
         self.pos += 1;
-        (self.depth <= MAX_DEPTH).then_some(())
+        if self.depth > MAX_DEPTH {
+            return None;
+        }
+        self.ws();
+        if self.eat(close) {
+            self.depth -= 1;
+            return Some(false);
+        }
+        Some(true)
     }
 
     /// After an item of an object or array: `,` (more follow) or the closing bracket (`false`).
@@ -181,10 +191,7 @@ impl<'a> Skim<'a> {
     }
 
     fn object(&mut self, wanted: &[(usize, &[Step])], found: &mut [Option<Value>]) -> Option<()> {
-        self.enter()?;
-        self.ws();
-        if self.eat(b'}') {
-            self.depth -= 1;
+        if !self.open(b'}')? {
             return Some(());
         }
         loop {
@@ -207,10 +214,7 @@ impl<'a> Skim<'a> {
     }
 
     fn array(&mut self, wanted: &[(usize, &[Step])], found: &mut [Option<Value>]) -> Option<()> {
-        self.enter()?;
-        self.ws();
-        if self.eat(b']') {
-            self.depth -= 1;
+        if !self.open(b']')? {
             return Some(());
         }
         let mut n: i64 = 0;
