@@ -154,25 +154,23 @@ def main():
         ]
         print("| " + " | ".join(cells) + " |")
 
-    if "match-info" in by_case and "match-warn" in by_case:
-        pairs = list(zip(by_case["match-info"], by_case["match-warn"]))
-        rps_ratio = [i["rps"] / w["rps"] for i, w in pairs]
-        cpu_ratio = [w["total"] / i["total"] for i, w in pairs]
+    def paired(case, against, what, goal):
+        """`case` against `against`, round by round: req/s and CPU per request as ratios."""
+        if case not in by_case or against not in by_case:
+            return
+        pairs = list(zip(by_case[case], by_case[against]))
+        rps_ratio = [a["rps"] / b["rps"] for a, b in pairs]
+        cpu_ratio = [b["total"] / a["total"] for a, b in pairs]
         two = lambda v: f"{v:.2f}"  # noqa: E731
         print(
-            f"\nmatching 202s, RUST_LOG=info against RUST_LOG=warn in the same round: {fig(rps_ratio, two)} in "
-            f"req/s, {fig(cpu_ratio, two)} in CPU per request (issue 9: within 10%, i.e. at least 0.90)"
+            f"\n{what} in the same round: {fig(rps_ratio, two)} in req/s, "
+            f"{fig(cpu_ratio, two)} in CPU per request ({goal})"
         )
+
+    paired("match-info", "match-warn", "matching 202s, RUST_LOG=info against RUST_LOG=warn",
+           "issue 9: within 10%, i.e. at least 0.90")
     for on, off in (("unwatched", "unwatched-nolog"), ("branch", "branch-nolog")):
-        if on in by_case and off in by_case:
-            pairs = list(zip(by_case[on], by_case[off]))
-            rps_ratio = [a["rps"] / b["rps"] for a, b in pairs]
-            cpu_ratio = [b["total"] / a["total"] for a, b in pairs]
-            two = lambda v: f"{v:.2f}"  # noqa: E731
-            print(
-                f"\n{LABELS[on]}, delivery log on against off in the same round: {fig(rps_ratio, two)} in req/s, "
-                f"{fig(cpu_ratio, two)} in CPU per request (issue 11: within 15%, i.e. at least 0.85)"
-            )
+        paired(on, off, f"{LABELS[on]}, delivery log on against off", "issue 11: within 15%, i.e. at least 0.85")
     print(
         "\nCPU columns: microseconds of the server's CPU per counted request, by thread: `workers` = tokio workers "
         "(HTTP in and out, evaluation, and the dispatcher, which runs on them), `queue` = hookgate-queue, `logs` = "

@@ -64,22 +64,13 @@ fn config() -> DispatchConfig {
 
 fn job(kind: JobKind, target: &str, key: Option<&str>) -> NewJob {
     NewJob {
-        kind,
-        target: target.into(),
-        key: key.map(String::from),
-        source: "acme".into(),
-        event: Some("push".into()),
-        delivery: "d-1".into(),
-        rule: "r".into(),
-        action: 0,
         // As `jobs_for` makes them: checks carry no body.
         body: if kind == JobKind::Check {
             Vec::new()
         } else {
             br#"{"hello":"world"}"#.to_vec()
         },
-        headers: vec![("content-type".into(), "application/json".into())],
-        sign_with: None,
+        ..support::job(kind, target, key)
     }
 }
 

@@ -18,7 +18,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use hookgate::queue::postgres::Options;
-use hookgate::queue::{Accepted, ClaimLimits, JobKind, NewJob, Queue, QueueBackend, Settle};
+use hookgate::queue::{Accepted, ClaimLimits, JobKind, Queue, QueueBackend, Settle};
 use hookgate::ruleset::HmacAlgorithm;
 use hookgate::signature::hmac;
 use rcgen::{
@@ -26,7 +26,7 @@ use rcgen::{
 };
 use support::pg::{PgServer, Tls};
 use support::serve::Serve;
-use support::{Reply, Sink};
+use support::{Reply, Sink, job};
 
 /// The `hookgate` user's password on the TLS server; no error may show it.
 const PASSWORD: &str = "tls-Pa55word-never-shown";
@@ -96,6 +96,13 @@ fn with_params(url: &str, params: &str) -> String {
     format!("{url}{sep}{params}")
 }
 
+/// Asserts that `message` says each of `parts`.
+fn says(message: &str, parts: &[&str]) {
+    for part in parts {
+        assert!(message.contains(part), "no {part:?} in: {message}");
+    }
+}
+
 /// Opening `url` fails; its message.
 async fn open_error(url: &str, options: &Options) -> String {
     match Queue::open_with(url, options).await {
@@ -108,22 +115,6 @@ async fn open_error(url: &str, options: &Options) -> String {
             );
             message
         }
-    }
-}
-
-fn job(target: &str) -> NewJob {
-    NewJob {
-        kind: JobKind::Notify,
-        target: target.into(),
-        key: None,
-        source: "acme".into(),
-        event: Some("push".into()),
-        delivery: "d-1".into(),
-        rule: "r".into(),
-        action: 0,
-        body: b"{}".to_vec(),
-        headers: vec![("content-type".into(), "application/json".into())],
-        sign_with: None,
     }
 }
 
@@ -151,7 +142,7 @@ async fn with_the_ca_file_the_queue_opens_over_tls_accepts_and_claims() {
             .accept(
                 Some(("acme".into(), "delivery-1".into())),
                 MINUTE,
-                vec![job("t")],
+                vec![job(JobKind::Notify, "t", None)],
             )
             .await
             .unwrap();
@@ -163,7 +154,7 @@ async fn with_the_ca_file_the_queue_opens_over_tls_accepts_and_claims() {
             .accept(
                 Some(("acme".into(), "delivery-1".into())),
                 MINUTE,
-                vec![job("t")],
+                vec![job(JobKind::Notify, "t", None)],
             )
             .await
             .unwrap();
@@ -204,13 +195,10 @@ async fn without_the_ca_the_certificate_is_refused_and_the_password_never_shown(
         ),
     ] {
         let message = open_error(&url, &options).await;
-        assert!(
-            message.contains("TLS certificate is not signed by a trusted CA"),
-            "{message}"
-        );
-        assert!(
-            message.contains("127.0.0.1"),
-            "says which server: {message}"
+        // Which server, too.
+        says(
+            &message,
+            &["TLS certificate is not signed by a trusted CA", "127.0.0.1"],
         );
         let help = match &options.ca_file {
             None => "\nhelp: give the CA certificate that signed PostgreSQL's certificate (a PEM file) with `--queue-ca-file PATH`".to_string(),
@@ -219,7 +207,7 @@ async fn without_the_ca_the_certificate_is_refused_and_the_password_never_shown(
                 path.display()
             ),
         };
-        assert!(message.contains(&help), "{message}");
+        says(&message, &[&help]);
     }
 }
 
@@ -230,15 +218,12 @@ async fn a_host_name_the_certificate_does_not_name_is_refused() {
     let url = f.server.database().replace("@127.0.0.1:", "@pg.invalid:");
     let url = with_params(&url, "hostaddr=127.0.0.1&sslmode=require");
     let message = open_error(&url, &with_ca(&f.ca_file)).await;
-    assert!(
-        message.contains(
-            "TLS certificate is not valid for `pg.invalid` (it names `localhost`, `127.0.0.1`)"
-        ),
-        "{message}"
-    );
-    assert!(
-        message.contains("help: connect with a host name"),
-        "{message}"
+    says(
+        &message,
+        &[
+            "TLS certificate is not valid for `pg.invalid` (it names `localhost`, `127.0.0.1`)",
+            "help: connect with a host name",
+        ],
     );
 }
 
@@ -247,12 +232,12 @@ async fn sslmode_disable_against_a_tls_only_server_says_so() {
     let f = fixture();
     let url = with_params(&f.server.database(), "sslmode=disable");
     let message = open_error(&url, &with_ca(&f.ca_file)).await;
-    assert!(message.contains("no encryption"), "{message}");
-    assert!(
-        message.contains(
-            "help: PostgreSQL takes this connection only over TLS: remove `sslmode=disable`"
-        ),
-        "{message}"
+    says(
+        &message,
+        &[
+            "no encryption",
+            "help: PostgreSQL takes this connection only over TLS: remove `sslmode=disable`",
+        ],
     );
 }
 
@@ -260,13 +245,12 @@ async fn sslmode_disable_against_a_tls_only_server_says_so() {
 async fn sslmode_require_against_a_server_without_tls_says_so() {
     let url = with_params(&support::pg::shared().database(), "sslmode=require");
     let message = open_error(&url, &Options::default()).await;
-    assert!(
-        message.contains("PostgreSQL does not offer TLS, and the URL says `sslmode=require`"),
-        "{message}"
-    );
-    assert!(
-        message.contains("help: turn TLS on in PostgreSQL"),
-        "{message}"
+    says(
+        &message,
+        &[
+            "PostgreSQL does not offer TLS, and the URL says `sslmode=require`",
+            "help: turn TLS on in PostgreSQL",
+        ],
     );
 }
 
@@ -274,7 +258,9 @@ async fn sslmode_require_against_a_server_without_tls_says_so() {
 async fn the_default_prefer_still_connects_to_a_server_without_tls() {
     let url = support::pg::shared().database();
     let q = Queue::open_with(&url, &Options::default()).await.unwrap();
-    q.enqueue(vec![job("t")]).await.unwrap();
+    q.enqueue(vec![job(JobKind::Notify, "t", None)])
+        .await
+        .unwrap();
     assert_eq!(q.stats().await.unwrap().pending, 1);
 }
 
@@ -291,7 +277,7 @@ async fn a_bad_ca_file_is_refused_before_connecting() {
     let truncated = dir.path().join("truncated.crt");
     let ca = std::fs::read_to_string(&f.ca_file).unwrap();
     std::fs::write(&truncated, &ca[..ca.len() / 2]).unwrap();
-    for (path, says) in [
+    for (path, problem) in [
         (&missing, "cannot be read: no such file or directory"),
         (
             &dir.path().to_path_buf(),
@@ -302,11 +288,10 @@ async fn a_bad_ca_file_is_refused_before_connecting() {
         (&truncated, "is not valid PEM"),
     ] {
         let message = open_error(&url, &with_ca(path)).await;
-        let expected = format!("the CA file `{}` {says}", path.display());
-        assert!(message.contains(&expected), "{message}");
-        assert!(
-            message.contains("\nhelp: `--queue-ca-file` names a PEM file"),
-            "{message}"
+        let expected = format!("the CA file `{}` {problem}", path.display());
+        says(
+            &message,
+            &[&expected, "\nhelp: `--queue-ca-file` names a PEM file"],
         );
     }
 }
@@ -320,26 +305,24 @@ async fn libpq_only_url_options_get_a_pointed_help() {
         &Options::default(),
     )
     .await;
-    assert!(
-        message.contains("unknown option `sslrootcert`"),
-        "{message}"
-    );
-    assert!(
-        message.contains("help: give the CA certificate with `--queue-ca-file PATH`"),
-        "{message}"
+    says(
+        &message,
+        &[
+            "unknown option `sslrootcert`",
+            "help: give the CA certificate with `--queue-ca-file PATH`",
+        ],
     );
     let message = open_error(
         &with_params(&db, "sslmode=verify-full"),
         &Options::default(),
     )
     .await;
-    assert!(
-        message.contains("invalid value for option `sslmode`"),
-        "{message}"
-    );
-    assert!(
-        message.contains("`sslmode` takes `disable`, `prefer` (the default) or `require`"),
-        "{message}"
+    says(
+        &message,
+        &[
+            "invalid value for option `sslmode`",
+            "`sslmode` takes `disable`, `prefer` (the default) or `require`",
+        ],
     );
 }
 

@@ -16,26 +16,11 @@ use hookgate::queue::{
     QueueError, Settle,
 };
 use hookgate::ruleset::Rate;
+use support::job;
 use support::pg::{Backend, Store};
 
 const MINUTE: Duration = Duration::from_secs(60);
 const WAIT: Duration = Duration::from_secs(10);
-
-fn job(kind: JobKind, target: &str, key: Option<&str>) -> NewJob {
-    NewJob {
-        kind,
-        target: target.into(),
-        key: key.map(String::from),
-        source: "acme".into(),
-        event: Some("push".into()),
-        delivery: "d-1".into(),
-        rule: "r".into(),
-        action: 0,
-        body: b"{}".to_vec(),
-        headers: vec![("content-type".into(), "application/json".into())],
-        sign_with: None,
-    }
-}
 
 /// Milliseconds since the Unix epoch.
 fn now_ms() -> i64 {

@@ -214,6 +214,27 @@ impl Sink {
     }
 }
 
+/// A queue job of `kind` for `target` (with a coalescing `key` for checks), from a push of `acme`.
+pub fn job(
+    kind: hookgate::queue::JobKind,
+    target: &str,
+    key: Option<&str>,
+) -> hookgate::queue::NewJob {
+    hookgate::queue::NewJob {
+        kind,
+        target: target.into(),
+        key: key.map(String::from),
+        source: "acme".into(),
+        event: Some("push".into()),
+        delivery: "d-1".into(),
+        rule: "r".into(),
+        action: 0,
+        body: b"{}".to_vec(),
+        headers: vec![("content-type".into(), "application/json".into())],
+        sign_with: None,
+    }
+}
+
 /// Compiles rules text with placeholder secrets replaced by the given values.
 pub fn compile(text: &str, secrets: &[(&str, &str)]) -> hookgate::ruleset::RuleSet {
     struct Fixed(Vec<(String, String)>);
