@@ -1462,3 +1462,64 @@ async fn record_bodies_come_back_byte_for_byte_whatever_their_size_and_content(b
         .count();
     assert!(push_back >= 1, "listing decodes bodies too");
 }
+
+/// The SQLite queue's commit discipline, watched through a second connection on the same file: an
+/// accepted delivery and an enqueue (what a 202 promises) are committed by the time they are answered;
+/// a claim and a settle are answered at once and committed soon after — on their own within the commit
+/// delay, or with the next durable write, whichever comes first.
+#[tokio::test]
+async fn sqlite_commits_promises_before_answering_and_claims_and_settles_soon_after() {
+    use rusqlite::OptionalExtension;
+    let store = Store::new(Backend::Sqlite);
+    let q = store.open().await;
+    let file = std::path::Path::new(&store.spec()).join("hookgate.db");
+    let watch =
+        rusqlite::Connection::open_with_flags(file, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let state = |id: i64| -> Option<String> {
+        watch
+            .query_row("SELECT state FROM jobs WHERE id = ?1", [id], |r| r.get(0))
+            .optional()
+            .unwrap()
+    };
+
+    let seen = Some(("acme".to_string(), "d-1".to_string()));
+    let Accepted::Enqueued(ids) = q
+        .accept(seen, MINUTE, vec![job(JobKind::Notify, "t", None)])
+        .await
+        .unwrap()
+    else {
+        panic!("a new delivery is accepted")
+    };
+    assert_eq!(
+        state(ids[0]).as_deref(),
+        Some("pending"),
+        "the accept is committed"
+    );
+
+    let claimed = q.claim("t", concurrency(4), 1, MINUTE).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    let deadline = Instant::now() + WAIT;
+    while state(ids[0]).as_deref() != Some("inflight") {
+        assert!(Instant::now() < deadline, "the claim was never committed");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+
+    q.settle(claimed[0].lease(), None, Settle::Ack)
+        .await
+        .unwrap();
+    let more = q
+        .enqueue(vec![job(JobKind::Notify, "t", None)])
+        .await
+        .unwrap();
+    assert_eq!(
+        state(more[0]).as_deref(),
+        Some("pending"),
+        "the enqueue is committed"
+    );
+    assert_eq!(
+        state(ids[0]).as_deref(),
+        Some("done"),
+        "the settle answered before the enqueue was committed with it at the latest"
+    );
+}

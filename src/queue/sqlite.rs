@@ -1,10 +1,14 @@
-//! The embedded queue: SQLite in `--data DIR`, WAL with `synchronous=FULL`.
+//! The embedded queue: SQLite in `--data DIR`, WAL with `synchronous=NORMAL` and the WAL synced by
+//! the writer where a promise needs it.
 //!
 //! One thread owns the connection. Every operation is a message to it; the thread takes whatever has
-//! queued up (up to [`MAX_BATCH`]), applies it in one transaction — each operation under its own
-//! savepoint, so one failure does not sink the rest — commits once, and only then answers. While a
-//! commit's fsync is under way, new operations gather for the next batch: that is the group commit
-//! that lets many concurrent requests share one fsync. Nothing is acknowledged before its COMMIT.
+//! queued up (up to [`MAX_BATCH`]) and applies it in the open transaction, each operation under its
+//! own savepoint, so one failure does not sink the rest. What promises durability — an accepted
+//! delivery (the 202), an enqueue, a requeue, a rules version — is answered only after the commit and
+//! an fsync of the WAL; while those run, new operations gather for the next batch: the group commit
+//! that lets many concurrent requests share one fsync. Claims, settles and records of outcomes are
+//! answered as soon as they are applied and commit with the next durable batch or within
+//! [`COMMIT_DELAY`] (see [`writer`] for what a crash can take).
 //!
 //! Coalescing of checks is a partial unique index on pending checks of (target, key): an enqueue that
 //! hits it increments the pending job's `coalesced` count instead of adding a row.
@@ -15,8 +19,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
-use tokio::sync::{mpsc, oneshot};
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use tokio::sync::oneshot;
 
 use crate::clock::now_ms;
 use crate::delivery_log::{Filter, Record, RecordRow, StatusFilter, TargetStats};
@@ -199,7 +203,7 @@ impl Op {
 /// The SQLite queue. Cheap to share behind an `Arc`; dropping it stops the writer thread after it has
 /// committed everything already sent.
 pub struct SqliteQueue {
-    tx: mpsc::Sender<Op>,
+    tx: std::sync::mpsc::SyncSender<Op>,
     path: PathBuf,
     /// The writer thread, joined by [`SqliteQueue::close`].
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -229,7 +233,8 @@ impl SqliteQueue {
         let mut conn = Connection::open(&path).map_err(storage)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(damaged)?;
-        conn.pragma_update(None, "synchronous", "FULL")
+        // The writer syncs the WAL itself where a promise needs it (see `writer`).
+        conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(storage)?;
         conn.pragma_update(None, "busy_timeout", 5000)
             .map_err(storage)?;
@@ -250,11 +255,12 @@ impl SqliteQueue {
         })?;
         migrate(&mut conn)?;
         recover_inflight(&mut conn)?;
-        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+        let (tx, rx) = std::sync::mpsc::sync_channel(CHANNEL_CAPACITY);
+        let db = path.clone();
         let writer = std::thread::Builder::new()
             .name("hookgate-queue".into())
             .spawn(move || {
-                writer(conn, rx);
+                writer(conn, rx, &db);
                 drop(lock); // Released only once the connection is closed.
             })
             .map_err(|e| QueueError::Storage(format!("cannot start the queue thread: {e}")))?;
@@ -283,10 +289,10 @@ impl SqliteQueue {
     async fn call<T>(&self, op: impl FnOnce(Reply<T>) -> Op) -> Result<T, QueueError> {
         let (reply, rx) = oneshot::channel();
         self.tx.try_send(op(reply)).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => {
+            std::sync::mpsc::TrySendError::Full(_) => {
                 QueueError::Storage("the queue's writer is overloaded".into())
             }
-            mpsc::error::TrySendError::Closed(_) => QueueError::Closed,
+            std::sync::mpsc::TrySendError::Disconnected(_) => QueueError::Closed,
         })?;
         rx.await.map_err(|_| QueueError::Closed)?
     }
@@ -496,13 +502,85 @@ fn recover_inflight(conn: &mut Connection) -> Result<(), QueueError> {
     tx.commit().map_err(storage)
 }
 
+/// How long a transaction that holds nothing promised durable (claims, settles, records of outcomes,
+/// reads) stays open for more work before it commits. See [`writer`].
+const COMMIT_DELAY: Duration = Duration::from_millis(5);
+
+/// The writer's open transaction.
+#[derive(Default)]
+struct Open {
+    /// When it began; `None` when no transaction is open.
+    since: Option<std::time::Instant>,
+    /// Answers held until the commit, and the WAL's sync, are done: they promise durability.
+    held: Vec<Answer>,
+}
+
+/// The write-ahead log file, synced by hand after a commit that holds something durable.
+struct Wal {
+    path: PathBuf,
+    /// Kept open between syncs, with the (device, inode) it was opened at.
+    file: Option<(std::fs::File, (u64, u64))>,
+}
+
+impl Wal {
+    fn new(db: &Path) -> Wal {
+        let mut path = db.as_os_str().to_owned();
+        path.push("-wal");
+        Wal {
+            path: path.into(),
+            file: None,
+        }
+    }
+
+    /// `fdatasync` of the WAL: everything committed so far survives a power cut. Any descriptor of the
+    /// file will do (the kernel syncs the inode); it is opened again if the file was ever replaced.
+    fn sync(&mut self) -> std::io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(&self.path)?;
+        let id = (meta.dev(), meta.ino());
+        match &self.file {
+            Some((file, at)) if *at == id => file.sync_data(),
+            _ => {
+                let file = std::fs::File::open(&self.path)?;
+                file.sync_data()?;
+                self.file = Some((file, id));
+                Ok(())
+            }
+        }
+    }
+}
+
 /// The writer thread: batches, applies, commits, answers. Ends on `Close` (or when every sender is
-/// gone), after checkpointing the WAL, with the connection closed.
-fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Op>) {
+/// gone), after committing, checkpointing the WAL and closing the connection.
+///
+/// Group commit, with the fsync where a promise needs it. The connection runs `synchronous=NORMAL`
+/// (WAL mode: a commit writes the WAL, no fsync), and the writer syncs the WAL itself after a commit
+/// that holds an accepted delivery, an enqueue, a requeue or a rules version; only then are those
+/// answered. Everything else — claims, settles, records of outcomes, reads — is answered as soon as it
+/// is applied, and its transaction stays open up to [`COMMIT_DELAY`] for more: the dispatcher's many
+/// small claims and settles share one commit (and the next 202's fsync) instead of one each. Every
+/// operation sees the writes before it (one connection), committed or not. What a crash can take is
+/// what at-least-once allows: a kill -9 or a power cut loses at most the last few milliseconds of
+/// claims and settles (their jobs are delivered again) and of records of outcomes, never a job that
+/// was answered 202. SQLite syncs the WAL before each checkpoint and the database after it.
+fn writer(mut conn: Connection, rx: std::sync::mpsc::Receiver<Op>, db: &Path) {
+    use std::sync::mpsc::RecvTimeoutError;
     let mut closing: Option<Reply<()>> = None;
-    // `open` set `synchronous=FULL`.
-    let mut synced = true;
-    while let Some(first) = rx.blocking_recv() {
+    let mut open = Open::default();
+    let mut wal = Wal::new(db);
+    loop {
+        let first = match open.since {
+            None => rx.recv().ok(),
+            Some(since) => match rx.recv_timeout(COMMIT_DELAY.saturating_sub(since.elapsed())) {
+                Ok(op) => Some(op),
+                Err(RecvTimeoutError::Timeout) => {
+                    finish(&mut conn, &mut open, &mut wal);
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => None,
+            },
+        };
+        let Some(first) = first else { break };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -521,16 +599,17 @@ fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Op>) {
             }
         }
         if !batch.is_empty() {
-            apply_batch(&mut conn, batch, &mut synced);
+            apply_batch(&mut conn, batch, &mut open, &mut wal);
         }
         if closing.is_some() {
             break;
         }
     }
-    rx.close();
+    finish(&mut conn, &mut open, &mut wal);
     while let Ok(op) = rx.try_recv() {
         fail_closed(op);
     }
+    drop(rx);
     let result = conn
         .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
         .map_err(storage)
@@ -543,34 +622,64 @@ fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Op>) {
     }
 }
 
-fn apply_batch(conn: &mut Connection, batch: Vec<Op>, synced: &mut bool) {
-    // Only what a 202 (or an operator's requeue) promises needs its own fsync. Claims, settles and
-    // records of outcomes commit without one (`synchronous=NORMAL` in WAL mode): a crash of the process
-    // loses none of them (the OS has the WAL), and a power cut at worst forgets a settle, which means a
-    // redelivery (at least once), never a loss. The next synced commit makes them durable too.
-    let durable = batch.iter().any(Op::needs_sync);
-    if durable != *synced {
-        let level = if durable { "FULL" } else { "NORMAL" };
-        if let Err(e) = conn.pragma_update(None, "synchronous", level) {
+/// Applies a batch in the open transaction (beginning one if needed); commits if the batch holds
+/// something durable or the transaction has been open for [`COMMIT_DELAY`].
+fn apply_batch(conn: &mut Connection, batch: Vec<Op>, open: &mut Open, wal: &mut Wal) {
+    if open.since.is_none() {
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
             let message = e.to_string();
             batch.into_iter().for_each(|op| fail(op, &message));
             return;
         }
-        *synced = durable;
+        open.since = Some(std::time::Instant::now());
     }
-    let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
-        Ok(tx) => tx,
-        Err(e) => {
-            let message = e.to_string();
-            batch.into_iter().for_each(|op| fail(op, &message));
-            return;
+    for op in batch {
+        let durable = op.needs_sync();
+        let answer = apply(conn, op);
+        if durable {
+            open.held.push(answer);
+        } else {
+            answer(None);
         }
-    };
-    let mut tx = tx;
-    let answers: Vec<Answer> = batch.into_iter().map(|op| apply(&mut tx, op)).collect();
-    let committed = tx.commit().map_err(|e| e.to_string());
-    for answer in answers {
-        answer(committed.as_ref().err().map(String::as_str));
+    }
+    if !open.held.is_empty() || open.since.is_some_and(|at| at.elapsed() >= COMMIT_DELAY) {
+        finish(conn, open, wal);
+    }
+}
+
+/// Commits the open transaction, syncs the WAL if an answer waits on it, and gives the held answers.
+fn finish(conn: &mut Connection, open: &mut Open, wal: &mut Wal) {
+    if open.since.take().is_none() {
+        return;
+    }
+
+    let mut result = conn
+        .execute_batch("COMMIT")
+        .map_err(|e| format!("commit failed: {e}"));
+    if result.is_err() {
+        // Whatever was answered before the commit is lost with it: claims and settles come back as
+        // pending jobs (delivered again), as after a crash.
+        let _ = conn.execute_batch("ROLLBACK");
+        tracing::error!(
+            error = result
+                .as_ref()
+                .err()
+                .map(String::as_str)
+                .unwrap_or_default(),
+            "the queue could not commit"
+        );
+    }
+    if result.is_ok() && !open.held.is_empty() {
+        result = wal.sync().map_err(|e| {
+            format!(
+                "cannot sync `{}`: {}",
+                wal.path.display(),
+                crate::fs::io_reason(&e)
+            )
+        });
+    }
+    for answer in open.held.drain(..) {
+        answer(result.as_ref().err().map(String::as_str));
     }
 }
 
@@ -640,7 +749,7 @@ fn fail_closed(op: Op) {
     fail(op, "the queue is closed");
 }
 
-/// Sends an operation's result once the batch's commit is known (`Some(error)` if it failed).
+/// Sends an operation's result: at once, or once its commit is known (`Some(error)` if it failed).
 type Answer = Box<dyn FnOnce(Option<&str>) + Send>;
 
 fn answer<T: Send + 'static>(reply: Reply<T>, result: rusqlite::Result<T>) -> Answer {
@@ -655,7 +764,7 @@ fn answer_for<T: Send + 'static>(
 ) -> Answer {
     Box::new(move |commit_error| {
         let result = match (commit_error, result, id) {
-            (Some(e), _, _) => Err(QueueError::Storage(format!("commit failed: {e}"))),
+            (Some(e), _, _) => Err(QueueError::Storage(e.to_string())),
             (None, Err(rusqlite::Error::QueryReturnedNoRows), Some(id)) => {
                 Err(QueueError::NoSuchJob(id))
             }
@@ -694,9 +803,9 @@ fn fail(op: Op, message: &str) {
 }
 
 /// Applies one operation under a savepoint: on failure its writes are undone and only it fails.
-fn apply(tx: &mut Transaction<'_>, op: Op) -> Answer {
+fn apply(tx: &mut Connection, op: Op) -> Answer {
     fn guarded<T>(
-        tx: &mut Transaction<'_>,
+        tx: &mut Connection,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
     ) -> rusqlite::Result<T> {
         let sp = tx.savepoint()?;
@@ -790,7 +899,7 @@ fn apply(tx: &mut Transaction<'_>, op: Op) -> Answer {
             });
             Box::new(move |commit_error| {
                 let result = match (commit_error, result) {
-                    (Some(e), _) => Err(QueueError::Storage(format!("commit failed: {e}"))),
+                    (Some(e), _) => Err(QueueError::Storage(e.to_string())),
                     (None, Ok(inner)) => inner,
                     (None, Err(e)) => Err(storage(e)),
                 };
@@ -827,7 +936,7 @@ fn apply(tx: &mut Transaction<'_>, op: Op) -> Answer {
                 let results = results
                     .into_iter()
                     .map(|result| match (commit_error, result) {
-                        (Some(e), _) => Err(QueueError::Storage(format!("commit failed: {e}"))),
+                        (Some(e), _) => Err(QueueError::Storage(e.to_string())),
                         (None, Ok(inner)) => inner,
                         (None, Err(e)) => Err(storage(e)),
                     })
@@ -852,7 +961,7 @@ fn apply(tx: &mut Transaction<'_>, op: Op) -> Answer {
             });
             Box::new(move |commit_error| {
                 let result = match (commit_error, result) {
-                    (Some(e), _) => Err(QueueError::Storage(format!("commit failed: {e}"))),
+                    (Some(e), _) => Err(QueueError::Storage(e.to_string())),
                     (None, Ok(inner)) => inner,
                     (None, Err(e)) => Err(storage(e)),
                 };
@@ -1607,7 +1716,33 @@ fn job_from_row(r: &Row<'_>) -> rusqlite::Result<Job> {
 
 #[cfg(test)]
 mod tests {
-    use super::{decode_body, encode_body};
+    use super::{Wal, decode_body, encode_body};
+
+    #[test]
+    fn the_wal_is_synced_through_the_file_its_path_names_now() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("hookgate.db");
+        let mut wal = Wal::new(&db);
+        let error = wal.sync().unwrap_err();
+        assert_eq!(
+            error.kind(),
+            std::io::ErrorKind::NotFound,
+            "no WAL yet: {error}"
+        );
+        std::fs::write(dir.path().join("hookgate.db-wal"), b"one").unwrap();
+        wal.sync().unwrap();
+        let first = wal.file.as_ref().unwrap().1;
+        wal.sync().unwrap();
+        assert_eq!(wal.file.as_ref().unwrap().1, first, "the open file is kept");
+        // Replaced (never by SQLite while the queue holds its connection, but a descriptor of a file
+        // no longer there would sync nothing that matters): the new file is opened.
+        let keep = std::fs::File::open(dir.path().join("hookgate.db-wal")).unwrap();
+        std::fs::remove_file(dir.path().join("hookgate.db-wal")).unwrap();
+        std::fs::write(dir.path().join("hookgate.db-wal"), b"two").unwrap();
+        wal.sync().unwrap();
+        assert_ne!(wal.file.as_ref().unwrap().1, first);
+        drop(keep);
+    }
 
     #[test]
     fn large_compressible_bodies_are_stored_compressed_and_come_back() {
