@@ -3,9 +3,10 @@
 //! is answered, for a duration, like wrk) or open-loop at a fixed rate (`--rate`: request `i` is due at
 //! `start + i / rate` whatever the server does, so a slow server cannot slow the load down).
 //!
-//! Every request carries its due time in its delivery id, `X-GitHub-Delivery: lat-<unix nanos>-<i>`;
-//! the gateway forwards the id as `X-Hookgate-Delivery` and `bench/sink.rs` subtracts it from the arrival
-//! time. Latencies are measured from the due time, not from when a free connection sent the request, so
+//! Every request carries its due time in its delivery id, `X-GitHub-Delivery: <random>-lat-<unix
+//! nanos>-<i>`; the gateway forwards the id as `X-Hookgate-Delivery` and `bench/sink.rs` subtracts it
+//! from the arrival time. The random part comes first, as in GitHub's GUIDs: the gateway's dedup
+//! index sees ids in no order, not one increasing sequence (which a B-tree appends to for free). Latencies are measured from the due time, not from when a free connection sent the request, so
 //! a server that falls behind shows up in them (no coordinated omission).
 //!
 //! Prints one JSON object: requests answered, by status, errors, elapsed seconds, and response latency
@@ -157,7 +158,11 @@ async fn run(load: Arc<Load>, args: &Args) -> serde_json::Value {
                         now
                     }
                 };
-                let id = format!("lat-{}-{i}", epoch + (due - start).as_nanos() as u64);
+                let id = format!(
+                    "{:08x}-lat-{}-{i}",
+                    uuid::Uuid::new_v4().as_u128() as u32,
+                    epoch + (due - start).as_nanos() as u64
+                );
                 if sender.is_none() {
                     sender = connect(&load.addr).await.ok();
                 }

@@ -2,7 +2,7 @@
 //! records its arrival time (unix nanoseconds) with the delivery id from `X-Hookgate-Delivery`.
 //!
 //! `GET /count` answers the number of distinct delivery ids received so far, `GET /stats` a JSON summary: deliveries received, distinct delivery ids, the first and last
-//! arrival, and — for ids of the form `lat-<unix nanos>-<n>` that `bench/loadgen.rs` sends — the
+//! arrival, and — for ids of the form `<random>-lat-<unix nanos>-<n>` that `bench/loadgen.rs` sends — the
 //! percentiles of arrival minus send time, i.e. receipt-to-delivery latency through the gateway.
 //! `GET /dump` answers every arrival as `<arrival nanos> <delivery id>` lines. One thread (pin it).
 //!
@@ -116,7 +116,7 @@ fn stats(seen: &Seen) -> serde_json::Value {
     let mut micros: Vec<u64> = all
         .iter()
         .filter_map(|(at, id)| {
-            let sent: u64 = id.strip_prefix("lat-")?.split('-').next()?.parse().ok()?;
+            let sent: u64 = id.split_once("lat-")?.1.split('-').next()?.parse().ok()?;
             Some(at.saturating_sub(sent) / 1_000)
         })
         .collect();
