@@ -1523,3 +1523,55 @@ async fn sqlite_commits_promises_before_answering_and_claims_and_settles_soon_af
         "the settle answered before the enqueue was committed with it at the latest"
     );
 }
+
+/// SQLite keeps the latest delivery ids in memory and in an append-only table, and folds them into
+/// the keyed table every few thousand: deduplication holds on either side of a fold, and across
+/// reopening the queue (the recent ids are read back).
+#[tokio::test]
+async fn sqlite_deduplicates_across_folds_of_recent_ids_and_reopening() {
+    let store = Store::new(Backend::Sqlite);
+    let day = Duration::from_secs(86_400);
+    let id = |i: usize| {
+        Some((
+            "acme".to_string(),
+            format!("{:08x}-{i}", i.wrapping_mul(2_654_435_761)),
+        ))
+    };
+    let n = 5_000; // more than one fold's worth (4,096)
+    let q = Arc::new(store.open().await);
+    let all = (0..n).map(|i| {
+        let q = q.clone();
+        async move {
+            q.accept(id(i), day, vec![job(JobKind::Notify, "t", None)])
+                .await
+        }
+    });
+    let accepted = futures_util::future::join_all(all).await;
+    assert!(
+        accepted
+            .iter()
+            .all(|a| matches!(a, Ok(Accepted::Enqueued(_)))),
+        "every new id is accepted"
+    );
+    let mut q = Some(q);
+    for (round, when) in ["as accepted", "reopened"].into_iter().enumerate() {
+        let q = match q.take() {
+            Some(q) => q,
+            None => Arc::new(store.open().await),
+        };
+        for i in [0, 1, 2_000, 4_095, 4_096, 4_999] {
+            assert_eq!(
+                q.accept(id(i), day, vec![job(JobKind::Notify, "t", None)])
+                    .await
+                    .unwrap(),
+                Accepted::Duplicate,
+                "{when}: delivery {i}"
+            );
+        }
+        assert!(matches!(
+            q.accept(id(n + round), day, vec![]).await.unwrap(),
+            Accepted::Enqueued(_)
+        ));
+        assert_eq!(q.stats().await.unwrap().pending, n as u64, "{when}");
+    }
+}

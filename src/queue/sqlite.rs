@@ -136,6 +136,12 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE jobs ADD COLUMN last_duration_ms INTEGER;",
     // 6: record bodies may be stored compressed (`body_encoding` = 'lz4'; NULL: as received).
     "ALTER TABLE records ADD COLUMN body_encoding TEXT;",
+    // 7: delivery ids seen lately, in arrival order ([`Seen`]); folded into `deliveries` in bulk.
+    "CREATE TABLE deliveries_recent (
+        source   TEXT    NOT NULL,
+        delivery TEXT    NOT NULL,
+        seen_at  INTEGER NOT NULL
+    );",
 ];
 
 const JOB_COLUMNS: &str = "id, kind, target, key, source, event, delivery, rule, action, body, headers, sign_with, \
@@ -255,12 +261,13 @@ impl SqliteQueue {
         })?;
         migrate(&mut conn)?;
         recover_inflight(&mut conn)?;
+        let seen = Seen::load(&conn).map_err(storage)?;
         let (tx, rx) = std::sync::mpsc::sync_channel(CHANNEL_CAPACITY);
         let db = path.clone();
         let writer = std::thread::Builder::new()
             .name("hookgate-queue".into())
             .spawn(move || {
-                writer(conn, rx, &db);
+                writer(conn, rx, &db, seen);
                 drop(lock); // Released only once the connection is closed.
             })
             .map_err(|e| QueueError::Storage(format!("cannot start the queue thread: {e}")))?;
@@ -506,6 +513,66 @@ fn recover_inflight(conn: &mut Connection) -> Result<(), QueueError> {
 /// reads) stays open for more work before it commits. See [`writer`].
 const COMMIT_DELAY: Duration = Duration::from_millis(5);
 
+/// How many new delivery ids [`Seen`] gathers before folding them into `deliveries`.
+const SEEN_FOLD_AT: usize = 4096;
+
+/// Deduplication's latest delivery ids. `deliveries` is keyed by (source, delivery id), and providers'
+/// ids come in no order (GitHub's are GUIDs): one insert per accepted delivery landed on a random leaf
+/// page, so every commit wrote — and every checkpoint copied — about one page per delivery it held
+/// (6.5 KB per delivered job in the load benchmark). New ids go instead to `deliveries_recent`, a table
+/// appended to in arrival order, and to this map, which answers for them; every [`SEEN_FOLD_AT`] ids
+/// they are folded into `deliveries` in key order, many to a page. The map mirrors the table: read at
+/// open, and again after a failed commit (an id it kept from a rolled-back accept would turn the
+/// provider's retry of that delivery away as a duplicate).
+#[derive(Default)]
+struct Seen {
+    recent: std::collections::HashMap<(String, String), i64>,
+}
+
+impl Seen {
+    fn load(conn: &Connection) -> rusqlite::Result<Seen> {
+        let mut recent = std::collections::HashMap::new();
+        let mut stmt = conn.prepare(
+            "SELECT source, delivery, max(seen_at) FROM deliveries_recent GROUP BY source, delivery",
+        )?;
+        for row in stmt.query_map([], |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)))? {
+            let (key, at) = row?;
+            recent.insert(key, at);
+        }
+        Ok(Seen { recent })
+    }
+
+    /// Whether `key` was seen at or after `since`. The map holds an id's latest sighting if it is
+    /// recent; otherwise `deliveries` may hold an older one.
+    fn seen_since(
+        &self,
+        t: &Connection,
+        key: &(String, String),
+        since: i64,
+    ) -> rusqlite::Result<bool> {
+        if let Some(&at) = self.recent.get(key) {
+            return Ok(at >= since);
+        }
+        let at: Option<i64> = t
+            .prepare_cached("SELECT seen_at FROM deliveries WHERE source = ?1 AND delivery = ?2")?
+            .query_row(params![key.0, key.1], |r| r.get(0))
+            .optional()?;
+        Ok(at.is_some_and(|at| at >= since))
+    }
+
+    /// Moves `deliveries_recent` into `deliveries`, sorted by key (a `WHERE` is needed by SQLite's
+    /// parser for an upsert from a SELECT).
+    fn fold(t: &Connection) -> rusqlite::Result<()> {
+        t.execute_batch(
+            "INSERT INTO deliveries (source, delivery, seen_at)
+                 SELECT source, delivery, max(seen_at) FROM deliveries_recent WHERE true
+                 GROUP BY source, delivery ORDER BY source, delivery
+                 ON CONFLICT (source, delivery) DO UPDATE SET seen_at = max(seen_at, excluded.seen_at);
+             DELETE FROM deliveries_recent;",
+        )
+    }
+}
+
 /// The writer's open transaction.
 #[derive(Default)]
 struct Open {
@@ -563,7 +630,7 @@ impl Wal {
 /// what at-least-once allows: a kill -9 or a power cut loses at most the last few milliseconds of
 /// claims and settles (their jobs are delivered again) and of records of outcomes, never a job that
 /// was answered 202. SQLite syncs the WAL before each checkpoint and the database after it.
-fn writer(mut conn: Connection, rx: std::sync::mpsc::Receiver<Op>, db: &Path) {
+fn writer(mut conn: Connection, rx: std::sync::mpsc::Receiver<Op>, db: &Path, mut seen: Seen) {
     use std::sync::mpsc::RecvTimeoutError;
     let mut closing: Option<Reply<()>> = None;
     let mut open = Open::default();
@@ -574,7 +641,7 @@ fn writer(mut conn: Connection, rx: std::sync::mpsc::Receiver<Op>, db: &Path) {
             Some(since) => match rx.recv_timeout(COMMIT_DELAY.saturating_sub(since.elapsed())) {
                 Ok(op) => Some(op),
                 Err(RecvTimeoutError::Timeout) => {
-                    finish(&mut conn, &mut open, &mut wal);
+                    finish(&mut conn, &mut open, &mut wal, &mut seen);
                     continue;
                 }
                 Err(RecvTimeoutError::Disconnected) => None,
@@ -599,13 +666,13 @@ fn writer(mut conn: Connection, rx: std::sync::mpsc::Receiver<Op>, db: &Path) {
             }
         }
         if !batch.is_empty() {
-            apply_batch(&mut conn, batch, &mut open, &mut wal);
+            apply_batch(&mut conn, batch, &mut open, &mut wal, &mut seen);
         }
         if closing.is_some() {
             break;
         }
     }
-    finish(&mut conn, &mut open, &mut wal);
+    finish(&mut conn, &mut open, &mut wal, &mut seen);
     while let Ok(op) = rx.try_recv() {
         fail_closed(op);
     }
@@ -624,7 +691,13 @@ fn writer(mut conn: Connection, rx: std::sync::mpsc::Receiver<Op>, db: &Path) {
 
 /// Applies a batch in the open transaction (beginning one if needed); commits if the batch holds
 /// something durable or the transaction has been open for [`COMMIT_DELAY`].
-fn apply_batch(conn: &mut Connection, batch: Vec<Op>, open: &mut Open, wal: &mut Wal) {
+fn apply_batch(
+    conn: &mut Connection,
+    batch: Vec<Op>,
+    open: &mut Open,
+    wal: &mut Wal,
+    seen: &mut Seen,
+) {
     if open.since.is_none() {
         if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
             let message = e.to_string();
@@ -635,7 +708,7 @@ fn apply_batch(conn: &mut Connection, batch: Vec<Op>, open: &mut Open, wal: &mut
     }
     for op in batch {
         let durable = op.needs_sync();
-        let answer = apply(conn, op);
+        let answer = apply(conn, op, seen);
         if durable {
             open.held.push(answer);
         } else {
@@ -643,12 +716,12 @@ fn apply_batch(conn: &mut Connection, batch: Vec<Op>, open: &mut Open, wal: &mut
         }
     }
     if !open.held.is_empty() || open.since.is_some_and(|at| at.elapsed() >= COMMIT_DELAY) {
-        finish(conn, open, wal);
+        finish(conn, open, wal, seen);
     }
 }
 
 /// Commits the open transaction, syncs the WAL if an answer waits on it, and gives the held answers.
-fn finish(conn: &mut Connection, open: &mut Open, wal: &mut Wal) {
+fn finish(conn: &mut Connection, open: &mut Open, wal: &mut Wal, seen: &mut Seen) {
     if open.since.take().is_none() {
         return;
     }
@@ -660,6 +733,10 @@ fn finish(conn: &mut Connection, open: &mut Open, wal: &mut Wal) {
         // Whatever was answered before the commit is lost with it: claims and settles come back as
         // pending jobs (delivered again), as after a crash.
         let _ = conn.execute_batch("ROLLBACK");
+        // The ids of the rolled-back accepts must not stay: their deliveries were refused, and the
+        // provider's retries are new deliveries. Forgetting them all is the safe side (a duplicate
+        // delivered again), if the table cannot be read.
+        *seen = Seen::load(conn).unwrap_or_default();
         tracing::error!(
             error = result
                 .as_ref()
@@ -803,7 +880,7 @@ fn fail(op: Op, message: &str) {
 }
 
 /// Applies one operation under a savepoint: on failure its writes are undone and only it fails.
-fn apply(tx: &mut Connection, op: Op) -> Answer {
+fn apply(tx: &mut Connection, op: Op, seen: &mut Seen) -> Answer {
     fn guarded<T>(
         tx: &mut Connection,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
@@ -828,44 +905,47 @@ fn apply(tx: &mut Connection, op: Op) -> Answer {
             guarded(tx, |t| jobs.iter().map(|j| insert(t, j, now)).collect()),
         ),
         Op::Accept {
-            seen,
+            seen: id,
             window,
             jobs,
             record,
             reply,
         } => {
-            answer(
-                reply,
-                guarded(tx, |t| {
-                    if let Some((source, delivery)) = &seen {
-                        // One statement: insert the id, or refresh it only if its last sighting is
-                        // outside the window; it changes a row exactly when the delivery is new (an
-                        // upsert counts its insert or its update, and 0 when the WHERE kept the row).
-                        // No RETURNING: SQLite gathers RETURNING rows in an ephemeral table.
-                        let fresh = t
-                            .prepare_cached(
-                                "INSERT INTO deliveries (source, delivery, seen_at) VALUES (?1, ?2, ?3)
-                                 ON CONFLICT (source, delivery) DO UPDATE SET seen_at = excluded.seen_at
-                                 WHERE seen_at < ?4",
-                            )?
-                            .execute(params![source, delivery, now, now - window.as_millis() as i64])?;
-                        if fresh == 0 {
-                            return Ok(Accepted::Duplicate);
+            let since = now - window.as_millis() as i64;
+            let result = guarded(tx, |t| {
+                if let Some(key) = &id {
+                    if seen.seen_since(t, key, since)? {
+                        return Ok(Accepted::Duplicate);
+                    }
+                    t.prepare_cached(
+                        "INSERT INTO deliveries_recent (source, delivery, seen_at) VALUES (?1, ?2, ?3)",
+                    )?
+                    .execute(params![key.0, key.1, now])?;
+                }
+                let ids: Vec<i64> = jobs
+                    .iter()
+                    .map(|j| insert(t, j, now))
+                    .collect::<rusqlite::Result<_>>()?;
+                if let Some(record) = &record {
+                    let mut row = record.to_row(Some(&ids));
+                    row.status = 202;
+                    row.outcome = "accepted".into();
+                    insert_record(t, &row)?;
+                }
+                Ok(Accepted::Enqueued(ids))
+            });
+            if let (Ok(Accepted::Enqueued(_)), Some(key)) = (&result, id) {
+                seen.recent.insert(key, now);
+                if seen.recent.len() >= SEEN_FOLD_AT {
+                    match guarded(tx, Seen::fold) {
+                        Ok(()) => seen.recent.clear(),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot fold recent delivery ids; trying again at the next")
                         }
                     }
-                    let ids: Vec<i64> = jobs
-                        .iter()
-                        .map(|j| insert(t, j, now))
-                        .collect::<rusqlite::Result<_>>()?;
-                    if let Some(record) = &record {
-                        let mut row = record.to_row(Some(&ids));
-                        row.status = 202;
-                        row.outcome = "accepted".into();
-                        insert_record(t, &row)?;
-                    }
-                    Ok(Accepted::Enqueued(ids))
-                }),
-            )
+                }
+            }
+            answer(reply, result)
         }
         Op::DueTargets(reply) => answer(reply, guarded(tx, |t| due_targets(t, now))),
         Op::Claim {
@@ -1098,6 +1178,7 @@ fn apply(tx: &mut Connection, op: Op) -> Answer {
                     [],
                 )?;
                 t.execute("DELETE FROM deliveries WHERE seen_at < ?1", [before])?;
+                t.execute("DELETE FROM deliveries_recent WHERE seen_at < ?1", [before])?;
                 Ok(n as u64)
             }),
         ),
