@@ -137,8 +137,9 @@ pub struct Job {
     pub updated_at: i64,
     pub last_status: Option<u16>,
     pub last_error: Option<String>,
-    /// How many times the job has been claimed: the token of its latest claim. Only that claim's
-    /// holder can settle it (see [`Lease`]).
+    /// The token of the job's latest claim; only that claim's holder can settle it (see [`Lease`]).
+    /// PostgreSQL counts the job's claims; SQLite draws tokens from one counter that never repeats
+    /// (a claim is answered before its commit, so a count could hand a rolled-back token out again).
     pub lease: i64,
     /// `attempts` when it was last re-queued: its retries are counted from here, while attempt numbers
     /// keep rising (so every attempt stays on record).

@@ -1575,3 +1575,37 @@ async fn sqlite_deduplicates_across_folds_of_recent_ids_and_reopening() {
         assert_eq!(q.stats().await.unwrap().pending, n as u64, "{when}");
     }
 }
+
+/// When the SQLite queue cannot sync its write-ahead log, a 202 cannot be promised: the accept that
+/// needed the sync fails with the reason, and so does everything after it, the readiness ping
+/// included, until the gateway restarts (a later sync that succeeds would prove nothing).
+#[tokio::test]
+async fn sqlite_stops_when_the_wal_cannot_be_synced() {
+    let store = Store::new(Backend::Sqlite);
+    let q = store.open().await;
+    let day = Duration::from_secs(86_400);
+    let accept = |i: u32| {
+        q.accept(
+            Some(("acme".to_string(), format!("d-{i}"))),
+            day,
+            vec![job(JobKind::Notify, "t", None)],
+        )
+    };
+    assert!(matches!(accept(1).await.unwrap(), Accepted::Enqueued(_)));
+    q.ping().await.unwrap();
+    let wal = std::path::Path::new(&store.spec()).join("hookgate.db-wal");
+    std::fs::remove_file(&wal).unwrap();
+    let error = accept(2).await.unwrap_err().to_string();
+    assert!(
+        error.contains("cannot sync") && error.contains("restart the gateway"),
+        "{error}"
+    );
+    let ping = q.ping().await.unwrap_err().to_string();
+    assert!(ping.contains("cannot sync"), "{ping}");
+    assert!(
+        q.enqueue(vec![job(JobKind::Notify, "t", None)])
+            .await
+            .is_err()
+    );
+    assert!(accept(3).await.is_err(), "still stopped");
+}

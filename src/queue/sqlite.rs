@@ -16,6 +16,7 @@
 //! Inspect by hand with `sqlite3 DATA/hookgate.db` (see `docs/delivery.md`).
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -204,12 +205,21 @@ impl Op {
             Op::Accept { .. } | Op::Enqueue(..) | Op::Requeue(..) | Op::PutRulesVersion(..)
         )
     }
+
+    /// Whether the answer waits for the commit: what needs the sync, and `Ping`, whose answer says
+    /// the queue can commit (the readiness probe asks it).
+    fn waits_for_commit(&self) -> bool {
+        self.needs_sync() || matches!(self, Op::Ping(_))
+    }
 }
 
 /// The SQLite queue. Cheap to share behind an `Arc`; dropping it stops the writer thread after it has
 /// committed everything already sent.
 pub struct SqliteQueue {
-    tx: std::sync::mpsc::SyncSender<Op>,
+    tx: std::sync::mpsc::Sender<Op>,
+    /// Operations sent and not yet taken by the writer, bounded by [`CHANNEL_CAPACITY`]. (A bounded
+    /// `sync_channel` would allocate and touch all its slots at once.)
+    waiting: Arc<AtomicUsize>,
     path: PathBuf,
     /// The writer thread, joined by [`SqliteQueue::close`].
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -261,18 +271,22 @@ impl SqliteQueue {
         })?;
         migrate(&mut conn)?;
         recover_inflight(&mut conn)?;
-        let seen = Seen::load(&conn).map_err(storage)?;
-        let (tx, rx) = std::sync::mpsc::sync_channel(CHANNEL_CAPACITY);
-        let db = path.clone();
+        let state = State::load(&conn).map_err(storage)?;
+        // SQLite's own name for the database (links resolved): its WAL is beside that.
+        let db = conn.path().map_or_else(|| path.clone(), PathBuf::from);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiting = Arc::new(AtomicUsize::new(0));
+        let counter = waiting.clone();
         let writer = std::thread::Builder::new()
             .name("hookgate-queue".into())
             .spawn(move || {
-                writer(conn, rx, &db, seen);
+                writer(conn, rx, &counter, &db, state);
                 drop(lock); // Released only once the connection is closed.
             })
             .map_err(|e| QueueError::Storage(format!("cannot start the queue thread: {e}")))?;
         Ok(SqliteQueue {
             tx,
+            waiting,
             path,
             writer: Mutex::new(Some(writer)),
         })
@@ -281,12 +295,22 @@ impl SqliteQueue {
     /// Finishes what was sent, checkpoints the WAL into the database file, closes it and releases the
     /// data directory. Operations after this fail with [`QueueError::Closed`].
     pub async fn close(&self) -> Result<(), QueueError> {
-        let result = self.call(Op::Close).await;
+        let (reply, rx) = oneshot::channel();
+        let result = match self.send_close(reply) {
+            true => rx.await.unwrap_or(Err(QueueError::Closed)),
+            false => Err(QueueError::Closed),
+        };
         let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(handle) = writer {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
         result
+    }
+
+    /// Sends `Close` whatever the writer's backlog (the cap is for work, not for stopping it).
+    fn send_close(&self, reply: Reply<()>) -> bool {
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        self.tx.send(Op::Close(reply)).is_ok()
     }
 
     pub fn path(&self) -> &Path {
@@ -295,12 +319,16 @@ impl SqliteQueue {
 
     async fn call<T>(&self, op: impl FnOnce(Reply<T>) -> Op) -> Result<T, QueueError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.try_send(op(reply)).map_err(|e| match e {
-            std::sync::mpsc::TrySendError::Full(_) => {
-                QueueError::Storage("the queue's writer is overloaded".into())
-            }
-            std::sync::mpsc::TrySendError::Disconnected(_) => QueueError::Closed,
-        })?;
+        if self.waiting.fetch_add(1, Ordering::Relaxed) >= CHANNEL_CAPACITY {
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
+            return Err(QueueError::Storage(
+                "the queue's writer is overloaded".into(),
+            ));
+        }
+        if self.tx.send(op(reply)).is_err() {
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
+            return Err(QueueError::Closed);
+        }
         rx.await.map_err(|_| QueueError::Closed)?
     }
 }
@@ -316,7 +344,7 @@ impl Drop for SqliteQueue {
             .take();
         let Some(handle) = writer else { return };
         let (reply, _) = oneshot::channel();
-        if self.tx.try_send(Op::Close(reply)).is_ok() {
+        if self.send_close(reply) {
             let _ = handle.join();
         }
     }
@@ -578,8 +606,42 @@ impl Seen {
 struct Open {
     /// When it began; `None` when no transaction is open.
     since: Option<std::time::Instant>,
-    /// Answers held until the commit, and the WAL's sync, are done: they promise durability.
+    /// Answers held until the commit (and, if `sync`, the WAL's sync) is done.
     held: Vec<Answer>,
+    /// Something held promises durability: sync the WAL after the commit.
+    sync: bool,
+}
+
+/// What the writer keeps besides its connection and its open transaction.
+struct State {
+    seen: Seen,
+    /// The next claim's lease token. Tokens come from this counter, seeded past the largest stored one,
+    /// not from each job's count of claims: a claim is answered before its commit, and if that commit
+    /// fails, a count would hand the same token out again — for the same job, or for a new job that
+    /// takes the rolled-back one's id — and the first holder's late settle would pass for the second's.
+    next_lease: i64,
+    /// Why the queue stopped: the WAL could not be synced. The kernel reports a failed write-back once
+    /// and may drop the pages, so a later sync that succeeds proves nothing; every operation after
+    /// fails with this (and `/readyz` with it) until the gateway restarts and recovers from the disk.
+    broken: Option<String>,
+}
+
+impl State {
+    fn load(conn: &Connection) -> rusqlite::Result<State> {
+        let last: i64 =
+            conn.query_row("SELECT coalesce(max(lease), 0) FROM jobs", [], |r| r.get(0))?;
+        Ok(State {
+            seen: Seen::load(conn)?,
+            next_lease: last + 1,
+            broken: None,
+        })
+    }
+
+    fn lease(&mut self) -> i64 {
+        let token = self.next_lease;
+        self.next_lease += 1;
+        token
+    }
 }
 
 /// The write-ahead log file, synced by hand after a commit that holds something durable.
@@ -590,6 +652,8 @@ struct Wal {
 }
 
 impl Wal {
+    /// The WAL of the database at `db` (give SQLite's own name for it, links resolved, so that the
+    /// file synced is the one SQLite writes).
     fn new(db: &Path) -> Wal {
         let mut path = db.as_os_str().to_owned();
         path.push("-wal");
@@ -600,7 +664,8 @@ impl Wal {
     }
 
     /// `fdatasync` of the WAL: everything committed so far survives a power cut. Any descriptor of the
-    /// file will do (the kernel syncs the inode); it is opened again if the file was ever replaced.
+    /// file will do (the kernel syncs the inode); it is opened again if the file was ever replaced,
+    /// and then its directory is synced too, so that the file's name survives as well.
     fn sync(&mut self) -> std::io::Result<()> {
         use std::os::unix::fs::MetadataExt;
         let meta = std::fs::metadata(&self.path)?;
@@ -610,6 +675,9 @@ impl Wal {
             _ => {
                 let file = std::fs::File::open(&self.path)?;
                 file.sync_data()?;
+                if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::File::open(dir)?.sync_all()?;
+                }
                 self.file = Some((file, id));
                 Ok(())
             }
@@ -630,28 +698,40 @@ impl Wal {
 /// what at-least-once allows: a kill -9 or a power cut loses at most the last few milliseconds of
 /// claims and settles (their jobs are delivered again) and of records of outcomes, never a job that
 /// was answered 202. SQLite syncs the WAL before each checkpoint and the database after it.
-fn writer(mut conn: Connection, rx: std::sync::mpsc::Receiver<Op>, db: &Path, mut seen: Seen) {
+fn writer(
+    mut conn: Connection,
+    rx: std::sync::mpsc::Receiver<Op>,
+    waiting: &AtomicUsize,
+    db: &Path,
+    mut state: State,
+) {
     use std::sync::mpsc::RecvTimeoutError;
     let mut closing: Option<Reply<()>> = None;
     let mut open = Open::default();
     let mut wal = Wal::new(db);
+    let received = |op| {
+        waiting.fetch_sub(1, Ordering::Relaxed);
+        op
+    };
     loop {
         let first = match open.since {
             None => rx.recv().ok(),
             Some(since) => match rx.recv_timeout(COMMIT_DELAY.saturating_sub(since.elapsed())) {
                 Ok(op) => Some(op),
                 Err(RecvTimeoutError::Timeout) => {
-                    finish(&mut conn, &mut open, &mut wal, &mut seen);
+                    finish(&mut conn, &mut open, &mut wal, &mut state);
                     continue;
                 }
                 Err(RecvTimeoutError::Disconnected) => None,
             },
         };
-        let Some(first) = first else { break };
+        let Some(first) = first.map(received) else {
+            break;
+        };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(op) => batch.push(op),
+                Ok(op) => batch.push(received(op)),
                 Err(_) => break,
             }
         }
@@ -666,13 +746,13 @@ fn writer(mut conn: Connection, rx: std::sync::mpsc::Receiver<Op>, db: &Path, mu
             }
         }
         if !batch.is_empty() {
-            apply_batch(&mut conn, batch, &mut open, &mut wal, &mut seen);
+            apply_batch(&mut conn, batch, &mut open, &mut wal, &mut state);
         }
         if closing.is_some() {
             break;
         }
     }
-    finish(&mut conn, &mut open, &mut wal, &mut seen);
+    finish(&mut conn, &mut open, &mut wal, &mut state);
     while let Ok(op) = rx.try_recv() {
         fail_closed(op);
     }
@@ -690,71 +770,82 @@ fn writer(mut conn: Connection, rx: std::sync::mpsc::Receiver<Op>, db: &Path, mu
 }
 
 /// Applies a batch in the open transaction (beginning one if needed); commits if the batch holds
-/// something durable or the transaction has been open for [`COMMIT_DELAY`].
+/// something that waits on the commit, or the transaction has been open for [`COMMIT_DELAY`].
 fn apply_batch(
     conn: &mut Connection,
     batch: Vec<Op>,
     open: &mut Open,
     wal: &mut Wal,
-    seen: &mut Seen,
+    state: &mut State,
 ) {
-    if open.since.is_none() {
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-            let message = e.to_string();
-            batch.into_iter().for_each(|op| fail(op, &message));
-            return;
-        }
-        open.since = Some(std::time::Instant::now());
-    }
     for op in batch {
-        let durable = op.needs_sync();
-        let answer = apply(conn, op, seen);
-        if durable {
+        if open.since.is_some() && conn.is_autocommit() {
+            // A failed statement (disk full, an I/O error) made SQLite roll the whole transaction
+            // back: settle what it held as a failed commit before going on in a new one.
+            finish(conn, open, wal, state);
+        }
+        if let Some(reason) = &state.broken {
+            fail(op, reason);
+            continue;
+        }
+        if open.since.is_none() {
+            if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+                fail(op, &e.to_string());
+                continue;
+            }
+            open.since = Some(std::time::Instant::now());
+        }
+        let (waits, sync) = (op.waits_for_commit(), op.needs_sync());
+        let answer = apply(conn, op, state);
+        if waits {
             open.held.push(answer);
+            open.sync |= sync;
         } else {
             answer(None);
         }
     }
     if !open.held.is_empty() || open.since.is_some_and(|at| at.elapsed() >= COMMIT_DELAY) {
-        finish(conn, open, wal, seen);
+        finish(conn, open, wal, state);
     }
 }
 
 /// Commits the open transaction, syncs the WAL if an answer waits on it, and gives the held answers.
-fn finish(conn: &mut Connection, open: &mut Open, wal: &mut Wal, seen: &mut Seen) {
+fn finish(conn: &mut Connection, open: &mut Open, wal: &mut Wal, state: &mut State) {
     if open.since.take().is_none() {
         return;
     }
-
-    let mut result = conn
-        .execute_batch("COMMIT")
-        .map_err(|e| format!("commit failed: {e}"));
-    if result.is_err() {
+    let mut result = if conn.is_autocommit() {
+        Err("the transaction was rolled back after an error".to_string())
+    } else {
+        conn.execute_batch("COMMIT")
+            .map_err(|e| format!("commit failed: {e}"))
+    };
+    if let Err(e) = &result {
+        tracing::error!(error = %e, "the queue could not commit");
         // Whatever was answered before the commit is lost with it: claims and settles come back as
         // pending jobs (delivered again), as after a crash.
-        let _ = conn.execute_batch("ROLLBACK");
+        if !conn.is_autocommit() && conn.execute_batch("ROLLBACK").is_err() {
+            state.broken = Some(format!("the queue cannot roll back after an error ({e})"));
+        }
         // The ids of the rolled-back accepts must not stay: their deliveries were refused, and the
         // provider's retries are new deliveries. Forgetting them all is the safe side (a duplicate
         // delivered again), if the table cannot be read.
-        *seen = Seen::load(conn).unwrap_or_default();
-        tracing::error!(
-            error = result
-                .as_ref()
-                .err()
-                .map(String::as_str)
-                .unwrap_or_default(),
-            "the queue could not commit"
+        state.seen = Seen::load(conn).unwrap_or_default();
+    }
+    if result.is_ok()
+        && open.sync
+        && let Err(e) = wal.sync()
+    {
+        let message = format!(
+            "cannot sync `{}`: {}; restart the gateway: it recovers the queue from what is on disk",
+            wal.path.display(),
+            crate::fs::io_reason(&e)
         );
+        tracing::error!(error = %message, "the queue stopped");
+        state.broken = Some(message.clone());
+        result = Err(message);
     }
-    if result.is_ok() && !open.held.is_empty() {
-        result = wal.sync().map_err(|e| {
-            format!(
-                "cannot sync `{}`: {}",
-                wal.path.display(),
-                crate::fs::io_reason(&e)
-            )
-        });
-    }
+    open.sync = false;
     for answer in open.held.drain(..) {
         answer(result.as_ref().err().map(String::as_str));
     }
@@ -880,7 +971,7 @@ fn fail(op: Op, message: &str) {
 }
 
 /// Applies one operation under a savepoint: on failure its writes are undone and only it fails.
-fn apply(tx: &mut Connection, op: Op, seen: &mut Seen) -> Answer {
+fn apply(tx: &mut Connection, op: Op, state: &mut State) -> Answer {
     fn guarded<T>(
         tx: &mut Connection,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
@@ -914,7 +1005,7 @@ fn apply(tx: &mut Connection, op: Op, seen: &mut Seen) -> Answer {
             let since = now - window.as_millis() as i64;
             let result = guarded(tx, |t| {
                 if let Some(key) = &id {
-                    if seen.seen_since(t, key, since)? {
+                    if state.seen.seen_since(t, key, since)? {
                         return Ok(Accepted::Duplicate);
                     }
                     t.prepare_cached(
@@ -935,10 +1026,10 @@ fn apply(tx: &mut Connection, op: Op, seen: &mut Seen) -> Answer {
                 Ok(Accepted::Enqueued(ids))
             });
             if let (Ok(Accepted::Enqueued(_)), Some(key)) = (&result, id) {
-                seen.recent.insert(key, now);
-                if seen.recent.len() >= SEEN_FOLD_AT {
+                state.seen.recent.insert(key, now);
+                if state.seen.recent.len() >= SEEN_FOLD_AT {
                     match guarded(tx, Seen::fold) {
-                        Ok(()) => seen.recent.clear(),
+                        Ok(()) => state.seen.recent.clear(),
                         Err(e) => {
                             tracing::warn!(error = %e, "cannot fold recent delivery ids; trying again at the next")
                         }
@@ -956,7 +1047,9 @@ fn apply(tx: &mut Connection, op: Op, seen: &mut Seen) -> Answer {
             reply,
         } => answer(
             reply,
-            guarded(tx, |t| claim(t, &target, limits, limit, now, visibility)),
+            guarded(tx, |t| {
+                claim(t, &target, limits, limit, now, visibility, state)
+            }),
         ),
         Op::Settle {
             lease,
@@ -1026,13 +1119,16 @@ fn apply(tx: &mut Connection, op: Op, seen: &mut Seen) -> Answer {
         }
         Op::Requeue(id, reply) => {
             let result = guarded(tx, |t| {
-                let state: Option<String> = t
+                let now_in: Option<String> = t
                     .query_row("SELECT state FROM jobs WHERE id = ?1", [id], |r| r.get(0))
                     .optional()?;
-                Ok(match state.as_deref() {
+                Ok(match now_in.as_deref() {
                     Some("dead") => {
                         // A new lease: an outcome still arriving for the dead-lettering claim is stale.
-                        t.execute("UPDATE jobs SET lease = lease + 1 WHERE id = ?1", [id])?;
+                        t.execute(
+                            "UPDATE jobs SET lease = ?2 WHERE id = ?1",
+                            [id, state.lease()],
+                        )?;
                         Ok(to_pending(t, id, now, now, true)?)
                     }
                     Some(other) => Err(QueueError::NotDead(id, other.to_string())),
@@ -1161,9 +1257,8 @@ fn apply(tx: &mut Connection, op: Op, seen: &mut Seen) -> Answer {
             }),
         ),
         Op::Close(_) => unreachable!("the writer takes `Close` out of its batch"),
-        Op::Prune(before, reply) => answer(
-            reply,
-            guarded(tx, |t| {
+        Op::Prune(before, reply) => {
+            let result = guarded(tx, |t| {
                 // Jobs are created in id order: walk the ids created before `before` (the rows to
                 // delete, mostly) instead of keeping an index on `updated_at` for every write.
                 let n = t.execute(
@@ -1180,8 +1275,12 @@ fn apply(tx: &mut Connection, op: Op, seen: &mut Seen) -> Answer {
                 t.execute("DELETE FROM deliveries WHERE seen_at < ?1", [before])?;
                 t.execute("DELETE FROM deliveries_recent WHERE seen_at < ?1", [before])?;
                 Ok(n as u64)
-            }),
-        ),
+            });
+            if result.is_ok() {
+                state.seen.recent.retain(|_, at| *at >= before);
+            }
+            answer(reply, result)
+        }
     }
 }
 
@@ -1277,6 +1376,7 @@ fn claim(
     limit: usize,
     now: i64,
     visibility: Duration,
+    state: &mut State,
 ) -> rusqlite::Result<Vec<Job>> {
     let mut limit = limit as i64;
     if limits.concurrency != u32::MAX {
@@ -1333,7 +1433,7 @@ fn claim(
         "UPDATE jobs SET state = 'inflight', claimed_until = ?2, updated_at = ?3, lease = ?4 WHERE id = ?1",
     )?;
     for job in &mut jobs {
-        job.lease += 1;
+        job.lease = state.lease();
         job.state = JobState::Inflight;
         job.updated_at = now;
         mark.execute(params![job.id, until, now, job.lease])?;
