@@ -1289,51 +1289,40 @@ fn insert(t: &Connection, j: &NewJob, now: i64) -> rusqlite::Result<i64> {
     const COLUMNS: &str = "INSERT INTO jobs (kind, target, key, source, event, delivery, rule, action, body, headers, sign_with,
                            state, run_at, created_at, updated_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'pending', ?12, ?12, ?12)";
-    if j.kind != JobKind::Check {
+    let check = j.kind == JobKind::Check;
+    // Checks always have a key ('' when none is given), so the unique index sees them all.
+    let key = match (check, &j.key) {
+        (true, None) => Some(String::new()),
+        (_, key) => key.clone(),
+    };
+    let values = params![
+        j.kind.as_str(),
+        j.target,
+        key,
+        j.source,
+        j.event,
+        j.delivery,
+        j.rule,
+        j.action,
+        j.body,
+        headers,
+        j.sign_with,
+        now
+    ];
+    if !check {
         // No conflict is possible (the unique index holds pending checks only), so no RETURNING: SQLite
         // gathers RETURNING rows in an ephemeral table, a page cache of its own for one id.
-        t.prepare_cached(COLUMNS)?.execute(params![
-            j.kind.as_str(),
-            j.target,
-            j.key,
-            j.source,
-            j.event,
-            j.delivery,
-            j.rule,
-            j.action,
-            j.body,
-            headers,
-            j.sign_with,
-            now
-        ])?;
+        t.prepare_cached(COLUMNS)?.execute(values)?;
         return Ok(t.last_insert_rowid());
     }
-    // Checks always have a key ('' when none is given), so the unique index sees them all; a check
-    // whose (target, key) is already pending adds to that job's count and returns its id.
-    let key = j.key.clone().unwrap_or_default();
+    // A check whose (target, key) is already pending adds to that job's count and returns its id.
     let sql = format!(
         "{COLUMNS}
          ON CONFLICT (target, key) WHERE kind = 'check' AND state = 'pending'
          DO UPDATE SET coalesced = coalesced + 1, updated_at = excluded.updated_at
          RETURNING id"
     );
-    t.prepare_cached(&sql)?.query_row(
-        params![
-            j.kind.as_str(),
-            j.target,
-            key,
-            j.source,
-            j.event,
-            j.delivery,
-            j.rule,
-            j.action,
-            j.body,
-            headers,
-            j.sign_with,
-            now
-        ],
-        |r| r.get(0),
-    )
+    t.prepare_cached(&sql)?.query_row(values, |r| r.get(0))
 }
 
 /// Pending jobs per target with the earliest due time; checks blocked by an in-flight sibling are not
