@@ -1466,9 +1466,18 @@ fn settle_job(
             )?
             .execute(params![id, a.attempt, a.started_at, a.duration_ms as i64, a.status, a.error])?;
         }
+        // A job that ends here (done or dead) takes its attempt and its end in one row update.
+        let end = match settle {
+            Settle::Ack => Some("done"),
+            Settle::DeadLetter => Some("dead"),
+            Settle::Retry { .. } | Settle::Release => None,
+        };
         t.prepare_cached(
             "UPDATE jobs SET attempts = ?2, last_status = ?3, last_error = ?4, updated_at = ?5,
-                             last_started_at = ?6, last_duration_ms = ?7 WHERE id = ?1",
+                             last_started_at = ?6, last_duration_ms = ?7,
+                             state = coalesce(?8, state),
+                             claimed_until = CASE WHEN ?8 IS NULL THEN claimed_until END
+             WHERE id = ?1",
         )?
         .execute(params![
             id,
@@ -1477,8 +1486,12 @@ fn settle_job(
             a.error,
             now,
             a.started_at,
-            a.duration_ms as i64
+            a.duration_ms as i64,
+            end
         ])?;
+        if end.is_some() {
+            return Ok(Ok(target));
+        }
     }
     match settle {
         Settle::Ack => {
