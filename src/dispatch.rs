@@ -134,6 +134,10 @@ impl<Q: QueueBackend> Dispatcher<Q> {
     ) -> Dispatcher<Q> {
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            // Retries are the dispatcher's, each an attempt on record with its backoff. reqwest's own
+            // (of HTTP/2 refused streams) would also copy every request's headers in case it retries:
+            // with no retry allowed, nothing is copied.
+            .retry(reqwest::retry::never().max_retries_per_request(0))
             .connect_timeout(Duration::from_secs(5))
             .pool_idle_timeout(Duration::from_secs(60))
             .user_agent(concat!("hookgate/", env!("CARGO_PKG_VERSION")))
