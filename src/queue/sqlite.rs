@@ -942,6 +942,29 @@ fn answer_for<T: Send + 'static>(
     })
 }
 
+/// The result of an operation that can be refused by the queue's own rules (`Ok(Err(..))`, e.g. a
+/// lost lease) besides failing in SQLite, once its commit is known.
+fn checked<T>(
+    commit_error: Option<&str>,
+    result: rusqlite::Result<Result<T, QueueError>>,
+) -> Result<T, QueueError> {
+    match (commit_error, result) {
+        (Some(e), _) => Err(QueueError::Storage(e.to_string())),
+        (None, Ok(inner)) => inner,
+        (None, Err(e)) => Err(storage(e)),
+    }
+}
+
+/// As [`answer`], for a result made by [`checked`].
+fn answer_checked<T: Send + 'static>(
+    reply: Reply<T>,
+    result: rusqlite::Result<Result<T, QueueError>>,
+) -> Answer {
+    Box::new(move |commit_error| {
+        let _ = reply.send(checked(commit_error, result));
+    })
+}
+
 fn fail(op: Op, message: &str) {
     fn send<T>(reply: Reply<T>, message: &str) {
         let _ = reply.send(Err(QueueError::Storage(message.to_string())));
@@ -1070,14 +1093,7 @@ fn apply(tx: &mut Connection, op: Op, state: &mut State) -> Answer {
                     },
                 )
             });
-            Box::new(move |commit_error| {
-                let result = match (commit_error, result) {
-                    (Some(e), _) => Err(QueueError::Storage(e.to_string())),
-                    (None, Ok(inner)) => inner,
-                    (None, Err(e)) => Err(storage(e)),
-                };
-                let _ = reply.send(result);
-            })
+            answer_checked(reply, result)
         }
         Op::SettleMany(settles, reply) => {
             // Each under its own savepoint, as separate settles would be; one commit for all. A
@@ -1108,11 +1124,7 @@ fn apply(tx: &mut Connection, op: Op, state: &mut State) -> Answer {
             Box::new(move |commit_error| {
                 let results = results
                     .into_iter()
-                    .map(|result| match (commit_error, result) {
-                        (Some(e), _) => Err(QueueError::Storage(e.to_string())),
-                        (None, Ok(inner)) => inner,
-                        (None, Err(e)) => Err(storage(e)),
-                    })
+                    .map(|result| checked(commit_error, result))
                     .collect();
                 let _ = reply.send(Ok(results));
             })
@@ -1135,14 +1147,7 @@ fn apply(tx: &mut Connection, op: Op, state: &mut State) -> Answer {
                     None => Err(QueueError::NoSuchJob(id)),
                 })
             });
-            Box::new(move |commit_error| {
-                let result = match (commit_error, result) {
-                    (Some(e), _) => Err(QueueError::Storage(e.to_string())),
-                    (None, Ok(inner)) => inner,
-                    (None, Err(e)) => Err(storage(e)),
-                };
-                let _ = reply.send(result);
-            })
+            answer_checked(reply, result)
         }
         Op::List(state, limit, reply) => answer(
             reply,
