@@ -1464,6 +1464,12 @@ fn settle_job(
         Some((token, _)) if token != lease.token => return Ok(Err(QueueError::LeaseLost(id))),
         Some((_, target)) => target,
     };
+    // A job that ends here (done or dead) takes its attempt and its end in one row update.
+    let end = match settle {
+        Settle::Ack => Some("done"),
+        Settle::DeadLetter => Some("dead"),
+        Settle::Retry { .. } | Settle::Release => None,
+    };
     if let Some(a) = attempt {
         if *settle != Settle::Ack {
             t.prepare_cached(
@@ -1471,12 +1477,6 @@ fn settle_job(
             )?
             .execute(params![id, a.attempt, a.started_at, a.duration_ms as i64, a.status, a.error])?;
         }
-        // A job that ends here (done or dead) takes its attempt and its end in one row update.
-        let end = match settle {
-            Settle::Ack => Some("done"),
-            Settle::DeadLetter => Some("dead"),
-            Settle::Retry { .. } | Settle::Release => None,
-        };
         t.prepare_cached(
             "UPDATE jobs SET attempts = ?2, last_status = ?3, last_error = ?4, updated_at = ?5,
                              last_started_at = ?6, last_duration_ms = ?7,
@@ -1499,13 +1499,11 @@ fn settle_job(
         }
     }
     match settle {
-        Settle::Ack => {
-            t.prepare_cached("UPDATE jobs SET state = 'done', claimed_until = NULL, updated_at = ?2 WHERE id = ?1")?
-                .execute(params![id, now])?;
-        }
-        Settle::DeadLetter => {
-            t.prepare_cached("UPDATE jobs SET state = 'dead', claimed_until = NULL, updated_at = ?2 WHERE id = ?1")?
-                .execute(params![id, now])?;
+        Settle::Ack | Settle::DeadLetter => {
+            t.prepare_cached(
+                "UPDATE jobs SET state = ?2, claimed_until = NULL, updated_at = ?3 WHERE id = ?1",
+            )?
+            .execute(params![id, end, now])?;
         }
         Settle::Retry { delay } => to_pending(t, id, now + delay.as_millis() as i64, now, false)?,
         Settle::Release => to_pending(t, id, now, now, false)?,
