@@ -1814,13 +1814,12 @@ impl QueueBackend for PostgresQueue {
         files: crate::reload::Files,
     ) -> Result<(), QueueError> {
         // PostgreSQL compresses a large value itself (TOAST).
+        let unwritten = |e: &dyn std::fmt::Display| {
+            QueueError::Storage(format!("a rules version could not be written: {e}"))
+        };
         let mut json = Vec::new();
-        crate::queue::rules_version_json(&files, &mut json).map_err(|e| {
-            QueueError::Storage(format!("a rules version could not be written: {e}"))
-        })?;
-        let files = String::from_utf8(json).map_err(|e| {
-            QueueError::Storage(format!("a rules version could not be written: {e}"))
-        })?;
+        crate::queue::rules_version_json(&files, &mut json).map_err(|e| unwritten(&e))?;
+        let files = String::from_utf8(json).map_err(|e| unwritten(&e))?;
         timed(async {
             let client = get(&self.pool).await?;
             client
