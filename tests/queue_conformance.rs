@@ -68,6 +68,7 @@ macro_rules! conformance {
 }
 
 conformance!(
+    a_failing_operation_fails_alone_and_leaves_nothing,
     jobs_survive_reopening_and_in_flight_ones_come_back,
     due_targets_give_each_target_with_pending_jobs_its_earliest_due_time,
     pending_checks_coalesce_and_in_flight_ones_get_a_successor,
@@ -1016,19 +1017,34 @@ async fn crossing_checks_on_two_replicas_all_land_once() {
     assert!(claimed.iter().all(|j| j.coalesced == 120), "{claimed:?}");
 }
 
-/// One bad operation in a batch: PostgreSQL rolls the batch's transaction back, the writer runs each
-/// operation alone, and only the bad one fails — leaving nothing behind, not even its delivery id.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_operation_fails_alone_and_leaves_nothing() {
-    let store = Store::new(Backend::Postgres);
+/// One bad operation in a batch fails alone and leaves nothing behind, not even its delivery id.
+/// PostgreSQL rolls the batch's transaction back and runs each operation alone; SQLite undoes the
+/// operation's savepoint inside its open transaction. A trigger refuses jobs of the rule `poison`:
+/// the accept fails after its delivery id and first job were written.
+async fn a_failing_operation_fails_alone_and_leaves_nothing(backend: Backend) {
+    let store = Store::new(backend);
+    drop(store.open().await); // Creates the schema.
+    match backend {
+        Backend::Sqlite => {
+            let file = std::path::Path::new(&store.spec()).join("hookgate.db");
+            rusqlite::Connection::open(file)
+                .unwrap()
+                .execute_batch(
+                    "CREATE TRIGGER poison BEFORE INSERT ON jobs WHEN NEW.rule = 'poison'
+                     BEGIN SELECT RAISE(ABORT, 'poisoned job'); END;",
+                )
+                .unwrap();
+        }
+        Backend::Postgres => {
+            support::pg::shared().psql(
+                &store.spec(),
+                "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$
+                 BEGIN IF NEW.rule = 'poison' THEN RAISE EXCEPTION 'poisoned job'; END IF; RETURN NEW; END $$;
+                 CREATE TRIGGER poison BEFORE INSERT ON jobs FOR EACH ROW EXECUTE FUNCTION poison();",
+            );
+        }
+    }
     let q = Arc::new(store.open().await);
-    let server = support::pg::shared();
-    server.psql(
-        &store.spec(),
-        "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$
-         BEGIN IF NEW.rule = 'poison' THEN RAISE EXCEPTION 'poisoned job'; END IF; RETURN NEW; END $$;
-         CREATE TRIGGER poison BEFORE INSERT ON jobs FOR EACH ROW EXECUTE FUNCTION poison();",
-    );
     let seen = |i: usize| Some(("acme".to_string(), format!("d-{i}")));
     let tasks: Vec<_> = (0..100)
         .map(|i| {
@@ -1060,8 +1076,11 @@ async fn a_failing_operation_fails_alone_and_leaves_nothing() {
             );
         }
     }
-    assert_eq!(q.stats().await.unwrap().pending, 180);
-    server.psql(&store.spec(), "DROP TRIGGER poison ON jobs");
+    assert_eq!(
+        q.stats().await.unwrap().pending,
+        180,
+        "the failed accepts' first jobs are gone"
+    );
     assert!(
         matches!(
             q.accept(seen(3), Duration::from_secs(60), vec![])
@@ -1070,6 +1089,15 @@ async fn a_failing_operation_fails_alone_and_leaves_nothing() {
             Accepted::Enqueued(_)
         ),
         "the failed delivery's id was not recorded: its redelivery is accepted"
+    );
+    assert!(
+        matches!(
+            q.accept(seen(4), Duration::from_secs(60), vec![])
+                .await
+                .unwrap(),
+            Accepted::Duplicate
+        ),
+        "an accepted delivery's id was recorded"
     );
 }
 
