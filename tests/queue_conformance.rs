@@ -1637,3 +1637,89 @@ async fn sqlite_stops_when_the_wal_cannot_be_synced() {
     );
     assert!(accept(3).await.is_err(), "still stopped");
 }
+
+/// `stats` counts done and dead jobs from counters the database keeps (migration 8), not by reading
+/// every job: after every kind of change — acks, dead letters, retries, a requeue, checks merging
+/// into a pending one, a pruning, a reopening — they agree with a count of the rows themselves.
+#[tokio::test]
+async fn sqlite_counts_jobs_by_state_as_the_rows_do() {
+    use hookgate::queue::Settle;
+    let store = Store::new(Backend::Sqlite);
+    let q = store.open().await;
+    let file = std::path::Path::new(&store.spec()).join("hookgate.db");
+    let watch =
+        rusqlite::Connection::open_with_flags(&file, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    async fn agree(q: &Queue, watch: &rusqlite::Connection, when: &str) -> (u64, u64, u64, u64) {
+        let s = q.stats().await.unwrap();
+        let rows = |state: &str| -> u64 {
+            watch
+                .query_row("SELECT COUNT(*) FROM jobs WHERE state = ?1", [state], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .unwrap() as u64
+        };
+        let counted = (
+            rows("pending"),
+            rows("inflight"),
+            rows("done"),
+            rows("dead"),
+        );
+        assert_eq!((s.pending, s.inflight, s.done, s.dead), counted, "{when}");
+        counted
+    }
+    let notify = |n: usize| (0..n).map(|_| job(JobKind::Notify, "t", None)).collect();
+    q.enqueue(notify(10)).await.unwrap();
+    assert_eq!(agree(&q, &watch, "enqueued").await, (10, 0, 0, 0));
+
+    let claimed = q.claim("t", concurrency(10), 10, MINUTE).await.unwrap();
+    assert_eq!(agree(&q, &watch, "claimed").await, (0, 10, 0, 0));
+    let retry = || Settle::Retry {
+        delay: Duration::ZERO,
+    };
+    let settles = [
+        Settle::Ack,
+        Settle::Ack,
+        Settle::Ack,
+        Settle::DeadLetter,
+        Settle::DeadLetter,
+    ]
+    .into_iter()
+    .chain(std::iter::repeat_with(retry).take(5));
+    let outcomes = claimed
+        .iter()
+        .zip(settles)
+        .map(|(j, s)| (j.lease(), None, s))
+        .collect();
+    assert!(q.settle_many(outcomes).await.iter().all(Result::is_ok));
+    assert_eq!(agree(&q, &watch, "settled").await, (5, 0, 3, 2));
+
+    let dead = claimed[3].id;
+    q.requeue(dead).await.unwrap();
+    assert_eq!(agree(&q, &watch, "requeued").await, (6, 0, 3, 1));
+
+    // A claimed check whose key got a pending successor merges into it when retried: it is done.
+    q.enqueue(vec![job(JobKind::Check, "c", Some("k"))])
+        .await
+        .unwrap();
+    let check = q.claim("c", concurrency(1), 1, MINUTE).await.unwrap();
+    q.enqueue(vec![job(JobKind::Check, "c", Some("k"))])
+        .await
+        .unwrap();
+    q.settle(check[0].lease(), None, retry()).await.unwrap();
+    assert_eq!(agree(&q, &watch, "merged").await, (7, 0, 4, 1));
+
+    assert!(q.prune(now_ms() + 60_000).await.unwrap() >= 5);
+    assert_eq!(agree(&q, &watch, "pruned").await, (7, 0, 0, 0));
+    q.close().await.unwrap();
+    let q = store.open().await;
+    assert_eq!(agree(&q, &watch, "reopened").await, (7, 0, 0, 0));
+    // Counters set wrong by hand while the gateway was stopped are recounted at the next start.
+    q.close().await.unwrap();
+    rusqlite::Connection::open(&file)
+        .unwrap()
+        .execute("UPDATE job_counts SET n = 99", [])
+        .unwrap();
+    let q = store.open().await;
+    assert_eq!(agree(&q, &watch, "recounted").await, (7, 0, 0, 0));
+}
