@@ -1723,3 +1723,32 @@ async fn sqlite_counts_jobs_by_state_as_the_rows_do() {
     let q = store.open().await;
     assert_eq!(agree(&q, &watch, "recounted").await, (7, 0, 0, 0));
 }
+
+/// Pruning goes in steps of a few thousand jobs (accepts go on between them), and the steps together
+/// prune everything due: here 12,000 done jobs, more than two steps' worth, and none that is not due.
+#[tokio::test]
+async fn sqlite_prunes_in_steps_all_that_is_due() {
+    use hookgate::queue::Settle;
+    let store = Store::new(Backend::Sqlite);
+    let q = store.open().await;
+    let n = 12_000;
+    q.enqueue((0..n).map(|_| job(JobKind::Notify, "t", None)).collect())
+        .await
+        .unwrap();
+    let claimed = q
+        .claim("t", concurrency(u32::MAX), n, MINUTE)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), n);
+    let acks = claimed
+        .iter()
+        .map(|j| (j.lease(), None, Settle::Ack))
+        .collect();
+    assert!(q.settle_many(acks).await.iter().all(Result::is_ok));
+    q.enqueue(vec![job(JobKind::Notify, "t", None)])
+        .await
+        .unwrap();
+    assert_eq!(q.prune(now_ms() + 60_000).await.unwrap(), n as u64);
+    let s = q.stats().await.unwrap();
+    assert_eq!((s.pending, s.done), (1, 0), "the pending job stays");
+}

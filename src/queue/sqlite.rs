@@ -195,7 +195,13 @@ enum Op {
         reply: Reply<()>,
     },
     Requeue(i64, Reply<()>),
-    Prune(i64, Reply<u64>),
+    /// Pruning, step 1: the first job id created at or after the cutoff (or past the last).
+    PruneFrom(i64, Reply<i64>),
+    /// Step 2, again and again: deletes up to [`PRUNE_CHUNK`] done and dead jobs below that id, last
+    /// updated before the cutoff; returns how many.
+    PruneJobs(i64, i64, Reply<u64>),
+    /// Step 3: attempts of deleted jobs, and delivery ids seen before the cutoff.
+    Prune(i64, Reply<()>),
     Ping(Reply<()>),
     SettleMany(
         Vec<(Lease, Option<Attempt>, Settle)>,
@@ -513,8 +519,22 @@ impl QueueBackend for SqliteQueue {
         self.read(|t| stats(t).map_err(storage)).await
     }
 
+    /// In steps, each a separate operation, so accepts go on between them: deleting a week of jobs at
+    /// once (after a long stop, or a shorter `--retention`) held the writer for 1.5 s per 2,000,000.
     async fn prune(&self, before: i64) -> Result<u64, QueueError> {
-        self.call(|reply| Op::Prune(before, reply)).await
+        let below = self.call(|reply| Op::PruneFrom(before, reply)).await?;
+        let mut pruned = 0;
+        loop {
+            let n = self
+                .call(|reply| Op::PruneJobs(before, below, reply))
+                .await?;
+            pruned += n;
+            if n < PRUNE_CHUNK {
+                break;
+            }
+        }
+        self.call(|reply| Op::Prune(before, reply)).await?;
+        Ok(pruned)
     }
 
     async fn ping(&self) -> Result<(), QueueError> {
@@ -624,6 +644,9 @@ fn recover_inflight(conn: &mut Connection) -> Result<(), QueueError> {
 /// How long a transaction that holds nothing promised durable (claims, settles, records of outcomes,
 /// reads) stays open for more work before it commits. See [`writer`].
 const COMMIT_DELAY: Duration = Duration::from_millis(5);
+
+/// The most jobs one step of pruning deletes (a few milliseconds of the writer's time).
+const PRUNE_CHUNK: u64 = 5_000;
 
 /// How many new delivery ids [`Seen`] gathers before folding them into `deliveries`.
 const SEEN_FOLD_AT: usize = 4096;
@@ -1059,6 +1082,8 @@ fn fail(op: Op, message: &str) {
         Op::Claim { reply, .. } => send(reply, message),
         Op::Settle { reply, .. } => send(reply, message),
         Op::Requeue(_, r) => send(r, message),
+        Op::PruneFrom(_, r) => send(r, message),
+        Op::PruneJobs(_, _, r) => send(r, message),
         Op::Prune(_, r) => send(r, message),
         Op::Ping(r) => send(r, message),
         Op::SettleMany(_, r) => send(r, message),
@@ -1270,24 +1295,40 @@ fn apply(tx: &Connection, op: Op, state: &mut State) -> Answer {
             }),
         ),
         Op::Close(_) => unreachable!("the writer takes `Close` out of its batch"),
+        // Jobs are created in id order: prune walks the ids created before `before` (the rows to
+        // delete, mostly) instead of keeping an index on `updated_at` for every write.
+        Op::PruneFrom(before, reply) => answer(
+            reply,
+            tx.query_row(
+                "SELECT coalesce(
+                     (SELECT id FROM jobs WHERE created_at >= ?1 ORDER BY id LIMIT 1),
+                     (SELECT max(id) + 1 FROM jobs),
+                     0)",
+                [before],
+                |r| r.get(0),
+            ),
+        ),
+        Op::PruneJobs(before, below, reply) => answer(
+            reply,
+            guarded(tx, |t| {
+                t.execute(
+                    "DELETE FROM jobs WHERE id IN (
+                         SELECT id FROM jobs WHERE id < ?2 AND state IN ('done', 'dead') AND updated_at < ?1
+                         ORDER BY id LIMIT ?3)",
+                    params![before, below, PRUNE_CHUNK as i64],
+                )
+                .map(|n| n as u64)
+            }),
+        ),
         Op::Prune(before, reply) => {
             let result = guarded(tx, |t| {
-                // Jobs are created in id order: walk the ids created before `before` (the rows to
-                // delete, mostly) instead of keeping an index on `updated_at` for every write.
-                let n = t.execute(
-                    "DELETE FROM jobs WHERE id < coalesce(
-                         (SELECT id FROM jobs WHERE created_at >= ?1 ORDER BY id LIMIT 1),
-                         (SELECT max(id) + 1 FROM jobs))
-                       AND state IN ('done', 'dead') AND updated_at < ?1",
-                    [before],
-                )?;
                 t.execute(
                     "DELETE FROM attempts WHERE job_id NOT IN (SELECT id FROM jobs)",
                     [],
                 )?;
                 t.execute("DELETE FROM deliveries WHERE seen_at < ?1", [before])?;
                 t.execute("DELETE FROM deliveries_recent WHERE seen_at < ?1", [before])?;
-                Ok(n as u64)
+                Ok(())
             });
             if result.is_ok() {
                 state.seen.recent.retain(|_, at| *at >= before);
