@@ -1491,6 +1491,17 @@ async fn record_bodies_come_back_byte_for_byte_whatever_their_size_and_content(b
     assert!(push_back >= 1, "listing decodes bodies too");
 }
 
+/// A SQLite queue, its database file, and a read-only connection watching that file.
+async fn sqlite_watched() -> (Store, Queue, std::path::PathBuf, rusqlite::Connection) {
+    let store = Store::new(Backend::Sqlite);
+    let q = store.open().await;
+    let file = std::path::Path::new(&store.spec()).join("hookgate.db");
+    let watch =
+        rusqlite::Connection::open_with_flags(&file, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    (store, q, file, watch)
+}
+
 /// The SQLite queue's commit discipline, watched through a second connection on the same file: an
 /// accepted delivery and an enqueue (what a 202 promises) are committed by the time they are answered;
 /// a claim and a settle are answered at once and committed soon after — on their own within the commit
@@ -1498,12 +1509,7 @@ async fn record_bodies_come_back_byte_for_byte_whatever_their_size_and_content(b
 #[tokio::test]
 async fn sqlite_commits_promises_before_answering_and_claims_and_settles_soon_after() {
     use rusqlite::OptionalExtension;
-    let store = Store::new(Backend::Sqlite);
-    let q = store.open().await;
-    let file = std::path::Path::new(&store.spec()).join("hookgate.db");
-    let watch =
-        rusqlite::Connection::open_with_flags(file, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .unwrap();
+    let (_store, q, _file, watch) = sqlite_watched().await;
     let state = |id: i64| -> Option<String> {
         watch
             .query_row("SELECT state FROM jobs WHERE id = ?1", [id], |r| r.get(0))
@@ -1644,12 +1650,7 @@ async fn sqlite_stops_when_the_wal_cannot_be_synced() {
 #[tokio::test]
 async fn sqlite_counts_jobs_by_state_as_the_rows_do() {
     use hookgate::queue::Settle;
-    let store = Store::new(Backend::Sqlite);
-    let q = store.open().await;
-    let file = std::path::Path::new(&store.spec()).join("hookgate.db");
-    let watch =
-        rusqlite::Connection::open_with_flags(&file, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .unwrap();
+    let (store, q, file, watch) = sqlite_watched().await;
     async fn agree(q: &Queue, watch: &rusqlite::Connection, when: &str) -> (u64, u64, u64, u64) {
         let s = q.stats().await.unwrap();
         let rows = |state: &str| -> u64 {
