@@ -1753,3 +1753,54 @@ async fn sqlite_prunes_in_steps_all_that_is_due() {
     let s = q.stats().await.unwrap();
     assert_eq!((s.pending, s.done), (1, 0), "the pending job stays");
 }
+
+/// Delivery ids are pruned a span of ids at a time, in key order, and the spans together cover them
+/// all: 50,000 ids written while the gateway was stopped (more than two spans), every other one seen
+/// before the cutoff; exactly those go, and a delivery whose id went is accepted again.
+#[tokio::test]
+async fn sqlite_prunes_seen_delivery_ids_span_by_span() {
+    let (store, q, file, watch) = sqlite_watched().await;
+    q.close().await.unwrap();
+    let old = now_ms() - 3_600_000;
+    let mut conn = rusqlite::Connection::open(&file).unwrap();
+    let tx = conn.transaction().unwrap();
+    for i in 0..50_000i64 {
+        tx.execute(
+            "INSERT INTO deliveries (source, delivery, seen_at) VALUES (?1, ?2, ?3)",
+            rusqlite::params![
+                if i % 3 == 0 { "acme" } else { "zeta" },
+                format!("{:08x}", i.wrapping_mul(2_654_435_761) % 4_294_967_296),
+                if i % 2 == 0 {
+                    old
+                } else {
+                    now_ms() + 3_600_000
+                }
+            ],
+        )
+        .unwrap();
+    }
+    tx.commit().unwrap();
+    drop(conn);
+    let q = store.open().await;
+    q.prune(now_ms()).await.unwrap();
+    q.ping().await.unwrap(); // Pruning is answered before its commit; a ping waits for one.
+    let left = |clause: &str| -> i64 {
+        watch
+            .query_row(
+                &format!("SELECT COUNT(*) FROM deliveries WHERE {clause}"),
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    assert_eq!(left("seen_at < unixepoch() * 1000"), 0, "every old id went");
+    assert_eq!(left("true"), 25_000, "every other stayed");
+    let first_old = format!("{:08x}", 0);
+    let seen = Some(("acme".to_string(), first_old));
+    assert!(matches!(
+        q.accept(seen, Duration::from_secs(86_400), vec![])
+            .await
+            .unwrap(),
+        Accepted::Enqueued(_)
+    ));
+}

@@ -200,7 +200,10 @@ enum Op {
     /// Step 2, again and again: deletes up to [`PRUNE_CHUNK`] done and dead jobs below that id, last
     /// updated before the cutoff; returns how many.
     PruneJobs(i64, i64, Reply<u64>),
-    /// Step 3: attempts of deleted jobs, and delivery ids seen before the cutoff.
+    /// Step 3, again and again: delivery ids seen before the cutoff, among the next [`PRUNE_SPAN`]
+    /// ids after the given key (in key order); returns the last key looked at, `None` at the end.
+    PruneSeen(i64, (String, String), Reply<Option<(String, String)>>),
+    /// Step 4: attempts of deleted jobs, and recent delivery ids seen before the cutoff.
     Prune(i64, Reply<()>),
     Ping(Reply<()>),
     SettleMany(
@@ -533,6 +536,12 @@ impl QueueBackend for SqliteQueue {
                 break;
             }
         }
+        // `deliveries` has no index on when an id was seen (one would cost every accepted delivery a
+        // write): it is walked in key order, a span at a time.
+        let mut after = Some((String::new(), String::new()));
+        while let Some(key) = after {
+            after = self.call(|reply| Op::PruneSeen(before, key, reply)).await?;
+        }
         self.call(|reply| Op::Prune(before, reply)).await?;
         Ok(pruned)
     }
@@ -647,6 +656,9 @@ const COMMIT_DELAY: Duration = Duration::from_millis(5);
 
 /// The most jobs one step of pruning deletes (a few milliseconds of the writer's time).
 const PRUNE_CHUNK: u64 = 5_000;
+
+/// How many delivery ids one step of pruning looks at (about a millisecond of the writer's time).
+const PRUNE_SPAN: i64 = 20_000;
 
 /// How many new delivery ids [`Seen`] gathers before folding them into `deliveries`.
 const SEEN_FOLD_AT: usize = 4096;
@@ -1084,6 +1096,7 @@ fn fail(op: Op, message: &str) {
         Op::Requeue(_, r) => send(r, message),
         Op::PruneFrom(_, r) => send(r, message),
         Op::PruneJobs(_, _, r) => send(r, message),
+        Op::PruneSeen(_, _, r) => send(r, message),
         Op::Prune(_, r) => send(r, message),
         Op::Ping(r) => send(r, message),
         Op::SettleMany(_, r) => send(r, message),
@@ -1320,13 +1333,40 @@ fn apply(tx: &Connection, op: Op, state: &mut State) -> Answer {
                 .map(|n| n as u64)
             }),
         ),
+        Op::PruneSeen(before, (source, delivery), reply) => answer(
+            reply,
+            guarded(tx, |t| {
+                let end: Option<(String, String)> = t
+                    .prepare_cached(
+                        "SELECT source, delivery FROM deliveries WHERE (source, delivery) > (?1, ?2)
+                         ORDER BY source, delivery LIMIT 1 OFFSET ?3",
+                    )?
+                    .query_row(params![source, delivery, PRUNE_SPAN - 1], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
+                    .optional()?;
+                match &end {
+                    Some((last_source, last_delivery)) => t
+                        .prepare_cached(
+                            "DELETE FROM deliveries WHERE (source, delivery) > (?1, ?2)
+                             AND (source, delivery) <= (?4, ?5) AND seen_at < ?3",
+                        )?
+                        .execute(params![source, delivery, before, last_source, last_delivery])?,
+                    None => t
+                        .prepare_cached(
+                            "DELETE FROM deliveries WHERE (source, delivery) > (?1, ?2) AND seen_at < ?3",
+                        )?
+                        .execute(params![source, delivery, before])?,
+                };
+                Ok(end)
+            }),
+        ),
         Op::Prune(before, reply) => {
             let result = guarded(tx, |t| {
                 t.execute(
                     "DELETE FROM attempts WHERE job_id NOT IN (SELECT id FROM jobs)",
                     [],
                 )?;
-                t.execute("DELETE FROM deliveries WHERE seen_at < ?1", [before])?;
                 t.execute("DELETE FROM deliveries_recent WHERE seen_at < ?1", [before])?;
                 Ok(())
             });
