@@ -182,6 +182,7 @@ impl<Q: QueueBackend> Dispatcher<Q> {
         let mut tasks: JoinSet<(String, i64)> = JoinSet::new();
         let mut running: HashMap<tokio::task::Id, (String, Lease)> = HashMap::new();
         let mut last_prune = Instant::now() - Duration::from_secs(3600);
+        let mut pruning: Option<tokio::task::JoinHandle<()>> = None;
         let mut refresh = true;
         let mut last_refresh = Instant::now();
         loop {
@@ -202,14 +203,21 @@ impl<Q: QueueBackend> Dispatcher<Q> {
             if self.refill(&rules, &mut targets).await {
                 sleep = sleep.min(self.start_ready(&rules, &mut targets, &mut tasks, &mut running));
             }
-            if last_prune.elapsed() > Duration::from_secs(600) {
+            // Pruning (in steps, with the queue's other work between them) runs beside the loop,
+            // one at a time, never holding back claims and completions.
+            if last_prune.elapsed() > Duration::from_secs(600)
+                && pruning.as_ref().is_none_or(|p| p.is_finished())
+            {
                 last_prune = Instant::now();
                 let before = now_ms() - self.config.retention.as_millis() as i64;
-                match self.shared.queue.prune(before).await {
-                    Ok(n) if n > 0 => tracing::info!(jobs = n, "pruned old delivery records"),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "pruning delivery records failed"),
-                }
+                let queue = self.shared.queue.clone();
+                pruning = Some(tokio::spawn(async move {
+                    match queue.prune(before).await {
+                        Ok(n) if n > 0 => tracing::info!(jobs = n, "pruned old delivery records"),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "pruning delivery records failed"),
+                    }
+                }));
             }
             tokio::select! {
                 biased;
@@ -224,6 +232,9 @@ impl<Q: QueueBackend> Dispatcher<Q> {
                 () = self.wake.notified() => refresh = true,
                 () = tokio::time::sleep(sleep) => {}
             }
+        }
+        if let Some(p) = pruning {
+            p.abort(); // Between two steps: each is whole.
         }
         let unstarted: Vec<Lease> = targets
             .values_mut()

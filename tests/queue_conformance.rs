@@ -1710,7 +1710,7 @@ async fn sqlite_counts_jobs_by_state_as_the_rows_do() {
     q.settle(check[0].lease(), None, retry()).await.unwrap();
     assert_eq!(agree(&q, &watch, "merged").await, (7, 0, 4, 1));
 
-    assert!(q.prune(now_ms() + 60_000).await.unwrap() >= 5);
+    assert_eq!(q.prune(now_ms() + 60_000).await.unwrap(), 5);
     assert_eq!(agree(&q, &watch, "pruned").await, (7, 0, 0, 0));
     q.close().await.unwrap();
     let q = store.open().await;
@@ -1725,8 +1725,8 @@ async fn sqlite_counts_jobs_by_state_as_the_rows_do() {
     assert_eq!(agree(&q, &watch, "recounted").await, (7, 0, 0, 0));
 }
 
-/// Pruning goes in steps of a few thousand jobs (accepts go on between them), and the steps together
-/// prune everything due: here 12,000 done jobs, more than two steps' worth, and none that is not due.
+/// Pruning goes in steps of a few hundred jobs (accepts go on between them), and the steps together
+/// prune everything due: here 12,000 done jobs, many steps' worth, and none created after the cutoff.
 #[tokio::test]
 async fn sqlite_prunes_in_steps_all_that_is_due() {
     use hookgate::queue::Settle;
@@ -1746,12 +1746,23 @@ async fn sqlite_prunes_in_steps_all_that_is_due() {
         .map(|j| (j.lease(), None, Settle::Ack))
         .collect();
     assert!(q.settle_many(acks).await.iter().all(Result::is_ok));
-    q.enqueue(vec![job(JobKind::Notify, "t", None)])
+    // Created after the cutoff: a done job stays, as does a pending one.
+    let cutoff = now_ms();
+    while now_ms() <= cutoff {
+        std::hint::spin_loop();
+    }
+    q.enqueue(vec![job(JobKind::Notify, "t", None); 2])
         .await
         .unwrap();
-    assert_eq!(q.prune(now_ms() + 60_000).await.unwrap(), n as u64);
+    let late = q.claim("t", concurrency(1), 1, MINUTE).await.unwrap();
+    q.settle(late[0].lease(), None, Settle::Ack).await.unwrap();
+    assert_eq!(q.prune(cutoff + 1).await.unwrap(), n as u64);
     let s = q.stats().await.unwrap();
-    assert_eq!((s.pending, s.done), (1, 0), "the pending job stays");
+    assert_eq!(
+        (s.pending, s.done),
+        (1, 1),
+        "what was created after the cutoff stays"
+    );
 }
 
 /// Delivery ids are pruned a span of ids at a time, in key order, and the spans together cover them
