@@ -2076,6 +2076,43 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
+    /// A read's statements share one snapshot: with enqueues going on, the pending total and its
+    /// breakdown by target always agree.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reads_statements_see_one_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Arc::new(SqliteQueue::open(dir.path()).unwrap());
+        let writer = tokio::spawn({
+            let q = q.clone();
+            async move {
+                for i in 0..2_000 {
+                    let job = NewJob {
+                        kind: JobKind::Notify,
+                        target: format!("t{}", i % 3),
+                        key: None,
+                        source: "acme".into(),
+                        event: None,
+                        delivery: format!("d-{i}"),
+                        rule: "r".into(),
+                        action: 0,
+                        body: b"{}".to_vec(),
+                        headers: Vec::new(),
+                        sign_with: None,
+                    };
+                    q.enqueue(vec![job]).await.unwrap();
+                }
+            }
+        });
+        let mut reads = 0;
+        while !writer.is_finished() || reads == 0 {
+            let s = q.stats().await.unwrap();
+            let by_target: u64 = s.pending_by_target.iter().map(|(_, n)| n).sum();
+            assert_eq!(s.pending, by_target, "read {reads}");
+            reads += 1;
+        }
+        writer.await.unwrap();
+    }
+
     /// A job stored while pruning is under way may be given the id of the newest job pruned: it must
     /// not inherit that job's attempts (they go in the same step as their job).
     #[tokio::test]
