@@ -2076,6 +2076,23 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
+    /// A notify job for `target`, of delivery `delivery`.
+    fn notify(target: &str, delivery: &str) -> NewJob {
+        NewJob {
+            kind: JobKind::Notify,
+            target: target.into(),
+            key: None,
+            source: "acme".into(),
+            event: None,
+            delivery: delivery.into(),
+            rule: "r".into(),
+            action: 0,
+            body: b"{}".to_vec(),
+            headers: Vec::new(),
+            sign_with: None,
+        }
+    }
+
     /// A read's statements share one snapshot: with enqueues going on, the pending total and its
     /// breakdown by target always agree.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -2086,19 +2103,7 @@ mod tests {
             let q = q.clone();
             async move {
                 for i in 0..2_000 {
-                    let job = NewJob {
-                        kind: JobKind::Notify,
-                        target: format!("t{}", i % 3),
-                        key: None,
-                        source: "acme".into(),
-                        event: None,
-                        delivery: format!("d-{i}"),
-                        rule: "r".into(),
-                        action: 0,
-                        body: b"{}".to_vec(),
-                        headers: Vec::new(),
-                        sign_with: None,
-                    };
+                    let job = notify(&format!("t{}", i % 3), &format!("d-{i}"));
                     q.enqueue(vec![job]).await.unwrap();
                 }
             }
@@ -2120,19 +2125,7 @@ mod tests {
         use crate::queue::Attempt;
         let dir = tempfile::tempdir().unwrap();
         let q = SqliteQueue::open(dir.path()).unwrap();
-        let job = || NewJob {
-            kind: JobKind::Notify,
-            target: "t".into(),
-            key: None,
-            source: "acme".into(),
-            event: None,
-            delivery: "d".into(),
-            rule: "r".into(),
-            action: 0,
-            body: b"{}".to_vec(),
-            headers: Vec::new(),
-            sign_with: None,
-        };
+        let job = || notify("t", "d");
         let minute = Duration::from_secs(60);
         let id = q.enqueue(vec![job()]).await.unwrap()[0];
         let claimed = q.claim("t", ClaimLimits::NONE, 1, minute).await.unwrap();
@@ -2178,19 +2171,7 @@ mod tests {
             async move { q.stats().await }
         });
 
-        let job = NewJob {
-            kind: JobKind::Notify,
-            target: "t".into(),
-            key: None,
-            source: "acme".into(),
-            event: None,
-            delivery: "d-1".into(),
-            rule: "r".into(),
-            action: 0,
-            body: b"{}".to_vec(),
-            headers: Vec::new(),
-            sign_with: None,
-        };
+        let job = notify("t", "d-1");
         let minute = Duration::from_secs(60);
         let seen = Some(("acme".to_string(), "d-1".to_string()));
         let accepted = q.accept(seen, minute, vec![job]).await.unwrap();
