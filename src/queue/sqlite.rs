@@ -146,10 +146,10 @@ const MIGRATIONS: &[&str] = &[
     // 8: how many jobs are done and dead, kept by triggers, so that counting them (`/metrics`, every
     // scrape) reads two rows instead of every job kept (pending and in-flight jobs are counted from
     // their partial indexes). The gateway never stores a job done or dead; it ends up there by an
-    // update, and leaves by another or by a delete (an insert is counted all the same).
+    // update, and leaves by another or by a delete (an insert is counted all the same). `open` counts
+    // the rows already there, as it does at every start.
     "CREATE TABLE job_counts (state TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID;
     INSERT INTO job_counts (state, n) VALUES ('done', 0), ('dead', 0);
-    UPDATE job_counts SET n = (SELECT COUNT(*) FROM jobs WHERE jobs.state = job_counts.state);
     CREATE TRIGGER job_counts_update AFTER UPDATE OF state ON jobs
     WHEN old.state <> new.state AND (old.state IN ('done', 'dead') OR new.state IN ('done', 'dead'))
     BEGIN
@@ -195,7 +195,7 @@ enum Op {
         reply: Reply<()>,
     },
     Requeue(i64, Reply<()>),
-    /// Pruning, step 1: the first job id created at or after the cutoff (or past the last).
+    /// Pruning, step 1: an id below which every job was created before the cutoff ([`prune_from`]).
     PruneFrom(i64, Reply<i64>),
     /// Step 2, again and again: deletes up to [`PRUNE_CHUNK`] done and dead jobs below that id, last
     /// updated before the cutoff; returns how many.
@@ -284,8 +284,9 @@ impl SqliteQueue {
         // 8 MiB of page cache: the hot part of the queue (the ends of its tables and indexes, recent
         // jobs) stays in memory. Not more: a commit after a B-tree rebalance that renumbered pages (it
         // parks one for a moment under the number of the never-used page at 1 GiB, SQLite's lock
-        // byte) walks the whole page cache to drop pages past the end of the file. With 32 MiB that walk was 7–10% of the queue thread
-        // in the delivered benchmark; with 8 MiB, 2%, for ~1% more reads of pages from the OS.
+        // byte) walks the whole page cache to drop pages past the end of the file. With 32 MiB that
+        // walk was 7–10% of the queue thread in the delivered benchmark; with 8 MiB, 2%, for ~1% more
+        // reads of pages from the OS.
         conn.pragma_update(None, "cache_size", -8_192)
             .map_err(storage)?;
         // The query planner's stability guarantee: a cached statement keeps its plan whatever values
@@ -339,10 +340,7 @@ impl SqliteQueue {
     pub async fn close(&self) -> Result<(), QueueError> {
         // The reads' lock may be held by a read in progress: wait for it off the async workers.
         let reader = self.reader.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            drop(reader.lock().unwrap_or_else(|p| p.into_inner()).take());
-        })
-        .await;
+        let _ = tokio::task::spawn_blocking(move || close_reader(&reader)).await;
         let (reply, rx) = oneshot::channel();
         let result = match self.send_close(reply) {
             true => rx.await.unwrap_or(Err(QueueError::Closed)),
@@ -365,14 +363,10 @@ impl SqliteQueue {
         &self.path
     }
 
-    fn close_reader(&self) {
-        drop(self.reader.lock().unwrap_or_else(|p| p.into_inner()).take());
-    }
-
-    /// Runs a read on its own connection, on a blocking thread: a read that walks many rows (counting
-    /// a week of jobs for `/metrics` took 0.6 s per 2 million) holds back neither accepts nor the
-    /// dispatcher. The writer commits first what it has answered, so the read sees every write
-    /// answered before it (WAL: readers see what is committed, and never block the writer).
+    /// Runs a read on its own connection, on a blocking thread: a read that walks many rows (a long
+    /// listing of records) holds back neither accepts nor the dispatcher. The writer commits first
+    /// what it has answered, so the read sees every write answered before it (WAL: readers see what
+    /// is committed, and never block the writer).
     async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, QueueError> + Send + 'static,
@@ -413,7 +407,7 @@ impl SqliteQueue {
 /// the data directory is free again when `drop` returns.
 impl Drop for SqliteQueue {
     fn drop(&mut self) {
-        self.close_reader();
+        close_reader(&self.reader);
         let writer = self
             .writer
             .get_mut()
@@ -425,6 +419,11 @@ impl Drop for SqliteQueue {
             let _ = handle.join();
         }
     }
+}
+
+/// Closes the reads' connection (once any read in progress is done); reads after it fail as closed.
+fn close_reader(reader: &Mutex<Option<Connection>>) {
+    drop(reader.lock().unwrap_or_else(|p| p.into_inner()).take());
 }
 
 /// The reads' connection: `query_only`, a small cache of its own (the writer's holds the hot pages).
@@ -1080,22 +1079,10 @@ fn fail_closed(op: Op) {
 type Answer = Box<dyn FnOnce(Option<&str>) + Send>;
 
 fn answer<T: Send + 'static>(reply: Reply<T>, result: rusqlite::Result<T>) -> Answer {
-    answer_for(reply, result, None)
-}
-
-/// As [`answer`], reporting "no rows" as [`QueueError::NoSuchJob`] for operations on job `id`.
-fn answer_for<T: Send + 'static>(
-    reply: Reply<T>,
-    result: rusqlite::Result<T>,
-    id: Option<i64>,
-) -> Answer {
     Box::new(move |commit_error| {
-        let result = match (commit_error, result, id) {
-            (Some(e), _, _) => Err(QueueError::Storage(e.to_string())),
-            (None, Err(rusqlite::Error::QueryReturnedNoRows), Some(id)) => {
-                Err(QueueError::NoSuchJob(id))
-            }
-            (None, r, _) => r.map_err(storage),
+        let result = match commit_error {
+            Some(e) => Err(QueueError::Storage(e.to_string())),
+            None => result.map_err(storage),
         };
         let _ = reply.send(result);
     })
@@ -1728,7 +1715,6 @@ fn get_job(t: &Connection, id: i64) -> rusqlite::Result<(Job, Vec<Attempt>)> {
 /// Jobs by state: pending and in flight from their partial indexes, done and dead from `job_counts`
 /// (migration 8). None of it reads the jobs themselves, however many are kept.
 fn stats(t: &Connection) -> rusqlite::Result<Stats> {
-    let mut s = Stats::default();
     let counts: [i64; 4] = t
         .prepare_cached(
             "SELECT (SELECT COUNT(*) FROM jobs WHERE state = 'pending'),
@@ -1738,14 +1724,19 @@ fn stats(t: &Connection) -> rusqlite::Result<Stats> {
         )?
         .query_row([], |r| Ok([r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?]))?;
     let [pending, inflight, done, dead] = counts.map(|n| n.max(0) as u64);
-    (s.pending, s.inflight, s.done, s.dead) = (pending, inflight, done, dead);
     let mut stmt = t.prepare_cached(
         "SELECT target, COUNT(*) FROM jobs WHERE state = 'pending' GROUP BY target ORDER BY target",
     )?;
-    s.pending_by_target = stmt
+    let pending_by_target = stmt
         .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?
         .collect::<rusqlite::Result<_>>()?;
-    Ok(s)
+    Ok(Stats {
+        pending,
+        inflight,
+        done,
+        dead,
+        pending_by_target,
+    })
 }
 
 const RECORD_COLUMNS: &str = "id, received_at, source, delivery, event, status, outcome, reason, matched, \
@@ -2150,7 +2141,7 @@ mod tests {
         assert!(attempts.is_empty(), "{attempts:?}");
     }
 
-    /// A read that takes long (counting a week of jobs) holds back neither accepts, nor claims, nor
+    /// A read that takes long (a long listing) holds back neither accepts, nor claims, nor
     /// settles: it has a connection and a thread of its own. Here the reads' connection is held busy
     /// while the writes go through; the read answers once it is free.
     #[tokio::test]
