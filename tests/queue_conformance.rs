@@ -424,7 +424,7 @@ async fn a_newer_schema_is_refused(backend: Backend) {
     drop(store.open().await);
     match backend {
         Backend::Sqlite => {
-            let file = std::path::Path::new(&store.spec()).join("hookgate.db");
+            let file = sqlite_file(&store);
             let conn = rusqlite::Connection::open(file).unwrap();
             conn.pragma_update(None, "user_version", 99i64).unwrap();
         }
@@ -1026,7 +1026,7 @@ async fn a_failing_operation_fails_alone_and_leaves_nothing(backend: Backend) {
     drop(store.open().await); // Creates the schema.
     match backend {
         Backend::Sqlite => {
-            let file = std::path::Path::new(&store.spec()).join("hookgate.db");
+            let file = sqlite_file(&store);
             rusqlite::Connection::open(file)
                 .unwrap()
                 .execute_batch(
@@ -1307,7 +1307,7 @@ async fn rules_versions_are_kept_once(backend: Backend) {
     );
     if backend == Backend::Sqlite {
         drop(q);
-        let file = std::path::Path::new(&store.spec()).join("hookgate.db");
+        let file = sqlite_file(&store);
         let conn = rusqlite::Connection::open(file).unwrap();
         let (kind, stored): (String, i64) = conn
             .query_row(
@@ -1491,11 +1491,16 @@ async fn record_bodies_come_back_byte_for_byte_whatever_their_size_and_content(b
     assert!(push_back >= 1, "listing decodes bodies too");
 }
 
+/// The database file of a SQLite store.
+fn sqlite_file(store: &Store) -> std::path::PathBuf {
+    std::path::Path::new(&store.spec()).join("hookgate.db")
+}
+
 /// A SQLite queue, its database file, and a read-only connection watching that file.
 async fn sqlite_watched() -> (Store, Queue, std::path::PathBuf, rusqlite::Connection) {
     let store = Store::new(Backend::Sqlite);
     let q = store.open().await;
-    let file = std::path::Path::new(&store.spec()).join("hookgate.db");
+    let file = sqlite_file(&store);
     let watch =
         rusqlite::Connection::open_with_flags(&file, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .unwrap();
