@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::Event;
 use crate::explain::Explanation;
+use crate::pairs::Pairs;
 use crate::queue::JobKind;
 use crate::ruleset::RuleSet;
 
@@ -87,9 +88,9 @@ pub struct ActionRecord {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RecordedRequest {
     /// `(lowercase name, value)`, without the headers that carry signatures or tokens.
-    pub headers: Vec<(String, String)>,
+    pub headers: Pairs,
     /// Without a query parameter that carries a token.
-    pub query: Vec<(String, String)>,
+    pub query: Pairs,
     /// The raw body, unless `--record-bodies` says not to keep it.
     pub body: Option<Bytes>,
 }
@@ -152,12 +153,7 @@ impl Record {
             .map(|s| s.as_ref().map_or(0, String::len))
             .sum::<usize>();
         let request = self.request.as_ref().map_or(0, |r| {
-            r.headers
-                .iter()
-                .chain(&r.query)
-                .map(|(n, v)| n.len() + v.len())
-                .sum::<usize>()
-                + r.body.as_ref().map_or(0, Bytes::len)
+            r.headers.text_len() + r.query.text_len() + r.body.as_ref().map_or(0, Bytes::len)
         });
         std::mem::size_of::<Record>()
             + strings
@@ -489,15 +485,16 @@ pub fn explain(rules: &RuleSet, record: &Record) -> Result<Explanation, String> 
         .body
         .as_ref()
         .ok_or("its body was not kept (`--record-bodies`)")?;
-    let payload = crate::prepare::payload(&rules.sources()[source], &request.headers, body)
+    let headers = request.headers.to_vec();
+    let payload = crate::prepare::payload(&rules.sources()[source], &headers, body)
         .map_err(|m| m.as_str().to_string())?;
     let event = Event::with_identity(
         rules,
         source,
         record.event.clone(),
         record.delivery.clone(),
-        request.headers.clone(),
-        request.query.clone(),
+        headers,
+        request.query.to_vec(),
         payload,
     );
     Ok(crate::explain::explain(rules, &event))

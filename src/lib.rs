@@ -43,6 +43,7 @@ pub mod explain;
 
 // What becomes of it: the delivery log, the queue, delivery.
 pub mod clock;
+pub mod pairs;
 pub mod delivery_log;
 pub mod queue;
 pub mod dispatch;

@@ -1109,8 +1109,8 @@ fn record(source: &str, outcome: Outcome, status: u16) -> Record {
     r.status = status;
     r.rules_version = Some("v1".into());
     r.request = Some(RecordedRequest {
-        headers: vec![("x-github-event".into(), "push".into())],
-        query: vec![("team".into(), "core".into())],
+        headers: [("x-github-event", "push")].into_iter().collect(),
+        query: [("team", "core")].into_iter().collect(),
         body: Some(bytes::Bytes::from_static(b"{\"ref\":\"refs/heads/main\"}")),
     });
     r

@@ -11,12 +11,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::Full;
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::delivery_log::{ActionRecord, Outcome, Record, RecordBodies, RecordedRequest};
 use crate::dispatch::jobs_for;
 use crate::eval::evaluate;
 use crate::event::Event;
+use crate::pairs::Pairs;
 use crate::prepare::{Malformed, Options, Prepared, View, prepare};
 use crate::queue::{Accepted, NewJob, QueueBackend};
 use crate::ruleset::{Rate, RuleSet};
@@ -98,8 +100,13 @@ impl Reject {
     }
 }
 
-pub(crate) fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+pub(crate) fn json_response<T: Serialize + ?Sized>(
+    status: StatusCode,
+    body: &T,
+) -> Response<Full<Bytes>> {
+    // Plain data: serialising cannot fail.
+    let text = serde_json::to_vec(body).unwrap_or_default();
+    let mut r = Response::new(Full::new(Bytes::from(text)));
     *r.status_mut() = status;
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
@@ -366,8 +373,8 @@ pub(crate) fn recorded(
 ) -> RecordedRequest {
     verify::strip_credentials(source, &mut headers, &mut query);
     RecordedRequest {
-        headers,
-        query,
+        headers: Pairs::from(headers.as_slice()),
+        query: Pairs::from(query.as_slice()),
         body,
     }
 }
@@ -424,13 +431,24 @@ pub fn decide(
     }
 }
 
-/// The 200 for a delivery that runs nothing.
+/// The 200 for a delivery that runs nothing: the commonest answer, written without building a JSON
+/// tree first.
 fn no_match(delivery: &str, filtered: bool) -> Response<Full<Bytes>> {
-    tracing::debug!(filtered, "no rule matched");
-    let mut body = json!({ "delivery": delivery, "matched": [], "actions": 0 });
-    if filtered {
-        body["ignored"] = json!("the source does not accept this event");
+    #[derive(Serialize)]
+    struct NoMatch<'a> {
+        delivery: &'a str,
+        matched: [&'a str; 0],
+        actions: u8,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        ignored: Option<&'static str>,
     }
+    tracing::debug!(filtered, "no rule matched");
+    let body = NoMatch {
+        delivery,
+        matched: [],
+        actions: 0,
+        ignored: filtered.then_some("the source does not accept this event"),
+    };
     let mut r = json_response(StatusCode::OK, &body);
     r.headers_mut()
         .insert("x-hookgate-matched", HeaderValue::from_static("0"));

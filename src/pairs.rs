@@ -1,0 +1,161 @@
+//! Name–value pairs (a request's headers or query parameters) packed in two allocations.
+//!
+//! The delivery log keeps the headers and query of its last 10,000 requests. As a
+//! `Vec<(String, String)>` that is two allocations per pair, each freed when its record is evicted,
+//! thousands of requests later and cache-cold: with a GitHub push's headers, a few dozen cold frees on
+//! every request. Packed, it is one buffer of text and one of offsets (`docs/performance.md`, "The
+//! delivery log's records, packed").
+
+use std::fmt;
+
+use serde::de::{Deserialize, Deserializer};
+use serde::ser::{Serialize, SerializeSeq, Serializer};
+
+/// Pairs in arrival order; a name may repeat.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Pairs {
+    /// Every name and value, one after the other.
+    text: Box<str>,
+    /// For each pair, where its name ends and where its value ends, in `text`.
+    ends: Box<[(usize, usize)]>,
+}
+
+impl Pairs {
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&str, &str)> + '_ {
+        let mut start = 0;
+        self.ends.iter().map(move |&(name_end, value_end)| {
+            let pair = (&self.text[start..name_end], &self.text[name_end..value_end]);
+            start = value_end;
+            pair
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Bytes of text held (names and values).
+    pub fn text_len(&self) -> usize {
+        self.text.len()
+    }
+
+    /// The pairs as owned strings, for the stages that take them so.
+    pub fn to_vec(&self) -> Vec<(String, String)> {
+        self.iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
+    }
+}
+
+impl Pairs {
+    fn pack<N: AsRef<str>, V: AsRef<str>>(pairs: &[(N, V)]) -> Pairs {
+        let size = pairs
+            .iter()
+            .map(|(n, v)| n.as_ref().len() + v.as_ref().len())
+            .sum();
+        let mut text = String::with_capacity(size);
+        let mut ends = Vec::with_capacity(pairs.len());
+        for (name, value) in pairs {
+            text.push_str(name.as_ref());
+            let name_end = text.len();
+            text.push_str(value.as_ref());
+            ends.push((name_end, text.len()));
+        }
+        Pairs {
+            text: text.into_boxed_str(),
+            ends: ends.into_boxed_slice(),
+        }
+    }
+}
+
+impl<N: AsRef<str>, V: AsRef<str>> FromIterator<(N, V)> for Pairs {
+    fn from_iter<I: IntoIterator<Item = (N, V)>>(pairs: I) -> Pairs {
+        Pairs::pack(&pairs.into_iter().collect::<Vec<_>>())
+    }
+}
+
+impl From<&[(String, String)]> for Pairs {
+    fn from(pairs: &[(String, String)]) -> Pairs {
+        Pairs::pack(pairs)
+    }
+}
+
+impl fmt::Debug for Pairs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+/// As `[[name, value], ...]`, the shape a `Vec<(String, String)>` has.
+impl Serialize for Pairs {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut seq = serializer.serialize_seq(Some(self.len()))?;
+        for pair in self.iter() {
+            seq.serialize_element(&pair)?;
+        }
+        seq.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Pairs {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Pairs, D::Error> {
+        let pairs = Vec::<(String, String)>::deserialize(deserializer)?;
+        Ok(Pairs::from(pairs.as_slice()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn pairs_keep_order_repeats_and_empty_parts() {
+        let given = owned(&[
+            ("x-github-event", "push"),
+            ("accept", ""),
+            ("", "no name"),
+            ("accept", "*/*"),
+            ("x-ünïcode", "välue ✓"),
+        ]);
+        let packed = Pairs::from(given.as_slice());
+        assert_eq!(packed.len(), 5);
+        assert_eq!(packed.to_vec(), given);
+        assert_eq!(
+            packed.iter().collect::<Vec<_>>(),
+            given
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(
+            packed.text_len(),
+            given.iter().map(|(n, v)| n.len() + v.len()).sum::<usize>()
+        );
+        let collected: Pairs = given.iter().map(|(n, v)| (n, v)).collect();
+        assert_eq!(collected, packed);
+        assert!(Pairs::default().is_empty());
+        assert_eq!(Pairs::from(&[][..]).iter().count(), 0);
+    }
+
+    #[test]
+    fn pairs_serialize_as_a_list_of_pairs_would() {
+        let given = owned(&[("a", "1"), ("b", "\"quoted\""), ("a", "2")]);
+        let packed = Pairs::from(given.as_slice());
+        let json = serde_json::to_string(&packed).unwrap();
+        assert_eq!(json, serde_json::to_string(&given).unwrap());
+        let back: Pairs = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, packed);
+        assert_eq!(format!("{packed:?}"), format!("{:?}", given));
+    }
+}
