@@ -69,6 +69,8 @@ struct Load {
     path: String,
     body: Bytes,
     signature: String,
+    /// GitHub still sends the SHA-1 signature beside the SHA-256 one.
+    signature_sha1: String,
     event: String,
 }
 
@@ -91,11 +93,14 @@ fn main() {
     };
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(args.secret.as_bytes()).expect("any key");
     mac.update(&body);
+    let mut sha1 = Hmac::<sha1::Sha1>::new_from_slice(args.secret.as_bytes()).expect("any key");
+    sha1.update(&body);
     let load = Arc::new(Load {
         host: addr.to_string(),
         addr: addr.to_string(),
         path: path.to_string(),
         signature: format!("sha256={}", hex::encode(mac.finalize().into_bytes())),
+        signature_sha1: format!("sha1={}", hex::encode(sha1.finalize().into_bytes())),
         body,
         event: args.event.clone(),
     });
@@ -171,12 +176,20 @@ async fn run(load: Arc<Load>, args: &Args) -> serde_json::Value {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 };
+                // The headers GitHub sends with a push (the fixture's `.headers.json`, plus `Accept`
+                // and the two signatures), in its order.
                 let request = Request::post(load.path.as_str())
                     .header("host", load.host.as_str())
-                    .header("content-type", "application/json")
-                    .header("x-github-event", load.event.as_str())
-                    .header("x-hub-signature-256", load.signature.as_str())
+                    .header("user-agent", "GitHub-Hookshot/044aadd")
+                    .header("accept", "*/*")
                     .header("x-github-delivery", id)
+                    .header("x-github-event", load.event.as_str())
+                    .header("x-github-hook-id", "109948940")
+                    .header("x-github-hook-installation-target-id", "186853002")
+                    .header("x-github-hook-installation-target-type", "repository")
+                    .header("x-hub-signature", load.signature_sha1.as_str())
+                    .header("x-hub-signature-256", load.signature.as_str())
+                    .header("content-type", "application/json")
                     .body(Full::new(load.body.clone()))
                     .expect("request");
                 let answered = match s.ready().await {
