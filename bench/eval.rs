@@ -16,6 +16,7 @@ use generate::Targets;
 use hookgate::compile::PlaceholderSecrets;
 use hookgate::eval::evaluate;
 use hookgate::event::Event;
+use hookgate::pairs::Pairs;
 use hookgate::prepare::{Options, View, prepare};
 
 const PAYLOAD: &str = concat!(
@@ -117,7 +118,8 @@ fn containment(bytes: &[u8], n: usize, samples: usize) {
     .expect("the generated file compiles");
     let rules = &compiled.rules;
     let source = &rules.sources()[0];
-    let headers = vec![("x-github-event".to_string(), "push".to_string())];
+    let headers: Pairs = [("x-github-event", "push")].into_iter().collect();
+    let no_query = Pairs::default();
     let mut push: serde_json::Value = serde_json::from_slice(bytes).unwrap();
     push["repository"]["full_name"] = format!("acme/repo-{}", n / 2).into();
     push["ref"] = "refs/heads/feature".into();
@@ -131,7 +133,7 @@ fn containment(bytes: &[u8], n: usize, samples: usize) {
     ];
     for (label, body, expect) in cases {
         let run = || {
-            let prepared = prepare(source, &headers, &[], body, Options::default()).unwrap();
+            let prepared = prepare(source, &headers, &no_query, body, Options::default()).unwrap();
             let payload = match prepared.view {
                 View::None { .. } => return 0,
                 View::Sparse(v) | View::Full(v) => v,
@@ -143,7 +145,7 @@ fn containment(bytes: &[u8], n: usize, samples: usize) {
                 prepared.event,
                 prepared.delivery,
                 headers.clone(),
-                vec![],
+                Pairs::default(),
                 payload,
             );
             evaluate(rules, &event).matched.len()

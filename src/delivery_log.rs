@@ -485,7 +485,7 @@ pub fn explain(rules: &RuleSet, record: &Record) -> Result<Explanation, String> 
         .body
         .as_ref()
         .ok_or("its body was not kept (`--record-bodies`)")?;
-    let headers = request.headers.to_vec();
+    let headers = request.headers.clone();
     let payload = crate::prepare::payload(&rules.sources()[source], &headers, body)
         .map_err(|m| m.as_str().to_string())?;
     let event = Event::with_identity(
@@ -494,7 +494,7 @@ pub fn explain(rules: &RuleSet, record: &Record) -> Result<Explanation, String> 
         record.event.clone(),
         record.delivery.clone(),
         headers,
-        request.query.to_vec(),
+        request.query.clone(),
         payload,
     );
     Ok(crate::explain::explain(rules, &event))

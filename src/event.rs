@@ -3,6 +3,7 @@
 
 use serde_json::Value;
 
+use crate::pairs::Pairs;
 use crate::providers;
 use crate::ruleset::RuleSet;
 
@@ -18,8 +19,8 @@ pub struct Event {
     /// The delivery id, where the provider sends one.
     pub delivery: Option<String>,
     /// `(lowercase name, value)`, in arrival order; a repeated header appears once per value.
-    pub headers: Vec<(String, String)>,
-    pub query: Vec<(String, String)>,
+    pub headers: Pairs,
+    pub query: Pairs,
     pub payload: Value,
 }
 
@@ -30,11 +31,12 @@ impl Event {
         rules: &RuleSet,
         source: usize,
         name: Option<String>,
-        headers: Vec<(String, String)>,
-        query: Vec<(String, String)>,
+        headers: impl Into<Pairs>,
+        query: impl Into<Pairs>,
         payload: Value,
     ) -> Event {
-        let headers = lowercase(headers);
+        let headers = headers.into().lowercase_names();
+        let query = query.into();
         let (found, delivery) =
             providers::identify(rules.sources[source].kind, &headers, &query, &payload);
         Event::with_identity(
@@ -54,8 +56,8 @@ impl Event {
         source: usize,
         name: Option<String>,
         delivery: Option<String>,
-        headers: Vec<(String, String)>,
-        query: Vec<(String, String)>,
+        headers: impl Into<Pairs>,
+        query: impl Into<Pairs>,
         payload: Value,
     ) -> Event {
         Event {
@@ -63,35 +65,18 @@ impl Event {
             source_name: rules.sources[source].name.clone(),
             name,
             delivery,
-            headers: lowercase(headers),
-            query,
+            headers: headers.into().lowercase_names(),
+            query: query.into(),
             payload,
         }
     }
 
     /// The values of a header; `name` must be lowercase.
     pub fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.headers
-            .iter()
-            .filter(move |(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        self.headers.values(name)
     }
 
     pub fn query_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.query
-            .iter()
-            .filter(move |(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        self.query.values(name)
     }
-}
-
-/// Header names lowercased in place: names from hyper already are, so this usually changes nothing.
-fn lowercase(headers: Vec<(String, String)>) -> Vec<(String, String)> {
-    headers
-        .into_iter()
-        .map(|(mut n, v)| {
-            n.make_ascii_lowercase();
-            (n, v)
-        })
-        .collect()
 }

@@ -15,12 +15,27 @@ use serde::ser::{Serialize, SerializeSeq, Serializer};
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Pairs {
     /// Every name and value, one after the other.
-    text: Box<str>,
+    text: String,
     /// For each pair, where its name ends and where its value ends, in `text`.
-    ends: Box<[(usize, usize)]>,
+    ends: Vec<(usize, usize)>,
 }
 
 impl Pairs {
+    /// Room for `pairs` pairs of `bytes` bytes of text in all, so that pushing them allocates once each.
+    pub fn with_capacity(pairs: usize, bytes: usize) -> Pairs {
+        Pairs {
+            text: String::with_capacity(bytes),
+            ends: Vec::with_capacity(pairs),
+        }
+    }
+
+    pub fn push(&mut self, name: &str, value: &str) {
+        self.text.push_str(name);
+        let name_end = self.text.len();
+        self.text.push_str(value);
+        self.ends.push((name_end, self.text.len()));
+    }
+
     pub fn iter(&self) -> impl ExactSizeIterator<Item = (&str, &str)> + '_ {
         let mut start = 0;
         self.ends.iter().map(move |&(name_end, value_end)| {
@@ -28,6 +43,37 @@ impl Pairs {
             start = value_end;
             pair
         })
+    }
+
+    /// The first non-empty value of `name` (an empty header counts as missing: Gitea sends empty
+    /// signature headers, others may too).
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.iter()
+            .find(|&(n, v)| n == name && !v.is_empty())
+            .map(|(_, v)| v)
+    }
+
+    /// Every value of `name`, in order.
+    pub fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.iter().filter(move |&(n, _)| n == name).map(|(_, v)| v)
+    }
+
+    /// Keeps the pairs `keep` says to keep, in place.
+    pub fn retain(&mut self, mut keep: impl FnMut(&str, &str) -> bool) {
+        if self.iter().all(|(n, v)| keep(n, v)) {
+            return;
+        }
+        *self = self.iter().filter(|&(n, v)| keep(n, v)).collect();
+    }
+
+    /// Names in ASCII lowercase (HTTP's are already; files and tests may not be).
+    pub fn lowercase_names(mut self) -> Pairs {
+        let mut start = 0;
+        for &(name_end, value_end) in &self.ends {
+            self.text[start..name_end].make_ascii_lowercase();
+            start = value_end;
+        }
+        self
     }
 
     pub fn len(&self) -> usize {
@@ -53,28 +99,27 @@ impl Pairs {
 
 impl Pairs {
     fn pack<N: AsRef<str>, V: AsRef<str>>(pairs: &[(N, V)]) -> Pairs {
-        let size = pairs
+        let bytes = pairs
             .iter()
             .map(|(n, v)| n.as_ref().len() + v.as_ref().len())
             .sum();
-        let mut text = String::with_capacity(size);
-        let mut ends = Vec::with_capacity(pairs.len());
+        let mut packed = Pairs::with_capacity(pairs.len(), bytes);
         for (name, value) in pairs {
-            text.push_str(name.as_ref());
-            let name_end = text.len();
-            text.push_str(value.as_ref());
-            ends.push((name_end, text.len()));
+            packed.push(name.as_ref(), value.as_ref());
         }
-        Pairs {
-            text: text.into_boxed_str(),
-            ends: ends.into_boxed_slice(),
-        }
+        packed
     }
 }
 
 impl<N: AsRef<str>, V: AsRef<str>> FromIterator<(N, V)> for Pairs {
     fn from_iter<I: IntoIterator<Item = (N, V)>>(pairs: I) -> Pairs {
         Pairs::pack(&pairs.into_iter().collect::<Vec<_>>())
+    }
+}
+
+impl From<Vec<(String, String)>> for Pairs {
+    fn from(pairs: Vec<(String, String)>) -> Pairs {
+        Pairs::pack(&pairs)
     }
 }
 

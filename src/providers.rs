@@ -453,14 +453,12 @@ pub fn event_from_headers(kind: ProviderKind) -> bool {
     )
 }
 
-/// Headers as the pure stages see them: `(lowercase name, value)` pairs, in arrival order.
-pub type Headers = [(String, String)];
+/// Headers (or query parameters) as the pure stages see them: `(lowercase name, value)` pairs, in
+/// arrival order.
+pub type Headers = crate::pairs::Pairs;
 
 fn header<'a>(headers: &'a Headers, name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(n, v)| n == name && !v.is_empty())
-        .map(|(_, v)| v.as_str())
+    headers.get(name)
 }
 
 fn body_str<'a>(payload: &'a serde_json::Value, path: &[&str]) -> Option<&'a str> {
@@ -535,11 +533,8 @@ mod identify_tests {
     use super::*;
     use serde_json::json;
 
-    fn hs(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.to_string()))
-            .collect()
+    fn hs(pairs: &[(&str, &str)]) -> Headers {
+        pairs.iter().copied().collect()
     }
 
     #[test]
@@ -547,12 +542,12 @@ mod identify_tests {
         let none = json!({});
         let gh = hs(&[("x-github-event", "push"), ("x-github-delivery", "d1")]);
         assert_eq!(
-            identify(ProviderKind::GitHub, &gh, &[], &none),
+            identify(ProviderKind::GitHub, &gh, &Headers::default(), &none),
             (Some("push".into()), Some("d1".into()))
         );
         let gl = hs(&[("x-gitlab-event", "Push Hook"), ("idempotency-key", "k")]);
         assert_eq!(
-            identify(ProviderKind::GitLab, &gl, &[], &none),
+            identify(ProviderKind::GitLab, &gl, &Headers::default(), &none),
             (Some("Push Hook".into()), Some("k".into()))
         );
         let fj = hs(&[
@@ -561,54 +556,97 @@ mod identify_tests {
             ("x-forgejo-delivery", "f"),
         ]);
         assert_eq!(
-            identify(ProviderKind::Forgejo, &fj, &[], &none).1,
+            identify(ProviderKind::Forgejo, &fj, &Headers::default(), &none).1,
             Some("f".into())
         );
         let slack =
             json!({"type": "event_callback", "event": {"type": "app_mention"}, "event_id": "Ev1"});
         assert_eq!(
-            identify(ProviderKind::Slack, &[], &[], &slack),
+            identify(
+                ProviderKind::Slack,
+                &Headers::default(),
+                &Headers::default(),
+                &slack
+            ),
             (Some("app_mention".into()), Some("Ev1".into()))
         );
         let slack = json!({"type": "url_verification", "challenge": "c"});
         assert_eq!(
-            identify(ProviderKind::Slack, &[], &[], &slack).0,
+            identify(
+                ProviderKind::Slack,
+                &Headers::default(),
+                &Headers::default(),
+                &slack
+            )
+            .0,
             Some("url_verification".into())
         );
         let harbor = json!({"specversion": "1.0", "id": "u1", "type": "harbor.artifact.pushed"});
         assert_eq!(
-            identify(ProviderKind::Harbor, &[], &[], &harbor),
+            identify(
+                ProviderKind::Harbor,
+                &Headers::default(),
+                &Headers::default(),
+                &harbor
+            ),
             (Some("harbor.artifact.pushed".into()), Some("u1".into()))
         );
         assert_eq!(
             identify(
                 ProviderKind::Harbor,
-                &[],
-                &[],
+                &Headers::default(),
+                &Headers::default(),
                 &json!({"type": "PUSH_ARTIFACT"})
             )
             .1,
             None
         );
         assert_eq!(
-            identify(ProviderKind::Quay, &[], &[], &json!({"updated_tags": []})).0,
+            identify(
+                ProviderKind::Quay,
+                &Headers::default(),
+                &Headers::default(),
+                &json!({"updated_tags": []})
+            )
+            .0,
             Some("repo_push".into())
         );
         let q = hs(&[("event", "build_success")]);
         assert_eq!(
-            identify(ProviderKind::Quay, &[], &q, &json!({"build_id": "b"})).0,
+            identify(
+                ProviderKind::Quay,
+                &Headers::default(),
+                &q,
+                &json!({"build_id": "b"})
+            )
+            .0,
             Some("build_success".into())
         );
         assert_eq!(
-            identify(ProviderKind::Quay, &[], &[], &json!({"build_id": "b"})).0,
+            identify(
+                ProviderKind::Quay,
+                &Headers::default(),
+                &Headers::default(),
+                &json!({"build_id": "b"})
+            )
+            .0,
             None
         );
         assert_eq!(
-            identify(ProviderKind::DockerHub, &[], &[], &none).0,
+            identify(
+                ProviderKind::DockerHub,
+                &Headers::default(),
+                &Headers::default(),
+                &none
+            )
+            .0,
             Some("push".into())
         );
         // An empty header counts as missing (Gitea sends empty signature headers, others may too).
         let empty = hs(&[("x-github-event", "")]);
-        assert_eq!(identify(ProviderKind::GitHub, &empty, &[], &none).0, None);
+        assert_eq!(
+            identify(ProviderKind::GitHub, &empty, &Headers::default(), &none).0,
+            None
+        );
     }
 }

@@ -40,6 +40,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
 use crate::delivery_log::{DeliveryLog, Record};
+use crate::pairs::Pairs;
 use crate::queue::Queue;
 use crate::reload::RuleStore;
 use handler::Reject;
@@ -432,14 +433,10 @@ async fn hook_inner(
         return handler::refuse(record, Reject::TooLarge, "body too large").response();
     }
     let headers = header_pairs(req.headers());
-    let query: Vec<(String, String)> = req
+    let query: Pairs = req
         .uri()
         .query()
-        .map(|q| {
-            form_urlencoded::parse(q.as_bytes())
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect()
-        })
+        .map(|q| form_urlencoded::parse(q.as_bytes()).collect())
         .unwrap_or_default();
     // Where the provider names the event and delivery in headers, a refused request is logged and
     // recorded with them too (so a 401 can be matched with the sender's delivery log).
@@ -552,16 +549,16 @@ async fn read_body(
 
 /// Request headers as the pipeline sees them: lowercase names, values decoded as UTF-8 (invalid bytes
 /// become U+FFFD; `prepare` refuses a delivery id that lost bytes that way).
-fn header_pairs(headers: &http::HeaderMap) -> Vec<(String, String)> {
-    headers
+fn header_pairs(headers: &http::HeaderMap) -> Pairs {
+    let bytes = headers
         .iter()
-        .map(|(n, v)| {
-            (
-                n.as_str().to_string(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .collect()
+        .map(|(n, v)| n.as_str().len() + v.len())
+        .sum();
+    let mut pairs = Pairs::with_capacity(headers.len(), bytes);
+    for (name, value) in headers {
+        pairs.push(name.as_str(), &String::from_utf8_lossy(value.as_bytes()));
+    }
+    pairs
 }
 
 /// A path as logged: at most 100 characters (a URL-token path is the credential; it is never logged whole).

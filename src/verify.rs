@@ -44,23 +44,19 @@ pub const TOKEN_HEADERS: &[&str] = &[
 /// Removes every credential of `source`'s requests from `headers` and `query`: the well-known signature
 /// and token headers, and the header or query parameter its own scheme reads (`generic_hmac`'s header,
 /// `generic`'s token). What is left is safe to store in the delivery log.
-pub fn strip_credentials(
-    source: &Source,
-    headers: &mut Vec<(String, String)>,
-    query: &mut Vec<(String, String)>,
-) {
+pub fn strip_credentials(source: &Source, headers: &mut Headers, query: &mut Headers) {
     let own_header = match (&source.hmac, &source.token) {
         (Some(o), _) => Some(o.header.to_ascii_lowercase()),
         (_, Some(TokenLocation::Header(h))) => Some(h.to_ascii_lowercase()),
         _ => None,
     };
-    headers.retain(|(n, _)| {
-        !(SIGNATURE_HEADERS.contains(&n.as_str())
-            || TOKEN_HEADERS.contains(&n.as_str())
-            || own_header.as_deref() == Some(n.as_str()))
+    headers.retain(|n, _| {
+        !(SIGNATURE_HEADERS.contains(&n)
+            || TOKEN_HEADERS.contains(&n)
+            || own_header.as_deref() == Some(n))
     });
     if let Some(TokenLocation::Query(q)) = &source.token {
-        query.retain(|(n, _)| n != q);
+        query.retain(|n, _| n != q);
     }
 }
 
@@ -114,10 +110,7 @@ pub struct Request<'a> {
 
 impl Request<'_> {
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, v)| n == name && !v.is_empty())
-            .map(|(_, v)| v.as_str())
+        self.headers.get(name)
     }
 }
 
@@ -149,13 +142,7 @@ pub fn verify(source: &Source, req: &Request<'_>) -> Result<(), Failure> {
         },
         ProviderKind::Generic => match &source.token {
             Some(TokenLocation::Header(h)) => token(secrets, req.header(&h.to_ascii_lowercase())),
-            Some(TokenLocation::Query(q)) => token(
-                secrets,
-                req.query
-                    .iter()
-                    .find(|(n, v)| n == q && !v.is_empty())
-                    .map(|(_, v)| v.as_str()),
-            ),
+            Some(TokenLocation::Query(q)) => token(secrets, req.query.get(q)),
             Some(TokenLocation::Url) | None => Ok(()),
         },
     }
@@ -458,15 +445,15 @@ mod tests {
             .result
             .unwrap_or_else(|d| panic!("{}", d.render(&loaded.files, false)))
             .rules;
-        let headers: Vec<(String, String)> = headers
+        let headers: Headers = headers
             .iter()
-            .map(|(n, v)| (n.to_ascii_lowercase(), v.to_string()))
+            .map(|(n, v)| (n.to_ascii_lowercase(), v))
             .collect();
         verify(
             &rules.sources[0],
             &Request {
                 headers: &headers,
-                query: &[],
+                query: &Headers::default(),
                 body,
                 now,
                 headers_only: false,

@@ -10,6 +10,7 @@ mod support;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
+use hookgate::pairs::Pairs;
 use hookgate::prepare::{Malformed, Options, View, prepare};
 use hookgate::ruleset::RuleSet;
 use hookgate::server::handler::{Decision, decide};
@@ -104,7 +105,9 @@ fn decision(
     fast: bool,
 ) -> (Result<Decision, Malformed>, Option<&'static str>) {
     let src = &rules.sources()[source];
-    match prepare(src, headers, &[], body, Options { fast }) {
+    let headers = Pairs::from(headers);
+    let none = Pairs::default();
+    match prepare(src, &headers, &none, body, Options { fast }) {
         Err(m) => (Err(m), None),
         Ok(prepared) => {
             let view = match &prepared.view {
@@ -114,7 +117,7 @@ fn decision(
                 View::Handshake(_) => "handshake",
             };
             let delivery = prepared.delivery.clone().unwrap_or("assigned".into());
-            let d = decide(rules, source, headers, &[], body, prepared, &delivery);
+            let d = decide(rules, source, &headers, &none, body, prepared, &delivery);
             (Ok(d), Some(view))
         }
     }

@@ -4,6 +4,7 @@
 use proptest::prelude::*;
 
 use hookgate::compile::{SecretRef, Secrets};
+use hookgate::pairs::Pairs;
 use hookgate::ruleset::{SecretValue, Step};
 use hookgate::verify::{Request, verify};
 
@@ -85,8 +86,8 @@ proptest! {
         now in any::<i64>(),
     ) {
         let rules = rules();
-        let headers: Vec<(String, String)> = headers.into_iter().map(|(i, v)| (NAMES[i].to_string(), v)).collect();
-        let query = vec![("t".to_string(), "s3cret?".to_string())];
+        let headers: Pairs = headers.into_iter().map(|(i, v)| (NAMES[i], v)).collect();
+        let query: Pairs = [("t", "s3cret?")].into_iter().collect();
         for source in rules.sources() {
             // Only the outcome's type is checked: nothing random may verify, nothing may panic.
             let outcome = verify(source, &Request { headers: &headers, query: &query, body: &body, now, headers_only: false });

@@ -1311,7 +1311,7 @@ pub(crate) fn test_block(r: &Exported) -> Result<TestBlock, String> {
 /// The payload rules read from a recorded body: the JSON body, a form delivery's `payload` field,
 /// or a plain form's fields (as `prepare::payload` has them).
 fn payload_of(headers: &[(String, String)], body: &[u8]) -> Result<Value, String> {
-    if !crate::verify::is_form(headers) {
+    if !crate::verify::is_form(&headers.into()) {
         return serde_json::from_slice(body).map_err(|_| "its body is not JSON".to_string());
     }
     match crate::verify::payload_field(body) {

@@ -389,7 +389,8 @@ impl Verdict {
             )));
         };
         let spec = &rules.sources()[source];
-        let payload = match crate::prepare::payload(spec, &r.request.headers, &body) {
+        let headers = crate::pairs::Pairs::from(r.request.headers.as_slice());
+        let payload = match crate::prepare::payload(spec, &headers, &body) {
             Ok(p) => p,
             Err(m) => return Ok(Verdict::Refused(format!("{} (400)", m.as_str()))),
         };
@@ -401,7 +402,7 @@ impl Verdict {
             source,
             r.event.clone(),
             r.delivery.clone(),
-            r.request.headers.clone(),
+            headers,
             r.request.query.clone(),
             payload,
         );

@@ -71,8 +71,7 @@ pub fn jobs_for(
                     let headers = event
                         .headers
                         .iter()
-                        .filter(|(name, _)| {
-                            let n = name.as_str();
+                        .filter(|&(n, _)| {
                             // A forward passes on the signature headers (HMACs: the receiver can check
                             // them if it shares the sender's secret) unless it re-signs, but never plain
                             // tokens, which are the secret itself and would end up stored in the queue.
@@ -83,7 +82,7 @@ pub fn jobs_for(
                                         || verify::SIGNATURE_CONTEXT_HEADERS.contains(&n)));
                             !dropped
                         })
-                        .cloned()
+                        .map(|(n, v)| (n.to_string(), v.to_string()))
                         .collect();
                     (JobKind::Forward, None, raw.to_vec(), headers, sign_with)
                 }

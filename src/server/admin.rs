@@ -472,8 +472,8 @@ async fn replay(state: &State, id: &str, dry_run: bool) -> Response<Full<Bytes>>
     record.replay_of = Some(old.id.clone());
     let incoming = handler::Incoming {
         source,
-        headers: request.headers.to_vec(),
-        query: request.query.to_vec(),
+        headers: request.headers.clone(),
+        query: request.query.clone(),
         body: body.clone(),
     };
     let span = tracing::info_span!(

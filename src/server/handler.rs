@@ -30,8 +30,8 @@ pub struct Incoming {
     /// Index into `rules.sources`.
     pub source: usize,
     /// `(lowercase name, value)`.
-    pub headers: Vec<(String, String)>,
-    pub query: Vec<(String, String)>,
+    pub headers: Pairs,
+    pub query: Pairs,
     pub body: Bytes,
 }
 
@@ -367,14 +367,14 @@ pub(crate) fn refuse(record: &mut Record, reject: Reject, reason: &str) -> Rejec
 /// The request as the delivery log keeps it: credentials removed, the body if asked for.
 pub(crate) fn recorded(
     source: &crate::ruleset::Source,
-    mut headers: Vec<(String, String)>,
-    mut query: Vec<(String, String)>,
+    mut headers: Pairs,
+    mut query: Pairs,
     body: Option<Bytes>,
 ) -> RecordedRequest {
     verify::strip_credentials(source, &mut headers, &mut query);
     RecordedRequest {
-        headers: Pairs::from(headers.as_slice()),
-        query: Pairs::from(query.as_slice()),
+        headers,
+        query,
         body,
     }
 }
@@ -398,8 +398,8 @@ pub enum Decision {
 pub fn decide(
     rules: &RuleSet,
     source: usize,
-    headers: &[(String, String)],
-    query: &[(String, String)],
+    headers: &Pairs,
+    query: &Pairs,
     body: &[u8],
     prepared: Prepared,
     delivery: &str,
@@ -414,8 +414,8 @@ pub fn decide(
         source,
         prepared.event,
         prepared.delivery,
-        headers.to_vec(),
-        query.to_vec(),
+        headers.clone(),
+        query.clone(),
         payload,
     );
     let outcome = evaluate(rules, &event);
