@@ -58,12 +58,17 @@ impl Pairs {
         self.iter().filter(move |&(n, _)| n == name).map(|(_, v)| v)
     }
 
-    /// Keeps the pairs `keep` says to keep, in place.
+    /// Keeps the pairs `keep` says to keep, in order.
     pub fn retain(&mut self, mut keep: impl FnMut(&str, &str) -> bool) {
-        if self.iter().all(|(n, v)| keep(n, v)) {
-            return;
+        let mut kept = Pairs::with_capacity(self.len(), self.text.len());
+        for (name, value) in self.iter() {
+            if keep(name, value) {
+                kept.push(name, value);
+            }
         }
-        *self = self.iter().filter(|&(n, v)| keep(n, v)).collect();
+        if kept.len() != self.len() {
+            *self = kept;
+        }
     }
 
     /// Names in ASCII lowercase (HTTP's are already; files and tests may not be).
@@ -189,6 +194,28 @@ mod tests {
         );
         let collected: Pairs = given.iter().map(|(n, v)| (n, v)).collect();
         assert_eq!(collected, packed);
+        let mut kept = packed.clone();
+        kept.retain(|n, _| n != "accept");
+        assert_eq!(
+            kept.to_vec(),
+            owned(&[
+                ("x-github-event", "push"),
+                ("", "no name"),
+                ("x-ünïcode", "välue ✓")
+            ])
+        );
+        assert_eq!(kept.get("accept"), None);
+        let mut all = packed.clone();
+        all.retain(|_, _| true);
+        assert_eq!(all, packed);
+        // `get` skips empty values; `values` gives them all.
+        assert_eq!(packed.get("accept"), Some("*/*"));
+        assert_eq!(packed.values("accept").collect::<Vec<_>>(), ["", "*/*"]);
+        let mixed: Pairs = [("X-GitHub-Event", "Push")].into_iter().collect();
+        assert_eq!(
+            mixed.lowercase_names().to_vec(),
+            owned(&[("x-github-event", "Push")])
+        );
         assert!(Pairs::default().is_empty());
         assert_eq!(Pairs::from(&[][..]).iter().count(), 0);
     }

@@ -461,7 +461,8 @@ async fn hook_inner(
         headers: &headers,
         query: &query,
         body: &[],
-        now: crate::clock::now_ms() / 1000,
+        // Timestamps are checked against when the request came in.
+        now: record.received_at / 1000,
         headers_only: true,
     };
     if let Err(failure) = crate::verify::verify(source, &precheck) {
