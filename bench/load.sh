@@ -30,7 +30,7 @@
 # RATE (latency case, req/s), SINK_CONCURRENCY (the sink target's `concurrency`; default: the
 # target default), ACTION (the matching rules' action), DRAIN_TIMEOUT (seconds, default 600), KEEP=1 (keep
 # the work directory: rules, payloads, gateway logs, the sink's arrivals), PROFILE_GATEWAY (a command
-# prefix for the gateway), PORT_BASE (default 18180). Every process started here is stopped by its PID on exit.
+# prefix for the gateway), GATEWAY (the gateway binary; default this tree's release build), PORT_BASE (default 18180). Every process started here is stopped by its PID on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10}
@@ -67,6 +67,7 @@ fi
 
 cargo build --release --quiet --bin gateway --example minimal-server --example loadgen --example sink
 bin=${CARGO_TARGET_DIR:-target}/release
+GATEWAY=${GATEWAY:-$bin/gateway}   # another build of the gateway, driven by this tree's load generator (bench/ab.sh)
 # From here on this script and everything it starts run on the client core, except the servers, which
 # are started with `taskset -c $SERVER_CORE`: polling and bookkeeping never take the server's core.
 taskset -cp $CLIENT_CORE $$ >/dev/null
@@ -196,7 +197,7 @@ print(int(ns(sys.argv[2]) - ns(sys.argv[1])))' "$(tail -n1 "$work/times0")" "$(t
 gateway() { # CASE RULES-FILE LOG-LEVEL [MORE-FLAGS]
   rm -rf "$work/data"
   # shellcheck disable=SC2086 # MORE-FLAGS is a list of words
-  start env RUST_LOG="$3" ${PROFILE_GATEWAY:-} taskset -c $SERVER_CORE "$bin/gateway" serve --rules "$work/$2" \
+  start env RUST_LOG="$3" ${PROFILE_GATEWAY:-} taskset -c $SERVER_CORE "$GATEWAY" serve --rules "$work/$2" \
     --listen 127.0.0.1:$HOOK_PORT --admin 127.0.0.1:$ADMIN_PORT --data "$work/data" ${4:-} ${GATEWAY_FLAGS:-} 2> "$work/gateway-$1-$round.log"
   gw=$started; wait_port $HOOK_PORT; wait_port $ADMIN_PORT
   gwp=$(server_pid $gw)
