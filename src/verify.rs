@@ -45,18 +45,29 @@ pub const TOKEN_HEADERS: &[&str] = &[
 /// and token headers, and the header or query parameter its own scheme reads (`generic_hmac`'s header,
 /// `generic`'s token). What is left is safe to store in the delivery log.
 pub fn strip_credentials(source: &Source, headers: &mut Headers, query: &mut Headers) {
-    let own_header = match (&source.hmac, &source.token) {
-        (Some(o), _) => Some(o.header.to_ascii_lowercase()),
-        (_, Some(TokenLocation::Header(h))) => Some(h.to_ascii_lowercase()),
-        _ => None,
-    };
+    let (signature, token) = (own_signature_header(source), own_token_header(source));
     headers.retain(|n, _| {
         !(SIGNATURE_HEADERS.contains(&n)
             || TOKEN_HEADERS.contains(&n)
-            || own_header.as_deref() == Some(n))
+            || signature.as_deref() == Some(n)
+            || token.as_deref() == Some(n))
     });
     if let Some(TokenLocation::Query(q)) = &source.token {
         query.retain(|n, _| n != q);
+    }
+}
+
+/// The header (lowercase) that carries the signature of a `generic_hmac` source, which the well-known
+/// signature headers may not name.
+pub fn own_signature_header(source: &Source) -> Option<String> {
+    source.hmac.as_ref().map(|o| o.header.to_ascii_lowercase())
+}
+
+/// The header (lowercase) that carries a `generic` source's token, when it is in a header.
+pub fn own_token_header(source: &Source) -> Option<String> {
+    match &source.token {
+        Some(TokenLocation::Header(h)) => Some(h.to_ascii_lowercase()),
+        _ => None,
     }
 }
 

@@ -68,6 +68,9 @@ pub fn jobs_for(
                         }
                         _ => None,
                     };
+                    let source = &rules.sources[event.source];
+                    let own_signature = verify::own_signature_header(source);
+                    let own_token = verify::own_token_header(source);
                     let headers = event
                         .headers
                         .iter()
@@ -75,11 +78,15 @@ pub fn jobs_for(
                             // A forward passes on the signature headers (HMACs: the receiver can check
                             // them if it shares the sender's secret) unless it re-signs, but never plain
                             // tokens, which are the secret itself and would end up stored in the queue.
+                            // The source's own token header is a token too; its own signature
+                            // header (`generic_hmac`) a signature.
                             let dropped = HOP.contains(&n)
                                 || verify::TOKEN_HEADERS.contains(&n)
+                                || own_token.as_deref() == Some(n)
                                 || (sign_with.is_some()
                                     && (verify::SIGNATURE_HEADERS.contains(&n)
-                                        || verify::SIGNATURE_CONTEXT_HEADERS.contains(&n)));
+                                        || verify::SIGNATURE_CONTEXT_HEADERS.contains(&n)
+                                        || own_signature.as_deref() == Some(n)));
                             !dropped
                         })
                         .map(|(n, v)| (n.to_string(), v.to_string()))
@@ -102,4 +109,71 @@ pub fn jobs_for(
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compile::PlaceholderSecrets;
+
+    /// The headers of the forward jobs `headers` leads to, from a source declared by `source`.
+    fn forwarded(source: &str, forward: &str, headers: &[(&str, &str)]) -> Vec<String> {
+        let text = format!(
+            "secret s = env(\"S\")\nsecret out = env(\"OUT\")\nsource src: {source}\n\
+             target t {{ post \"http://127.0.0.1:9/\" }}\nrule \"r\" {{ from src {forward} }}\n"
+        );
+        let loaded =
+            crate::load::load_text("jobs.hook", None, text.as_bytes(), &PlaceholderSecrets);
+        let rules = loaded
+            .result
+            .unwrap_or_else(|d| panic!("{}", d.render(&loaded.files, false)))
+            .rules;
+        let headers: crate::pairs::Pairs = headers.iter().copied().collect();
+        let event = Event::new(
+            &rules,
+            0,
+            Some("deploy".into()),
+            headers,
+            crate::pairs::Pairs::default(),
+            serde_json::json!({}),
+        );
+        let outcome = crate::eval::evaluate(&rules, &event);
+        let jobs = jobs_for(&rules, &event, &outcome, "d1", b"{}");
+        assert_eq!(jobs.len(), 1, "one forward");
+        jobs[0].headers.iter().map(|(n, _)| n.clone()).collect()
+    }
+
+    #[test]
+    fn a_forward_never_passes_on_a_sources_own_token_header() {
+        let sent = [
+            ("X-Deploy-Token", "the-secret-itself"),
+            ("Authorization", "Bearer also-secret"),
+            ("X-Request-Id", "r1"),
+            ("Content-Length", "2"),
+        ];
+        let source = "generic { secret s; token header \"X-Deploy-Token\" }";
+        for forward in ["forward t", "forward t sign with out"] {
+            assert_eq!(
+                forwarded(source, forward, &sent),
+                ["x-request-id"],
+                "{forward}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_re_signed_forward_drops_a_generic_hmac_sources_own_signature_header() {
+        let sent = [("X-Deploy-Sig", "sha256=abcd"), ("X-Request-Id", "r1")];
+        let source = "generic_hmac { secret s; header \"X-Deploy-Sig\" }";
+        // Passed on as is, the receiver can check it with the sender's secret; re-signed, it would be
+        // a second, wrong signature beside the new one.
+        assert_eq!(
+            forwarded(source, "forward t", &sent),
+            ["x-deploy-sig", "x-request-id"]
+        );
+        assert_eq!(
+            forwarded(source, "forward t sign with out", &sent),
+            ["x-request-id"]
+        );
+    }
 }
