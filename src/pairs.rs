@@ -3,8 +3,8 @@
 //! The delivery log keeps the headers and query of its last 10,000 requests. As a
 //! `Vec<(String, String)>` that is two allocations per pair, each freed when its record is evicted,
 //! thousands of requests later and cache-cold: with a GitHub push's headers, a few dozen cold frees on
-//! every request. Packed, it is one buffer of text and one of offsets (`docs/performance.md`, "The
-//! delivery log's records, packed").
+//! every request. Packed, it is one buffer of text and one of offsets (`docs/performance.md`, "A
+//! non-matching request, early on 30 November: records and headers, packed").
 
 use std::fmt;
 
@@ -58,17 +58,18 @@ impl Pairs {
         self.iter().filter(move |&(n, _)| n == name).map(|(_, v)| v)
     }
 
-    /// Keeps the pairs `keep` says to keep, in order.
+    /// Keeps the pairs `keep` says to keep, in order; allocates only when one goes.
     pub fn retain(&mut self, mut keep: impl FnMut(&str, &str) -> bool) {
-        let mut kept = Pairs::with_capacity(self.len(), self.text.len());
-        for (name, value) in self.iter() {
-            if keep(name, value) {
+        let Some(first) = self.iter().position(|(n, v)| !keep(n, v)) else {
+            return;
+        };
+        let mut kept = Pairs::with_capacity(self.len() - 1, self.text.len());
+        for (i, (name, value)) in self.iter().enumerate() {
+            if i < first || (i > first && keep(name, value)) {
                 kept.push(name, value);
             }
         }
-        if kept.len() != self.len() {
-            *self = kept;
-        }
+        *self = kept;
     }
 
     /// Names in ASCII lowercase (HTTP's are already; files and tests may not be).
@@ -94,7 +95,7 @@ impl Pairs {
         self.text.len()
     }
 
-    /// The pairs as owned strings, for the stages that take them so.
+    /// The pairs as owned strings.
     pub fn to_vec(&self) -> Vec<(String, String)> {
         self.iter()
             .map(|(n, v)| (n.to_string(), v.to_string()))
@@ -118,7 +119,11 @@ impl Pairs {
 
 impl<N: AsRef<str>, V: AsRef<str>> FromIterator<(N, V)> for Pairs {
     fn from_iter<I: IntoIterator<Item = (N, V)>>(pairs: I) -> Pairs {
-        Pairs::pack(&pairs.into_iter().collect::<Vec<_>>())
+        let mut packed = Pairs::default();
+        for (name, value) in pairs {
+            packed.push(name.as_ref(), value.as_ref());
+        }
+        packed
     }
 }
 

@@ -104,9 +104,13 @@ pub(crate) fn json_response<T: Serialize + ?Sized>(
     status: StatusCode,
     body: &T,
 ) -> Response<Full<Bytes>> {
-    // Plain data: serialising cannot fail. Room for a short answer, written without regrowing.
+    // Room for a short answer, written without regrowing. The bodies are plain data, which cannot fail
+    // to serialise; were one to, it is logged and the answer has an empty body, not a truncated one.
     let mut text = Vec::with_capacity(128);
-    serde_json::to_writer(&mut text, body).unwrap_or_default();
+    if let Err(e) = serde_json::to_writer(&mut text, body) {
+        tracing::error!(error = %e, "cannot serialise an answer");
+        text.clear();
+    }
     let mut r = Response::new(Full::new(Bytes::from(text)));
     *r.status_mut() = status;
     r.headers_mut().insert(
