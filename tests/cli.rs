@@ -766,3 +766,84 @@ fn serve_rejects_an_address_without_a_port_clearly() {
         stderr(&out)
     );
 }
+
+/// Pretty logs (the default format): every line of a request names its event and delivery once, also
+/// for a provider that sends them in headers, whose request span gets them before its body is read.
+#[test]
+fn each_log_line_of_a_request_names_its_event_and_delivery_once() {
+    use hmac::{Hmac, Mac};
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.hook");
+    std::fs::write(
+        &rules,
+        "secret s = env(\"HOOKGATE_TEST_SECRET\")\nsource gh: github { secret s }\n\
+         target t { post \"http://127.0.0.1:9/\" }\nrule \"r\" { from gh notify t }\n",
+    )
+    .unwrap();
+    let (hooks, admin) = (free_port(), free_port());
+    let mut child = gateway()
+        .args(["serve", "--rules", rules.to_str().unwrap(), "--data"])
+        .arg(dir.path().join("data"))
+        .args(["--log-format", "pretty"])
+        .env("HOOKGATE_TEST_SECRET", "s3cret")
+        .env("HOOKGATE_LISTEN", format!("127.0.0.1:{hooks}"))
+        .env("HOOKGATE_ADMIN", format!("127.0.0.1:{admin}"))
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while http_get(admin, "/healthz").is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gateway did not come up"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let body = br#"{"ref":"refs/heads/main","repository":{"full_name":"acme/app"}}"#;
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(b"s3cret").unwrap();
+    mac.update(body);
+    let signature = hex::encode(mac.finalize().into_bytes());
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", hooks)).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "POST /hook/gh HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\n\
+         X-GitHub-Event: push\r\nX-GitHub-Delivery: d-once-1\r\nX-Hub-Signature-256: sha256={signature}\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    stream.write_all(body).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 202"), "{response}");
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut logs = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    child.wait().unwrap();
+    let enqueued = logs
+        .lines()
+        .find(|l| l.contains("enqueued"))
+        .unwrap_or_else(|| panic!("no `enqueued` line in:\n{logs}"));
+    assert_eq!(enqueued.matches("delivery=").count(), 1, "{enqueued}");
+    assert_eq!(enqueued.matches("event=").count(), 1, "{enqueued}");
+    assert!(enqueued.contains("d-once-1"), "{enqueued}");
+}

@@ -227,9 +227,15 @@ pub(crate) async fn run(
         .delivery
         .clone()
         .unwrap_or_else(|| format!("hg-{}", uuid::Uuid::new_v4()));
+    // A provider that names them in headers had them put on the span before its body was read
+    // (`hook_inner`): each is recorded once, or every log line of the request would show it twice.
     let span = tracing::Span::current();
-    span.record("delivery", delivery.as_str());
-    if let Some(name) = &prepared.event {
+    if record.delivery.as_deref() != Some(delivery.as_str()) {
+        span.record("delivery", delivery.as_str());
+    }
+    if let Some(name) = &prepared.event
+        && record.event.as_ref() != Some(name)
+    {
         span.record("event", name.as_str());
     }
     record.delivery = Some(delivery.clone());
