@@ -552,6 +552,33 @@ fn http_get(port: u16, path: &str) -> Option<String> {
     Some(response)
 }
 
+/// Waits for `gateway serve`'s admin port to answer `/healthz` (polling: the process gives no other
+/// signal), and returns the answer.
+fn wait_healthy(admin: u16) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if let Some(r) = http_get(admin, "/healthz") {
+            return r;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gateway did not come up"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Sends SIGTERM to the process `pid` (one this test started).
+fn terminate(pid: u32) {
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
 #[test]
 fn serve_refuses_rules_that_do_not_load() {
     let dir = tempfile::tempdir().unwrap();
@@ -611,17 +638,7 @@ fn serve_runs_reloads_on_sighup_and_stops_on_sigterm() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let health = loop {
-        if let Some(r) = http_get(admin, "/healthz") {
-            break r;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the gateway did not come up"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let health = wait_healthy(admin);
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
     assert!(
         http_get(hooks, "/hook/a")
@@ -656,13 +673,7 @@ fn serve_runs_reloads_on_sighup_and_stops_on_sigterm() {
             .starts_with("HTTP/1.1 405"),
         "the new source serves"
     );
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    terminate(child.id());
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0), "a clean exit on SIGTERM");
     let logs = String::from_utf8_lossy(&out.stderr);
@@ -795,14 +806,7 @@ fn each_log_line_of_a_request_names_its_event_and_delivery_once() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while http_get(admin, "/healthz").is_none() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the gateway did not come up"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    wait_healthy(admin);
     let body = br#"{"ref":"refs/heads/main","repository":{"full_name":"acme/app"}}"#;
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(b"s3cret").unwrap();
     mac.update(body);
@@ -823,14 +827,7 @@ fn each_log_line_of_a_request_names_its_event_and_delivery_once() {
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     assert!(response.starts_with("HTTP/1.1 202"), "{response}");
-    let pid = child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    terminate(child.id());
     let mut logs = String::new();
     child
         .stderr
