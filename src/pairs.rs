@@ -95,15 +95,6 @@ impl Pairs {
         self.text.len()
     }
 
-    /// The pairs as owned strings.
-    pub fn to_vec(&self) -> Vec<(String, String)> {
-        self.iter()
-            .map(|(n, v)| (n.to_string(), v.to_string()))
-            .collect()
-    }
-}
-
-impl Pairs {
     fn pack<N: AsRef<str>, V: AsRef<str>>(pairs: &[(N, V)]) -> Pairs {
         let bytes = pairs
             .iter()
@@ -114,6 +105,13 @@ impl Pairs {
             packed.push(name.as_ref(), value.as_ref());
         }
         packed
+    }
+
+    /// The pairs as owned strings.
+    pub fn to_vec(&self) -> Vec<(String, String)> {
+        self.iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
     }
 }
 

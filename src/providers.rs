@@ -457,10 +457,6 @@ pub fn event_from_headers(kind: ProviderKind) -> bool {
 /// arrival order.
 pub type Headers = crate::pairs::Pairs;
 
-fn header<'a>(headers: &'a Headers, name: &str) -> Option<&'a str> {
-    headers.get(name)
-}
-
 fn body_str<'a>(payload: &'a serde_json::Value, path: &[&str]) -> Option<&'a str> {
     path.iter().try_fold(payload, |v, key| v.get(key))?.as_str()
 }
@@ -473,13 +469,8 @@ pub fn identify(
     query: &Headers,
     payload: &serde_json::Value,
 ) -> (Option<String>, Option<String>) {
-    let h = |name| header(headers, name).map(String::from);
-    let first = |names: &[&str]| {
-        names
-            .iter()
-            .find_map(|n| header(headers, n))
-            .map(String::from)
-    };
+    let h = |name| headers.get(name).map(String::from);
+    let first = |names: &[&str]| names.iter().find_map(|n| headers.get(n)).map(String::from);
     match kind {
         ProviderKind::GitHub => (h("x-github-event"), h("x-github-delivery")),
         ProviderKind::GitLab => (
@@ -498,7 +489,8 @@ pub fn identify(
         ),
         ProviderKind::DockerHub => (Some("push".into()), None),
         ProviderKind::Quay => {
-            let event = header(query, "event")
+            let event = query
+                .get("event")
                 .map(String::from)
                 .or_else(|| payload.get("updated_tags").map(|_| "repo_push".to_string()));
             (event, None)
@@ -540,14 +532,15 @@ mod identify_tests {
     #[test]
     fn events_and_deliveries_come_from_where_each_provider_puts_them() {
         let none = json!({});
+        let no = Headers::default();
         let gh = hs(&[("x-github-event", "push"), ("x-github-delivery", "d1")]);
         assert_eq!(
-            identify(ProviderKind::GitHub, &gh, &Headers::default(), &none),
+            identify(ProviderKind::GitHub, &gh, &no, &none),
             (Some("push".into()), Some("d1".into()))
         );
         let gl = hs(&[("x-gitlab-event", "Push Hook"), ("idempotency-key", "k")]);
         assert_eq!(
-            identify(ProviderKind::GitLab, &gl, &Headers::default(), &none),
+            identify(ProviderKind::GitLab, &gl, &no, &none),
             (Some("Push Hook".into()), Some("k".into()))
         );
         let fj = hs(&[
@@ -556,97 +549,54 @@ mod identify_tests {
             ("x-forgejo-delivery", "f"),
         ]);
         assert_eq!(
-            identify(ProviderKind::Forgejo, &fj, &Headers::default(), &none).1,
+            identify(ProviderKind::Forgejo, &fj, &no, &none).1,
             Some("f".into())
         );
         let slack =
             json!({"type": "event_callback", "event": {"type": "app_mention"}, "event_id": "Ev1"});
         assert_eq!(
-            identify(
-                ProviderKind::Slack,
-                &Headers::default(),
-                &Headers::default(),
-                &slack
-            ),
+            identify(ProviderKind::Slack, &no, &no, &slack),
             (Some("app_mention".into()), Some("Ev1".into()))
         );
         let slack = json!({"type": "url_verification", "challenge": "c"});
         assert_eq!(
-            identify(
-                ProviderKind::Slack,
-                &Headers::default(),
-                &Headers::default(),
-                &slack
-            )
-            .0,
+            identify(ProviderKind::Slack, &no, &no, &slack).0,
             Some("url_verification".into())
         );
         let harbor = json!({"specversion": "1.0", "id": "u1", "type": "harbor.artifact.pushed"});
         assert_eq!(
-            identify(
-                ProviderKind::Harbor,
-                &Headers::default(),
-                &Headers::default(),
-                &harbor
-            ),
+            identify(ProviderKind::Harbor, &no, &no, &harbor),
             (Some("harbor.artifact.pushed".into()), Some("u1".into()))
         );
         assert_eq!(
             identify(
                 ProviderKind::Harbor,
-                &Headers::default(),
-                &Headers::default(),
+                &no,
+                &no,
                 &json!({"type": "PUSH_ARTIFACT"})
             )
             .1,
             None
         );
         assert_eq!(
-            identify(
-                ProviderKind::Quay,
-                &Headers::default(),
-                &Headers::default(),
-                &json!({"updated_tags": []})
-            )
-            .0,
+            identify(ProviderKind::Quay, &no, &no, &json!({"updated_tags": []})).0,
             Some("repo_push".into())
         );
         let q = hs(&[("event", "build_success")]);
         assert_eq!(
-            identify(
-                ProviderKind::Quay,
-                &Headers::default(),
-                &q,
-                &json!({"build_id": "b"})
-            )
-            .0,
+            identify(ProviderKind::Quay, &no, &q, &json!({"build_id": "b"})).0,
             Some("build_success".into())
         );
         assert_eq!(
-            identify(
-                ProviderKind::Quay,
-                &Headers::default(),
-                &Headers::default(),
-                &json!({"build_id": "b"})
-            )
-            .0,
+            identify(ProviderKind::Quay, &no, &no, &json!({"build_id": "b"})).0,
             None
         );
         assert_eq!(
-            identify(
-                ProviderKind::DockerHub,
-                &Headers::default(),
-                &Headers::default(),
-                &none
-            )
-            .0,
+            identify(ProviderKind::DockerHub, &no, &no, &none).0,
             Some("push".into())
         );
         // An empty header counts as missing (Gitea sends empty signature headers, others may too).
         let empty = hs(&[("x-github-event", "")]);
-        assert_eq!(
-            identify(ProviderKind::GitHub, &empty, &Headers::default(), &none).0,
-            None
-        );
+        assert_eq!(identify(ProviderKind::GitHub, &empty, &no, &none).0, None);
     }
 }
