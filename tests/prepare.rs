@@ -353,6 +353,34 @@ fn reported_disagreements_are_gone() {
     );
 }
 
+/// The commonest non-match in CI, a push to another branch of a watched repository, is decided
+/// without a payload: the repository's rule is found under its name and dropped on its `ref`. A
+/// repeated `ref` counts by its last value there too.
+#[test]
+fn a_push_to_another_branch_of_a_watched_repository_builds_no_payload() {
+    let rules = rules();
+    let indexed = 0;
+    let headers = vec![
+        ("content-type".to_string(), "application/json".to_string()),
+        ("x-github-event".to_string(), "push".to_string()),
+        ("x-github-delivery".to_string(), "d-1".to_string()),
+    ];
+    let cases: [(&[u8], &str, bool); 4] = [
+        (br#"{"ref":"refs/heads/feature","repository":{"full_name":"acme/app"}}"#, "none", false),
+        (br#"{"ref":"refs/heads/main","repository":{"full_name":"acme/app"}}"#, "sparse", true),
+        (br#"{"ref":"refs/heads/main","repository":{"full_name":"acme/app"},"ref":"refs/heads/x"}"#, "none", false),
+        (br#"{"ref":"refs/heads/x","repository":{"full_name":"acme/app"},"ref":"refs/heads/main"}"#, "sparse", true),
+    ];
+    for (body, view, runs) in cases {
+        let (fast, fast_view) = decision(&rules, indexed, &headers, body, true);
+        let (full, _) = decision(&rules, indexed, &headers, body, false);
+        let text = String::from_utf8_lossy(body);
+        assert_eq!(fast_view, Some(view), "{text}");
+        assert_eq!(fast, full, "{text}");
+        assert_eq!(matches!(fast, Ok(Decision::Run { .. })), runs, "{text}");
+    }
+}
+
 #[test]
 fn a_github_or_gitea_form_without_payload_is_malformed_and_slack_forms_are_fields() {
     let rules = support::compile(

@@ -5,7 +5,10 @@
 //! under the event names it accepts, and then under one *required leaf*: a test of a simple path
 //! against literal scalars that must hold for the rule to match (a top-level `==` or `in [...]`, or a
 //! scalar inside a `contains {...}` object, found through `and`). Looking an event up costs one map
-//! lookup per indexed path instead of one evaluation per rule.
+//! lookup per indexed path instead of one evaluation per rule. A rule found that way is kept only if
+//! its other required leaves hold too (`ref == "refs/heads/main"` beside the repository's name), so a
+//! push to another branch of a watched repository leaves no candidate, and the server answers it
+//! without building a payload (`prepare`).
 //!
 //! INVARIANT: the index only narrows. Every rule that would match is among the candidates; candidates
 //! are then evaluated in full. `tests/index.rs` checks this against a full scan on random rule sets.
@@ -33,6 +36,20 @@ struct Bucket {
     keyed: Vec<Keyed>,
     /// Rules with no required leaf: always candidates.
     scan: Vec<u32>,
+    /// The paths of the rules' other required leaves ([`Check::path`] indexes it).
+    check_paths: Vec<Vec<Step>>,
+    /// Distinct sets of other required leaves; a rule refers to one by its position here plus one
+    /// ([`Keyed::checks`]). Rules written alike share one: 100,000 rules that all require
+    /// `ref == "refs/heads/main"` beside their repository name hold one set between them.
+    checks: Vec<Box<[Check]>>,
+}
+
+/// A required leaf other than the one a rule is filed under: the value at `check_paths[path]` must
+/// hash to one of `hashes` (sorted) for the rule to match.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Check {
+    path: u32,
+    hashes: Box<[u64]>,
 }
 
 /// Rules filed under the value of one simple path.
@@ -41,11 +58,18 @@ struct Bucket {
 /// share a hash only make extra candidates, never a missed one (candidates are evaluated in full).
 /// For 100,000 rules that is 100,000 fewer strings and lists; the rules of one hash are a range of
 /// `ids`.
+///
+/// A candidate found this way is dropped at once when one of its other required leaves does not hold
+/// either (`checks`): the push to another branch of a watched repository, the commonest non-match in
+/// CI, finds its repository's rules and then leaves none, so no payload is built for it.
 #[derive(Debug)]
 struct Keyed {
     steps: Vec<Step>,
     ranges: ByHash<(u32, u32)>,
     ids: Vec<u32>,
+    /// Parallel to `ids`: 0, or one plus the position in [`Bucket::checks`] of the rule's other
+    /// required leaves. Empty when no rule filed here has any.
+    checks: Vec<u32>,
 }
 
 /// A map keyed by [`key_hash`]es, which are hashed already.
@@ -197,9 +221,10 @@ impl SourceIndex {
             if !bucket.scan.is_empty() {
                 return None;
             }
-            for keyed in &bucket.keyed {
-                if !paths.contains(&keyed.steps.as_slice()) {
-                    paths.push(&keyed.steps);
+            let checked = bucket.check_paths.iter();
+            for steps in bucket.keyed.iter().map(|k| &k.steps).chain(checked) {
+                if !paths.contains(&steps.as_slice()) {
+                    paths.push(steps);
                 }
             }
         }
@@ -241,17 +266,22 @@ impl Bucket {
             }
         }
         let mut bucket = Bucket::default();
-        // (hash, rule) per indexed path, in the order of `bucket.keyed`.
-        let mut filed: Vec<Vec<(u64, u32)>> = Vec::new();
+        // (hash, rule, checks) per indexed path, in the order of `bucket.keyed`.
+        let mut filed: Vec<Vec<(u64, u32, u32)>> = Vec::new();
+        let mut interned: HashMap<Box<[Check]>, u32> = HashMap::new();
         for &i in ids {
-            let ls = leaves(i);
+            let mut ls = leaves(i);
             let best = ls
                 .iter()
-                .max_by_key(|(l, _)| distinct.get(l.steps.as_slice()).map_or(0, |d| d.len()));
-            let Some((leaf, hashes)) = best else {
+                .enumerate()
+                .max_by_key(|(_, (l, _))| distinct.get(l.steps.as_slice()).map_or(0, |d| d.len()))
+                .map(|(n, _)| n);
+            let Some(best) = best else {
                 bucket.scan.push(i as u32);
                 continue;
             };
+            let (leaf, hashes) = ls.swap_remove(best);
+            let checks = bucket.intern(ls, &mut interned);
             let pos = match bucket
                 .keyed
                 .iter()
@@ -263,28 +293,89 @@ impl Bucket {
                         steps: leaf.steps.iter().map(|s| s.owned()).collect(),
                         ranges: ByHash::default(),
                         ids: Vec::new(),
+                        checks: Vec::new(),
                     });
                     filed.push(Vec::new());
                     bucket.keyed.len() - 1
                 }
             };
-            filed[pos].extend(hashes.iter().map(|&h| (h, i as u32)));
+            filed[pos].extend(hashes.iter().map(|&h| (h, i as u32, checks)));
         }
-        for (keyed, mut pairs) in bucket.keyed.iter_mut().zip(filed) {
+        for (keyed, mut filed) in bucket.keyed.iter_mut().zip(filed) {
             // By hash, then rule: each hash's rules are one ascending, duplicate-free range.
-            pairs.sort_unstable();
-            pairs.dedup();
-            keyed.ids = pairs.iter().map(|&(_, i)| i).collect();
-            keyed.ranges.reserve(pairs.len());
+            filed.sort_unstable();
+            filed.dedup();
+            keyed.ids = filed.iter().map(|&(_, i, _)| i).collect();
+            if filed.iter().any(|&(_, _, c)| c != 0) {
+                keyed.checks = filed.iter().map(|&(_, _, c)| c).collect();
+            }
+            keyed.ranges.reserve(filed.len());
             let mut start = 0;
-            for (n, chunk) in pairs.chunk_by(|a, b| a.0 == b.0).map(|c| (c.len(), c[0].0)) {
+            for (n, chunk) in filed.chunk_by(|a, b| a.0 == b.0).map(|c| (c.len(), c[0].0)) {
                 keyed.ranges.insert(chunk, (start as u32, n as u32));
                 start += n;
             }
             keyed.ranges.shrink_to_fit();
         }
         bucket.scan.shrink_to_fit();
+        bucket.checks.shrink_to_fit();
         bucket
+    }
+
+    /// Files a rule's other required leaves as a set shared by every rule that has the same one:
+    /// 0 for none, else one plus its position in `self.checks`.
+    fn intern(
+        &mut self,
+        leaves: Vec<(Leaf<'_>, Vec<u64>)>,
+        interned: &mut HashMap<Box<[Check]>, u32>,
+    ) -> u32 {
+        let mut checks: Vec<Check> = Vec::with_capacity(leaves.len());
+        for (leaf, mut hashes) in leaves {
+            // A leaf none of whose values can be hashed narrows nothing it can be trusted with.
+            if hashes.is_empty() {
+                continue;
+            }
+            hashes.sort_unstable();
+            hashes.dedup();
+            let path = match self
+                .check_paths
+                .iter()
+                .position(|p| same_path(p, &leaf.steps))
+            {
+                Some(n) => n,
+                None => {
+                    self.check_paths
+                        .push(leaf.steps.iter().map(|s| s.owned()).collect());
+                    self.check_paths.len() - 1
+                }
+            };
+            checks.push(Check {
+                path: path as u32,
+                hashes: hashes.into(),
+            });
+        }
+        if checks.is_empty() {
+            return 0;
+        }
+        checks.sort_unstable_by(|a, b| (a.path, &a.hashes).cmp(&(b.path, &b.hashes)));
+        checks.dedup();
+        let checks: Box<[Check]> = checks.into();
+        *interned.entry(checks).or_insert_with_key(|checks| {
+            self.checks.push(checks.clone());
+            self.checks.len() as u32
+        })
+    }
+
+    /// Whether every leaf of the set `n` (as [`Keyed::checks`] numbers them) holds.
+    fn holds<'v>(&self, n: u32, lookup: &impl Fn(&[Step]) -> Option<&'v Value>) -> bool {
+        let Some(checks) = n.checked_sub(1).map(|n| &self.checks[n as usize]) else {
+            return true;
+        };
+        checks.iter().all(|c| {
+            lookup(&self.check_paths[c.path as usize])
+                .and_then(key_hash)
+                .is_some_and(|h| c.hashes.binary_search(&h).is_ok())
+        })
     }
 
     fn collect<'v>(&self, lookup: &impl Fn(&[Step]) -> Option<&'v Value>, out: &mut Vec<usize>) {
@@ -294,8 +385,17 @@ impl Bucket {
                 .and_then(key_hash)
                 .and_then(|h| keyed.ranges.get(&h));
             if let Some(&(start, n)) = hit {
-                let ids = &keyed.ids[start as usize..(start + n) as usize];
-                out.extend(ids.iter().map(|&i| i as usize));
+                let range = start as usize..(start + n) as usize;
+                let ids = &keyed.ids[range.clone()];
+                match keyed.checks.get(range) {
+                    Some(checks) => out.extend(
+                        ids.iter()
+                            .zip(checks)
+                            .filter(|&(_, &c)| self.holds(c, lookup))
+                            .map(|(&i, _)| i as usize),
+                    ),
+                    None => out.extend(ids.iter().map(|&i| i as usize)),
+                }
             }
         }
     }
@@ -499,6 +599,16 @@ mod tests {
         let index = &rules.sources[0].index;
         let payload = json!({"ref": "refs/heads/main", "repository": {"full_name": "acme/r42"}});
         assert_eq!(index.candidates(Some("push"), &payload), vec![42, 500, 501]);
+        // A push to another branch of a watched repository finds the repository's rule under its
+        // name, and drops it on `ref`: no rule read `ref` first, yet it is checked.
+        let other_branch =
+            json!({"ref": "refs/heads/dev", "repository": {"full_name": "acme/r42"}});
+        assert_eq!(
+            index.candidates(Some("push"), &other_branch),
+            vec![500, 501]
+        );
+        let no_ref = json!({"repository": {"full_name": "acme/r42"}});
+        assert_eq!(index.candidates(Some("push"), &no_ref), vec![500, 501]);
         assert_eq!(index.candidates(Some("create"), &payload), vec![501]);
         assert_eq!(index.candidates(None, &json!({})), vec![501]);
         assert_eq!(
@@ -506,5 +616,47 @@ mod tests {
             (1, 2),
             "one indexed path; two rules always scanned"
         );
+        assert_eq!(
+            index.by_event["push"].checks.len(),
+            1,
+            "500 rules share one set of other required leaves"
+        );
+        assert_eq!(
+            index.key_paths(Some("push")),
+            None,
+            "rules always scanned: the payload is parsed anyway"
+        );
+    }
+
+    #[test]
+    fn the_paths_read_first_include_the_other_required_leaves() {
+        let mut text = String::from(
+            "secret s = env(\"S\")\nsource src: github { secret s }\ntarget t { post \"http://127.0.0.1:9/\" }\n",
+        );
+        for i in 0..3 {
+            text.push_str(&format!(
+                "rule \"r{i}\" {{ from src on \"push\" when payload contains {{\"ref\": \"refs/heads/main\", \"repository\": {{\"full_name\": \"acme/r{i}\"}}}} notify t }}\n"
+            ));
+        }
+        let rules = crate::load::load_text("i.hook", None, text.as_bytes(), &PlaceholderSecrets)
+            .result
+            .unwrap()
+            .rules;
+        let index = &rules.sources[0].index;
+        let paths: Vec<String> = index
+            .key_paths(Some("push"))
+            .unwrap()
+            .iter()
+            .map(|steps| format!("{steps:?}"))
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                r#"[Key("repository"), Key("full_name")]"#,
+                r#"[Key("ref")]"#
+            ]
+        );
+        let other_branch = json!({"ref": "refs/heads/dev", "repository": {"full_name": "acme/r1"}});
+        assert!(index.candidates(Some("push"), &other_branch).is_empty());
     }
 }
