@@ -89,6 +89,7 @@ conformance!(
     records_are_listed_filtered_paged_and_pruned,
     rules_versions_are_kept_once,
     targets_report_their_queue_and_last_attempts,
+    stats_count_jobs_by_state_and_pending_ones_by_target,
 );
 
 async fn jobs_survive_reopening_and_in_flight_ones_come_back(backend: Backend) {
@@ -1412,6 +1413,31 @@ async fn targets_report_their_queue_and_last_attempts(backend: Backend) {
         t.last_error.as_deref(),
         Some("HTTP 503"),
         "the last error stays, with its time"
+    );
+}
+
+async fn stats_count_jobs_by_state_and_pending_ones_by_target(backend: Backend) {
+    let store = Store::new(backend);
+    let q = store.open().await;
+    let mut jobs = vec![job(JobKind::Notify, "b", None); 3];
+    jobs.extend(vec![job(JobKind::Notify, "a", None); 3]);
+    q.enqueue(jobs).await.unwrap();
+    // "a": one delivered, one in flight, one pending; "b": one dead letter, two pending.
+    let a = q.claim("a", concurrency(4), 2, MINUTE).await.unwrap();
+    q.settle(a[0].lease(), None, Settle::Ack).await.unwrap();
+    let b = q.claim("b", concurrency(4), 1, MINUTE).await.unwrap();
+    q.settle(b[0].lease(), None, Settle::DeadLetter)
+        .await
+        .unwrap();
+    let stats = q.stats().await.unwrap();
+    assert_eq!(
+        (stats.pending, stats.inflight, stats.done, stats.dead),
+        (3, 1, 1, 1)
+    );
+    assert_eq!(
+        stats.pending_by_target,
+        vec![("a".to_string(), 1), ("b".to_string(), 2)],
+        "pending jobs per target, in the order of their names"
     );
 }
 

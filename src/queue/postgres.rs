@@ -1559,38 +1559,31 @@ impl QueueBackend for PostgresQueue {
     async fn stats(&self) -> Result<Stats, QueueError> {
         timed(async {
             let client = get(&self.pool).await?;
-            let by_state = client
-                .prepare_cached("SELECT state, count(*) FROM jobs GROUP BY state")
-                .await
-                .map_err(pg)?;
-            let by_target = client
-                .prepare_cached(
-                    "SELECT target, count(*) FROM jobs WHERE state = 'pending' GROUP BY target ORDER BY target",
+            // One statement, so one snapshot and one scan: the totals and the pending jobs per target
+            // agree (two statements each saw the queue at its own moment).
+            let rows = client
+                .query(
+                    "SELECT state, target, count(*) FROM jobs GROUP BY state, target ORDER BY target",
+                    &[],
                 )
                 .await
                 .map_err(pg)?;
-            let (by_state, by_target) = tokio::join!(
-                client.query(&by_state, &[]),
-                client.query(&by_target, &[])
-            );
             let mut s = Stats::default();
-            for row in by_state.map_err(pg)? {
+            for row in rows {
                 let state: String = row.try_get(0).map_err(pg)?;
-                let n = row.try_get::<_, i64>(1).map_err(pg)? as u64;
+                let target: String = row.try_get(1).map_err(pg)?;
+                let n = row.try_get::<_, i64>(2).map_err(pg)? as u64;
                 match JobState::parse(&state) {
-                    Some(JobState::Pending) => s.pending = n,
-                    Some(JobState::Inflight) => s.inflight = n,
-                    Some(JobState::Done) => s.done = n,
-                    Some(JobState::Dead) => s.dead = n,
+                    Some(JobState::Pending) => {
+                        s.pending += n;
+                        s.pending_by_target.push((target, n));
+                    }
+                    Some(JobState::Inflight) => s.inflight += n,
+                    Some(JobState::Done) => s.done += n,
+                    Some(JobState::Dead) => s.dead += n,
                     None => {}
                 }
             }
-            s.pending_by_target = by_target
-                .map_err(pg)?
-                .iter()
-                .map(|r| Ok((r.try_get(0)?, r.try_get::<_, i64>(1)? as u64)))
-                .collect::<Result<_, tokio_postgres::Error>>()
-                .map_err(pg)?;
             Ok(s)
         })
         .await
