@@ -39,7 +39,8 @@ rule "release tags" {
   forward ci
 }
 
-# Candidates from the index, but a rule reads a path with a wildcard: the full payload is parsed.
+# Candidates from the index, but a rule reads a path with a wildcard: the full payload is parsed, and
+# the index reads the paths of the other required leaves (`ref`) alone.
 source wide: github { secret k }
 rule "any commit says deploy" {
   from wide
@@ -50,7 +51,7 @@ rule "any commit says deploy" {
 rule "raw body" {
   from wide
   on "push"
-  when $.repository.full_name == "acme/worker"
+  when $.repository.full_name == "acme/worker" and $.ref == "refs/heads/main"
   notify ci
 }
 

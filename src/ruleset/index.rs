@@ -39,9 +39,9 @@ struct Bucket {
     /// The paths of the rules' other required leaves ([`Check::path`] indexes it).
     check_paths: Vec<Vec<Step>>,
     /// Distinct sets of other required leaves; a rule refers to one by its position here plus one
-    /// ([`Keyed::checks`]). Rules written alike share one: 100,000 rules that all require
+    /// ([`Keyed::check_sets`]). Rules written alike share one: 100,000 rules that all require
     /// `ref == "refs/heads/main"` beside their repository name hold one set between them.
-    checks: Vec<Box<[Check]>>,
+    check_sets: Vec<Box<[Check]>>,
 }
 
 /// A required leaf other than the one a rule is filed under: the value at `check_paths[path]` must
@@ -60,16 +60,16 @@ struct Check {
 /// `ids`.
 ///
 /// A candidate found this way is dropped at once when one of its other required leaves does not hold
-/// either (`checks`): the push to another branch of a watched repository, the commonest non-match in
+/// either (`check_sets`): the push to another branch of a watched repository, the commonest non-match in
 /// CI, finds its repository's rules and then leaves none, so no payload is built for it.
 #[derive(Debug)]
 struct Keyed {
     steps: Vec<Step>,
     ranges: ByHash<(u32, u32)>,
     ids: Vec<u32>,
-    /// Parallel to `ids`: 0, or one plus the position in [`Bucket::checks`] of the rule's other
+    /// Parallel to `ids`: 0, or one plus the position in [`Bucket::check_sets`] of the rule's other
     /// required leaves. Empty when no rule filed here has any.
-    checks: Vec<u32>,
+    check_sets: Vec<u32>,
 }
 
 /// A map keyed by [`key_hash`]es, which are hashed already.
@@ -148,6 +148,16 @@ impl StepRef<'_> {
             StepRef::Index(i) => Step::Index(i),
         }
     }
+}
+
+/// Whether a path is dear to read from raw bytes, as the server does for every request of an event
+/// the index reads: the whole payload, or a negative index (the skim parses the array to count it).
+/// A rule is filed under a cheaper leaf when it has one, and such a leaf is never checked.
+fn dear(steps: &[StepRef<'_>]) -> bool {
+    steps.is_empty()
+        || steps
+            .iter()
+            .any(|s| matches!(s, StepRef::Index(i) if *i < 0))
 }
 
 fn same_path(steps: &[Step], refs: &[StepRef<'_>]) -> bool {
@@ -266,7 +276,7 @@ impl Bucket {
             }
         }
         let mut bucket = Bucket::default();
-        // (hash, rule, checks) per indexed path, in the order of `bucket.keyed`.
+        // (hash, rule, check set) per indexed path, in the order of `bucket.keyed`.
         let mut filed: Vec<Vec<(u64, u32, u32)>> = Vec::new();
         let mut interned: HashMap<Box<[Check]>, u32> = HashMap::new();
         for &i in ids {
@@ -274,14 +284,17 @@ impl Bucket {
             let best = ls
                 .iter()
                 .enumerate()
-                .max_by_key(|(_, (l, _))| distinct.get(l.steps.as_slice()).map_or(0, |d| d.len()))
+                .max_by_key(|(_, (l, _))| {
+                    let distinct = distinct.get(l.steps.as_slice()).map_or(0, |d| d.len());
+                    (!dear(&l.steps), distinct)
+                })
                 .map(|(n, _)| n);
             let Some(best) = best else {
                 bucket.scan.push(i as u32);
                 continue;
             };
             let (leaf, hashes) = ls.swap_remove(best);
-            let checks = bucket.intern(ls, &mut interned);
+            let check_set = bucket.intern(ls, &mut interned);
             let pos = match bucket
                 .keyed
                 .iter()
@@ -293,37 +306,40 @@ impl Bucket {
                         steps: leaf.steps.iter().map(|s| s.owned()).collect(),
                         ranges: ByHash::default(),
                         ids: Vec::new(),
-                        checks: Vec::new(),
+                        check_sets: Vec::new(),
                     });
                     filed.push(Vec::new());
                     bucket.keyed.len() - 1
                 }
             };
-            filed[pos].extend(hashes.iter().map(|&h| (h, i as u32, checks)));
+            filed[pos].extend(hashes.iter().map(|&h| (h, i as u32, check_set)));
         }
-        for (keyed, mut filed) in bucket.keyed.iter_mut().zip(filed) {
+        for (keyed, mut entries) in bucket.keyed.iter_mut().zip(filed) {
             // By hash, then rule: each hash's rules are one ascending, duplicate-free range.
-            filed.sort_unstable();
-            filed.dedup();
-            keyed.ids = filed.iter().map(|&(_, i, _)| i).collect();
-            if filed.iter().any(|&(_, _, c)| c != 0) {
-                keyed.checks = filed.iter().map(|&(_, _, c)| c).collect();
+            entries.sort_unstable();
+            entries.dedup();
+            keyed.ids = entries.iter().map(|&(_, i, _)| i).collect();
+            if entries.iter().any(|&(_, _, c)| c != 0) {
+                keyed.check_sets = entries.iter().map(|&(_, _, c)| c).collect();
             }
-            keyed.ranges.reserve(filed.len());
+            keyed.ranges.reserve(entries.len());
             let mut start = 0;
-            for (n, chunk) in filed.chunk_by(|a, b| a.0 == b.0).map(|c| (c.len(), c[0].0)) {
+            for (n, chunk) in entries
+                .chunk_by(|a, b| a.0 == b.0)
+                .map(|c| (c.len(), c[0].0))
+            {
                 keyed.ranges.insert(chunk, (start as u32, n as u32));
                 start += n;
             }
             keyed.ranges.shrink_to_fit();
         }
         bucket.scan.shrink_to_fit();
-        bucket.checks.shrink_to_fit();
+        bucket.check_sets.shrink_to_fit();
         bucket
     }
 
     /// Files a rule's other required leaves as a set shared by every rule that has the same one:
-    /// 0 for none, else one plus its position in `self.checks`.
+    /// 0 for none, else one plus its position in `self.check_sets`.
     fn intern(
         &mut self,
         leaves: Vec<(Leaf<'_>, Vec<u64>)>,
@@ -331,8 +347,10 @@ impl Bucket {
     ) -> u32 {
         let mut checks: Vec<Check> = Vec::with_capacity(leaves.len());
         for (leaf, mut hashes) in leaves {
-            // A leaf none of whose values can be hashed narrows nothing it can be trusted with.
-            if hashes.is_empty() {
+            // Left out, which only narrows less: a leaf none of whose values can be hashed (a number
+            // beyond `f64`, which never equals anything, so the rule never matches either), and one
+            // whose path is `dear`.
+            if hashes.is_empty() || dear(&leaf.steps) {
                 continue;
             }
             hashes.sort_unstable();
@@ -361,14 +379,14 @@ impl Bucket {
         checks.dedup();
         let checks: Box<[Check]> = checks.into();
         *interned.entry(checks).or_insert_with_key(|checks| {
-            self.checks.push(checks.clone());
-            self.checks.len() as u32
+            self.check_sets.push(checks.clone());
+            self.check_sets.len() as u32
         })
     }
 
-    /// Whether every leaf of the set `n` (as [`Keyed::checks`] numbers them) holds.
+    /// Whether every leaf of the set `n` (as [`Keyed::check_sets`] numbers them) holds.
     fn holds<'v>(&self, n: u32, lookup: &impl Fn(&[Step]) -> Option<&'v Value>) -> bool {
-        let Some(checks) = n.checked_sub(1).map(|n| &self.checks[n as usize]) else {
+        let Some(checks) = n.checked_sub(1).map(|n| &self.check_sets[n as usize]) else {
             return true;
         };
         checks.iter().all(|c| {
@@ -387,10 +405,10 @@ impl Bucket {
             if let Some(&(start, n)) = hit {
                 let range = start as usize..(start + n) as usize;
                 let ids = &keyed.ids[range.clone()];
-                match keyed.checks.get(range) {
-                    Some(checks) => out.extend(
+                match keyed.check_sets.get(range) {
+                    Some(sets) => out.extend(
                         ids.iter()
-                            .zip(checks)
+                            .zip(sets)
                             .filter(|&(_, &c)| self.holds(c, lookup))
                             .map(|(&i, _)| i as usize),
                     ),
@@ -617,7 +635,7 @@ mod tests {
             "one indexed path; two rules always scanned"
         );
         assert_eq!(
-            index.by_event["push"].checks.len(),
+            index.by_event["push"].check_sets.len(),
             1,
             "500 rules share one set of other required leaves"
         );
@@ -643,20 +661,28 @@ mod tests {
             .unwrap()
             .rules;
         let index = &rules.sources[0].index;
-        let paths: Vec<String> = index
-            .key_paths(Some("push"))
-            .unwrap()
-            .iter()
-            .map(|steps| format!("{steps:?}"))
-            .collect();
-        assert_eq!(
-            paths,
-            [
-                r#"[Key("repository"), Key("full_name")]"#,
-                r#"[Key("ref")]"#
-            ]
+        let key = |k: &str| crate::ruleset::Step::Key(k.to_string());
+        let full_name = [key("repository"), key("full_name")];
+        let git_ref = [key("ref")];
+        let paths = index.key_paths(Some("push")).unwrap();
+        assert_eq!(paths.len(), 2, "{paths:?}");
+        assert!(
+            paths.contains(&&full_name[..]) && paths.contains(&&git_ref[..]),
+            "{paths:?}"
         );
         let other_branch = json!({"ref": "refs/heads/dev", "repository": {"full_name": "acme/r1"}});
         assert!(index.candidates(Some("push"), &other_branch).is_empty());
+
+        // A leaf at a negative index is not checked: reading it from raw bytes means parsing the
+        // array, for every push of the source, watched or not.
+        let text = "secret s = env(\"S\")\nsource src: github { secret s }\ntarget t { post \"http://127.0.0.1:9/\" }\nrule \"r\" { from src on \"push\" when $.repository.full_name == \"acme/r\" and $.commits[-1].id == \"x\" notify t }\n";
+        let rules = crate::load::load_text("i.hook", None, text.as_bytes(), &PlaceholderSecrets)
+            .result
+            .unwrap()
+            .rules;
+        let index = &rules.sources[0].index;
+        assert_eq!(index.key_paths(Some("push")).unwrap(), [&full_name[..]]);
+        let last_differs = json!({"repository": {"full_name": "acme/r"}, "commits": [{"id": "y"}]});
+        assert_eq!(index.candidates(Some("push"), &last_differs), [0]);
     }
 }
