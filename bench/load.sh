@@ -88,7 +88,10 @@ work, payload, secret, concurrency, sink_port = sys.argv[1:6]
 raw = open(payload, "rb").read()
 # The matching rules' action: a Flux-style notify with a small rendered body, one delivery per request.
 ACTION = os.environ.get("ACTION", 'notify ci {"Kind": "git", "Source": {"URL": $.repository.ssh_url, "Branch": "main"}}')
-open(f"{work}/secret", "w").write(secret)
+# The rules and their secret in a directory of their own, as a ConfigMap mounts them: the gateway
+# watches the directories of what its rules read, and the logs written beside them would wake it.
+os.makedirs(f"{work}/rules")
+open(f"{work}/rules/secret", "w").write(secret)
 targets = {
     # Rate-limited to one delivery an hour: the matching run measures acceptance alone.
     "held": 'target ci { post "http://127.0.0.1:9/unused" rate 1 per 1h }',
@@ -101,10 +104,10 @@ conditions = {
 }
 for shape, cond in conditions.items():
     for tname, target in targets.items():
-        rules = [f'secret gh = file("{work}/secret")', 'source acme: github { secret gh }', target]
+        rules = [f'secret gh = file("{work}/rules/secret")', 'source acme: github { secret gh }', target]
         for i in range(1000):
             rules.append(f'rule "pipeline {i}" {{ from acme on "push" when {cond(i)} {ACTION} }}')
-        open(f"{work}/rules-{shape}-{tname}.hook", "w").write("\n".join(rules) + "\n")
+        open(f"{work}/rules/{shape}-{tname}.hook", "w").write("\n".join(rules) + "\n")
 
 def variant(name, full_name, ref):
     body = json.loads(raw)
@@ -197,7 +200,7 @@ print(int(ns(sys.argv[2]) - ns(sys.argv[1])))' "$(tail -n1 "$work/times0")" "$(t
 gateway() { # CASE RULES-FILE LOG-LEVEL [MORE-FLAGS]
   rm -rf "$work/data"
   # shellcheck disable=SC2086 # MORE-FLAGS is a list of words
-  start env RUST_LOG="$3" ${PROFILE_GATEWAY:-} taskset -c $SERVER_CORE "$GATEWAY" serve --rules "$work/$2" \
+  start env RUST_LOG="$3" ${PROFILE_GATEWAY:-} taskset -c $SERVER_CORE "$GATEWAY" serve --rules "$work/rules/$2" \
     --listen 127.0.0.1:$HOOK_PORT --admin 127.0.0.1:$ADMIN_PORT --data "$work/data" ${4:-} ${GATEWAY_FLAGS:-} 2> "$work/gateway-$1-$round.log"
   gw=$started; wait_port $HOOK_PORT; wait_port $ADMIN_PORT
   gwp=$(server_pid $gw)
@@ -229,7 +232,7 @@ closed_case() { # CASE RULES PAYLOAD LOG-LEVEL COUNTED-STATUS [GATEWAY-FLAGS]
 delivered_case() { # CASE [loadgen args]: load, then wait until every 202 is delivered
   start taskset -c $CLIENT_CORE "$bin/examples/sink" 127.0.0.1:$SINK_PORT
   sink=$started; wait_port $SINK_PORT
-  gateway "$1" rules-contains-sink.hook info
+  gateway "$1" contains-sink.hook info
   threads $gwp > "$work/cpu-$1-$round-0"
   out=$(loadgen http://127.0.0.1:$HOOK_PORT/hook/acme hit "${@:2}")
   accepted=$(json 'd["by_status"].get("202", 0)' <<<"$out")
@@ -247,16 +250,16 @@ delivered_case() { # CASE [loadgen args]: load, then wait until every 202 is del
 # server once more.
 for round in $(seq 1 "$REPEAT"); do
   minimal_case minimal
-  closed_case unwatched rules-contains-held.hook unwatched info 200
-  closed_case unwatched-warn rules-contains-held.hook unwatched warn 200
-  closed_case branch rules-contains-held.hook branch info 200
-  closed_case unwatched-nolog rules-contains-held.hook unwatched info 200 "--deliveries-max-records 0"
-  closed_case branch-nolog rules-contains-held.hook branch info 200 "--deliveries-max-records 0"
-  closed_case match-info rules-contains-held.hook hit info 202
-  closed_case match-warn rules-contains-held.hook hit warn 202
-  closed_case eq-unwatched rules-eq-held.hook unwatched info 200
-  closed_case eq-branch rules-eq-held.hook branch info 200
-  closed_case eq-match rules-eq-held.hook hit info 202
+  closed_case unwatched contains-held.hook unwatched info 200
+  closed_case unwatched-warn contains-held.hook unwatched warn 200
+  closed_case branch contains-held.hook branch info 200
+  closed_case unwatched-nolog contains-held.hook unwatched info 200 "--deliveries-max-records 0"
+  closed_case branch-nolog contains-held.hook branch info 200 "--deliveries-max-records 0"
+  closed_case match-info contains-held.hook hit info 202
+  closed_case match-warn contains-held.hook hit warn 202
+  closed_case eq-unwatched eq-held.hook unwatched info 200
+  closed_case eq-branch eq-held.hook branch info 200
+  closed_case eq-match eq-held.hook hit info 202
   if has_case delivered; then delivered_case delivered; fi
   if has_case latency; then
     rate=${RATE:-}

@@ -37,14 +37,15 @@ trap 'exit 130' INT TERM
 # One rule that matches the push; its target is rate-limited, so the jobs stay pending (nothing is
 # delivered: the queue thread's work is the accepts, and the reads).
 python3 - "$work" "$PAYLOAD" "$SECRET" <<'PY'
-import json, sys
+import json, os, sys
 work, payload, secret = sys.argv[1:4]
-open(f"{work}/secret", "w").write(secret)
+os.makedirs(f"{work}/rules")   # a directory of its own: the gateway watches it, and its log is beside it
+open(f"{work}/rules/secret", "w").write(secret)
 body = json.loads(open(payload, "rb").read())
 body["repository"]["full_name"] = "acme/repo-1"
 body["ref"] = "refs/heads/main"
 open(f"{work}/hit.json", "wb").write(json.dumps(body, indent=2).encode() + b"\n")
-open(f"{work}/rules.hook", "w").write(f'''secret gh = file("{work}/secret")
+open(f"{work}/rules/rules.hook", "w").write(f'''secret gh = file("{work}/rules/secret")
 source acme: github {{ secret gh }}
 target ci {{ post "http://127.0.0.1:9/unused" rate 1 per 1h }}
 rule "pipeline 1" {{ from acme on "push" when payload contains {{"repository": {{"full_name": "acme/repo-1"}}}} notify ci {{"ref": $.ref}} }}
@@ -52,7 +53,7 @@ rule "pipeline 1" {{ from acme on "push" when payload contains {{"repository": {
 PY
 
 wait_port() { for _ in $(seq 1 400); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "error: port $1 did not open" >&2; exit 1; }
-serve() { "$GATEWAY" serve --rules "$work/rules.hook" --listen 127.0.0.1:$HOOK_PORT --admin 127.0.0.1:$ADMIN_PORT --data "$work/data" 2>> "$work/gateway.log" & gw=$!; pids+=("$gw"); wait_port $HOOK_PORT; wait_port $ADMIN_PORT; }
+serve() { "$GATEWAY" serve --rules "$work/rules/rules.hook" --listen 127.0.0.1:$HOOK_PORT --admin 127.0.0.1:$ADMIN_PORT --data "$work/data" 2>> "$work/gateway.log" & gw=$!; pids+=("$gw"); wait_port $HOOK_PORT; wait_port $ADMIN_PORT; }
 stop() { kill "$1"; wait "$1" 2>/dev/null || true; }
 
 # The gateway creates its schema; the old jobs are written beside it while it is stopped.
