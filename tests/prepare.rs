@@ -305,16 +305,21 @@ proptest! {
     }
 }
 
+/// A JSON GitHub push's headers, for the pinned cases.
+fn json_push_headers() -> Vec<(String, String)> {
+    vec![
+        ("content-type".to_string(), "application/json".to_string()),
+        ("x-github-event".to_string(), "push".to_string()),
+        ("x-github-delivery".to_string(), "d-1".to_string()),
+    ]
+}
+
 /// The cases the issue reported, each pinned.
 #[test]
 fn reported_disagreements_are_gone() {
     let rules = rules();
     let indexed = 0;
-    let headers = vec![
-        ("content-type".to_string(), "application/json".to_string()),
-        ("x-github-event".to_string(), "push".to_string()),
-        ("x-github-delivery".to_string(), "d-1".to_string()),
-    ];
+    let headers = json_push_headers();
     // Invalid UTF-8, out-of-range numbers and 100k-deep nesting in a field no rule reads are all
     // refused the way a full parse refuses them (or accepted alike).
     let deep = format!(
@@ -361,11 +366,7 @@ fn reported_disagreements_are_gone() {
 fn a_push_to_another_branch_of_a_watched_repository_builds_no_payload() {
     let rules = rules();
     let indexed = 0;
-    let headers = vec![
-        ("content-type".to_string(), "application/json".to_string()),
-        ("x-github-event".to_string(), "push".to_string()),
-        ("x-github-delivery".to_string(), "d-1".to_string()),
-    ];
+    let headers = json_push_headers();
     let cases: [(&[u8], &str, bool); 4] = [
         (br#"{"ref":"refs/heads/feature","repository":{"full_name":"acme/app"}}"#, "none", false),
         (br#"{"ref":"refs/heads/main","repository":{"full_name":"acme/app"}}"#, "sparse", true),

@@ -596,12 +596,20 @@ mod tests {
     use serde_json::json;
 
     use crate::compile::PlaceholderSecrets;
+    use crate::ruleset::RuleSet;
+
+    const PRELUDE: &str = "secret s = env(\"S\")\nsource src: github { secret s }\ntarget t { post \"http://127.0.0.1:9/\" }\n";
+
+    fn load(text: &str) -> RuleSet {
+        crate::load::load_text("i.hook", None, text.as_bytes(), &PlaceholderSecrets)
+            .result
+            .unwrap()
+            .rules
+    }
 
     #[test]
     fn concourse_style_rules_are_found_by_one_lookup() {
-        let mut text = String::from(
-            "secret s = env(\"S\")\nsource src: github { secret s }\ntarget t { post \"http://127.0.0.1:9/\" }\n",
-        );
+        let mut text = String::from(PRELUDE);
         for i in 0..500 {
             // `ref` comes first but is the same everywhere; `full_name` is the selective leaf.
             text.push_str(&format!(
@@ -610,10 +618,7 @@ mod tests {
         }
         text.push_str("rule \"any push\" { from src on \"push\" when $.ref starts with \"refs/tags/\" notify t }\n");
         text.push_str("rule \"anything\" { from src notify t }\n");
-        let rules = crate::load::load_text("i.hook", None, text.as_bytes(), &PlaceholderSecrets)
-            .result
-            .unwrap()
-            .rules;
+        let rules = load(&text);
         let index = &rules.sources[0].index;
         let payload = json!({"ref": "refs/heads/main", "repository": {"full_name": "acme/r42"}});
         assert_eq!(index.candidates(Some("push"), &payload), vec![42, 500, 501]);
@@ -648,18 +653,13 @@ mod tests {
 
     #[test]
     fn the_paths_read_first_include_the_other_required_leaves() {
-        let mut text = String::from(
-            "secret s = env(\"S\")\nsource src: github { secret s }\ntarget t { post \"http://127.0.0.1:9/\" }\n",
-        );
+        let mut text = String::from(PRELUDE);
         for i in 0..3 {
             text.push_str(&format!(
                 "rule \"r{i}\" {{ from src on \"push\" when payload contains {{\"ref\": \"refs/heads/main\", \"repository\": {{\"full_name\": \"acme/r{i}\"}}}} notify t }}\n"
             ));
         }
-        let rules = crate::load::load_text("i.hook", None, text.as_bytes(), &PlaceholderSecrets)
-            .result
-            .unwrap()
-            .rules;
+        let rules = load(&text);
         let index = &rules.sources[0].index;
         let key = |k: &str| crate::ruleset::Step::Key(k.to_string());
         let full_name = [key("repository"), key("full_name")];
@@ -675,11 +675,10 @@ mod tests {
 
         // A leaf at a negative index is not checked: reading it from raw bytes means parsing the
         // array, for every push of the source, watched or not.
-        let text = "secret s = env(\"S\")\nsource src: github { secret s }\ntarget t { post \"http://127.0.0.1:9/\" }\nrule \"r\" { from src on \"push\" when $.repository.full_name == \"acme/r\" and $.commits[-1].id == \"x\" notify t }\n";
-        let rules = crate::load::load_text("i.hook", None, text.as_bytes(), &PlaceholderSecrets)
-            .result
-            .unwrap()
-            .rules;
+        let text = format!(
+            "{PRELUDE}rule \"r\" {{ from src on \"push\" when $.repository.full_name == \"acme/r\" and $.commits[-1].id == \"x\" notify t }}\n"
+        );
+        let rules = load(&text);
         let index = &rules.sources[0].index;
         assert_eq!(index.key_paths(Some("push")).unwrap(), [&full_name[..]]);
         let last_differs = json!({"repository": {"full_name": "acme/r"}, "commits": [{"id": "y"}]});
