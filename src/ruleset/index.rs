@@ -623,7 +623,7 @@ mod tests {
         let payload = json!({"ref": "refs/heads/main", "repository": {"full_name": "acme/r42"}});
         assert_eq!(index.candidates(Some("push"), &payload), vec![42, 500, 501]);
         // A push to another branch of a watched repository finds the repository's rule under its
-        // name, and drops it on `ref`: no rule read `ref` first, yet it is checked.
+        // name, and drops it on `ref` (not the indexed path, but checked); so does a push without one.
         let other_branch =
             json!({"ref": "refs/heads/dev", "repository": {"full_name": "acme/r42"}});
         assert_eq!(
