@@ -70,8 +70,11 @@ pub enum Malformed {
     NotJson,
     /// A GitHub or Gitea form delivery without its `payload` field.
     NoPayloadField,
-    /// The delivery id is not valid UTF-8, or longer than [`MAX_DELIVERY_ID`].
+    /// The delivery id is not valid UTF-8, longer than [`MAX_DELIVERY_ID`], or holds a control
+    /// character ([`valid_delivery`]).
     DeliveryId,
+    /// The event name is longer than [`MAX_EVENT`] or holds a control character.
+    Event,
 }
 
 impl Malformed {
@@ -80,12 +83,17 @@ impl Malformed {
             Malformed::NotJson => "body is not JSON",
             Malformed::NoPayloadField => "form delivery without a payload field",
             Malformed::DeliveryId => "malformed delivery id",
+            Malformed::Event => "malformed event name",
         }
     }
 }
 
 /// The longest delivery id accepted (providers send UUIDs and similar).
 pub const MAX_DELIVERY_ID: usize = 256;
+
+/// The longest event name accepted (providers send names like `pull_request_review_comment` or
+/// `harbor.artifact.pushed`).
+pub const MAX_EVENT: usize = 256;
 
 /// Prepares a verified request to `source` for evaluation.
 pub fn prepare(
@@ -113,6 +121,7 @@ pub fn prepare(
     // so the index can decide on a few extracted paths.
     if providers::event_from_headers(kind) {
         let (event, delivery) = providers::identify(kind, headers, query, &Value::Null);
+        let event = checked_event(event)?;
         let delivery = checked_delivery(delivery)?;
         let view = if form && field.is_none() {
             filter(source, event.as_deref(), form_fields(body))
@@ -133,6 +142,7 @@ pub fn prepare(
         serde_json::from_slice(json).map_err(|_| Malformed::NotJson)?
     };
     let (event, delivery) = providers::identify(kind, headers, query, &payload);
+    let event = checked_event(event)?;
     let delivery = checked_delivery(delivery)?;
     if kind == ProviderKind::Slack
         && payload.get("type").and_then(Value::as_str) == Some("url_verification")
@@ -224,6 +234,16 @@ fn parse_full(json: &[u8]) -> Result<View, Malformed> {
         .map_err(|_| Malformed::NotJson)
 }
 
+/// An event name goes into logs, records and, through `${event}`, a target's URL and headers: one
+/// with a control character could not be sent in a header (every attempt of its deliveries would
+/// fail), and a body-named one (Slack's, a CloudEvent's `type`) could be of any length.
+fn checked_event(event: Option<String>) -> Result<Option<String>, Malformed> {
+    match event {
+        Some(e) if e.len() > MAX_EVENT || e.chars().any(char::is_control) => Err(Malformed::Event),
+        other => Ok(other),
+    }
+}
+
 /// A delivery id must identify one delivery: one that lost bytes to UTF-8 repair (hyper's header values
 /// are bytes; the server decodes them lossily) could collide with another, so it is refused.
 fn checked_delivery(delivery: Option<String>) -> Result<Option<String>, Malformed> {
@@ -234,9 +254,12 @@ fn checked_delivery(delivery: Option<String>) -> Result<Option<String>, Malforme
 }
 
 /// Whether a delivery id can identify one delivery: no bytes lost to UTF-8 repair, at most
-/// [`MAX_DELIVERY_ID`] bytes.
+/// [`MAX_DELIVERY_ID`] bytes, no control characters. An id named in a body (Slack's `event_id`, a
+/// CloudEvent's `id`) may hold any character; one with a control character could never go out in
+/// the `X-Hookgate-Delivery` header of its deliveries (an HTTP header value holds none but a tab),
+/// and would break a line of the text log.
 pub fn valid_delivery(d: &str) -> bool {
-    !d.contains('\u{FFFD}') && d.len() <= MAX_DELIVERY_ID
+    !d.contains('\u{FFFD}') && d.len() <= MAX_DELIVERY_ID && !d.chars().any(char::is_control)
 }
 
 /// Kinds whose form deliveries must carry the JSON in a `payload` field.

@@ -413,6 +413,32 @@ async fn slack_handshake_and_stale_timestamps() {
         assert_eq!(answer.record.outcome, Outcome::Rejected, "{what}");
         assert_eq!(answer.record.reason.as_deref(), Some(stale), "{what}");
     }
+    // Slack names the delivery in the body. An id with a control character could never go out in
+    // the `X-Hookgate-Delivery` header (every attempt would fail until dead-lettered) and would
+    // break a line of the pretty log: it is refused before anything is queued.
+    let body = br#"{"type":"event_callback","event_id":"Ev1\n2026-01-01T00:00:00Z INFO forged","event":{"type":"app_mention"}}"#;
+    let answer = hx.post("/hook/slack", &sign(now(), body), body).await;
+    assert_eq!(
+        (answer.status, &answer.body),
+        (400, &json!({"error": "malformed delivery id"}))
+    );
+    assert_eq!(answer.record.delivery, None);
+    assert!(hx.pending().await.is_empty(), "nothing queued");
+    let body = br#"{"type":"event_callback","event_id":"Ev2","event":{"type":"app_mention\r\nx"}}"#;
+    let answer = hx.post("/hook/slack", &sign(now(), body), body).await;
+    assert_eq!(
+        (answer.status, &answer.body),
+        (400, &json!({"error": "malformed event name"}))
+    );
+    assert!(hx.pending().await.is_empty(), "nothing queued");
+    let body = br#"{"type":"event_callback","event_id":"Ev1","event":{"type":"app_mention"}}"#;
+    assert_eq!(
+        hx.post("/hook/slack", &sign(now(), body), body)
+            .await
+            .status,
+        202
+    );
+    assert_eq!(hx.pending().await.len(), 1);
 }
 
 #[tokio::test]
@@ -467,6 +493,7 @@ async fn status_codes_for_bad_requests() {
     for (what, id) in [
         ("not UTF-8", "d-\u{FFFD}".to_string()),
         ("too long", "d".repeat(257)),
+        ("a control character", "d-\t1".to_string()),
     ] {
         let mut headers = github_signed("s", "push", b"{}");
         headers.push(h("X-GitHub-Delivery", id));
@@ -482,6 +509,21 @@ async fn status_codes_for_bad_requests() {
             "{what}"
         );
         assert_eq!(answer.record.delivery, None, "{what}");
+    }
+
+    // An event name that could not go into a target's header through `${event}`, or of any length.
+    for (what, event) in [
+        ("a control character", "push\tx".to_string()),
+        ("too long", "e".repeat(257)),
+    ] {
+        let headers = github_signed("s", &event, b"{}");
+        let answer = hx.post("/hook/acme", &headers, b"{}").await;
+        assert_eq!(
+            (answer.status, &answer.body),
+            (400, &json!({"error": "malformed event name"})),
+            "{what}"
+        );
+        assert_eq!(answer.record.outcome, Outcome::Rejected, "{what}");
     }
 
     // The source's rate.
