@@ -529,7 +529,8 @@ async fn deliver<Q: QueueBackend>(
                 job = id,
                 target = %target_name,
                 kind = job.kind.as_str(),
-                delivery = %job.delivery,
+                // Debug-escaped, as the request span prints it: the id is the sender's text.
+                delivery = job.delivery.as_str(),
                 attempt = attempt_no,
                 status = status.map(u64::from),
                 error = error.as_deref(),

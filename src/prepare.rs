@@ -73,7 +73,8 @@ pub enum Malformed {
     /// The delivery id is not valid UTF-8, longer than [`MAX_DELIVERY_ID`], or holds a control
     /// character ([`valid_delivery`]).
     DeliveryId,
-    /// The event name is longer than [`MAX_EVENT`] or holds a control character.
+    /// The event name is longer than [`MAX_EVENT`], holds a control character, or is `.` or `..`
+    /// ([`valid_event`]).
     Event,
 }
 
@@ -239,9 +240,19 @@ fn parse_full(json: &[u8]) -> Result<View, Malformed> {
 /// fail), and a body-named one (Slack's, a CloudEvent's `type`) could be of any length.
 fn checked_event(event: Option<String>) -> Result<Option<String>, Malformed> {
     match event {
-        Some(e) if e.len() > MAX_EVENT || e.chars().any(char::is_control) => Err(Malformed::Event),
+        Some(e) if !valid_event(&e) => Err(Malformed::Event),
         other => Ok(other),
     }
+}
+
+/// Whether an event name can be used: at most [`MAX_EVENT`] bytes, no control characters, not a
+/// dot segment (`.` or `..`, which a URL resolves even when encoded).
+pub fn valid_event(e: &str) -> bool {
+    e.len() <= MAX_EVENT && !e.chars().any(char::is_control) && !is_dot_segment(e)
+}
+
+fn is_dot_segment(s: &str) -> bool {
+    s == "." || s == ".."
 }
 
 /// A delivery id must identify one delivery: one that lost bytes to UTF-8 repair (hyper's header values
@@ -254,12 +265,16 @@ fn checked_delivery(delivery: Option<String>) -> Result<Option<String>, Malforme
 }
 
 /// Whether a delivery id can identify one delivery: no bytes lost to UTF-8 repair, at most
-/// [`MAX_DELIVERY_ID`] bytes, no control characters. An id named in a body (Slack's `event_id`, a
-/// CloudEvent's `id`) may hold any character; one with a control character could never go out in
-/// the `X-Hookgate-Delivery` header of its deliveries (an HTTP header value holds none but a tab),
-/// and would break a line of the text log.
+/// [`MAX_DELIVERY_ID`] bytes, no control characters, not `.` or `..`. An id named in a body (Slack's
+/// `event_id`, a CloudEvent's `id`) may hold any character; one with a control character could never
+/// go out in the `X-Hookgate-Delivery` header of its deliveries (an HTTP header value holds none but
+/// a tab) and would break a line of the text log; a dot segment in a target's URL (`${delivery}`)
+/// would be resolved even when encoded.
 pub fn valid_delivery(d: &str) -> bool {
-    !d.contains('\u{FFFD}') && d.len() <= MAX_DELIVERY_ID && !d.chars().any(char::is_control)
+    !d.contains('\u{FFFD}')
+        && d.len() <= MAX_DELIVERY_ID
+        && !d.chars().any(char::is_control)
+        && !is_dot_segment(d)
 }
 
 /// Kinds whose form deliveries must carry the JSON in a `payload` field.

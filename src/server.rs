@@ -443,6 +443,8 @@ async fn hook_inner(
     if crate::providers::event_from_headers(source.kind()) {
         let (event, delivery) =
             crate::providers::identify(source.kind(), &headers, &query, &serde_json::Value::Null);
+        // Only what `prepare` would accept: a 401 is recorded too, before any signature is checked.
+        let event = event.filter(|e| crate::prepare::valid_event(e));
         let span = tracing::Span::current();
         if let Some(e) = &event {
             span.record("event", e.as_str());

@@ -179,8 +179,29 @@ async fn every_outcome_is_recorded_explained_replayed_and_kept_within_bounds() {
     assert_eq!(outcome(&n), (200, "no_match".into()));
     let f = listed(&gw, "f-1").await;
     assert_eq!(outcome(&f), (200, "filtered".into()));
+    // A refused request is recorded with the event its headers name, unless no accepted one could
+    // have had that name (here 300 bytes of it).
+    let long_event = "e".repeat(300);
+    assert_eq!(
+        send(
+            &gw,
+            "acme",
+            &long_event,
+            "u-2",
+            &push("acme/app", "main"),
+            false
+        )
+        .await,
+        401
+    );
+    let u2 = listed(&gw, "u-2").await;
+    assert_eq!(
+        (outcome(&u2), &u2["event"]),
+        ((401, "rejected".into()), &Value::Null)
+    );
     let u = listed(&gw, "u-1").await;
     assert_eq!(outcome(&u), (401, "rejected".into()));
+    assert_eq!(u["event"], "push");
     assert!(
         u["reason"]
             .as_str()

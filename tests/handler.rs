@@ -494,6 +494,7 @@ async fn status_codes_for_bad_requests() {
         ("not UTF-8", "d-\u{FFFD}".to_string()),
         ("too long", "d".repeat(257)),
         ("a control character", "d-\t1".to_string()),
+        ("a dot segment", "..".to_string()),
     ] {
         let mut headers = github_signed("s", "push", b"{}");
         headers.push(h("X-GitHub-Delivery", id));
@@ -515,6 +516,7 @@ async fn status_codes_for_bad_requests() {
     for (what, event) in [
         ("a control character", "push\tx".to_string()),
         ("too long", "e".repeat(257)),
+        ("a dot segment", ".".to_string()),
     ] {
         let headers = github_signed("s", &event, b"{}");
         let answer = hx.post("/hook/acme", &headers, b"{}").await;
