@@ -818,7 +818,7 @@ fn each_log_line_of_a_request_names_its_event_and_delivery_once() {
     write!(
         stream,
         "POST /hook/gh HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\n\
-         X-GitHub-Event: push\r\nX-GitHub-Delivery: d-once-1\r\nX-Hub-Signature-256: sha256={signature}\r\n\
+         X-GitHub-Event: push\r\nX-GitHub-Delivery: d-once\u{2028}1\r\nX-Hub-Signature-256: sha256={signature}\r\n\
          Content-Length: {}\r\n\r\n",
         body.len()
     )
@@ -827,20 +827,36 @@ fn each_log_line_of_a_request_names_its_event_and_delivery_once() {
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     assert!(response.starts_with("HTTP/1.1 202"), "{response}");
+    // The log lines as they come, until the delivery's first attempt (its target refuses it).
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(stderr) {
+            let _ = tx.send(line.unwrap());
+        }
+    });
+    let mut logs = Vec::new();
+    while !logs.iter().any(|l: &String| l.contains("delivery attempt")) {
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("no `delivery attempt` line in:\n{}", logs.join("\n")));
+        logs.push(line);
+    }
     terminate(child.id());
-    let mut logs = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut logs)
-        .unwrap();
     child.wait().unwrap();
-    let enqueued = logs
-        .lines()
-        .find(|l| l.contains("enqueued"))
-        .unwrap_or_else(|| panic!("no `enqueued` line in:\n{logs}"));
+    reader.join().unwrap();
+    logs.extend(rx.try_iter());
+    let line = |what: &str| {
+        logs.iter()
+            .find(|l| l.contains(what))
+            .unwrap_or_else(|| panic!("no `{what}` line in:\n{}", logs.join("\n")))
+    };
+    let enqueued = line("enqueued");
     assert_eq!(enqueued.matches("delivery=").count(), 1, "{enqueued}");
     assert_eq!(enqueued.matches("event=").count(), 1, "{enqueued}");
-    assert!(enqueued.contains("d-once-1"), "{enqueued}");
+    // The id is the sender's text: a line separator in it is escaped, on every line that prints it.
+    for l in [enqueued, line("delivery attempt")] {
+        assert!(l.contains(r#"delivery="d-once\u{2028}1""#), "{l}");
+        assert!(!l.contains('\u{2028}'), "{l}");
+    }
 }
