@@ -125,6 +125,7 @@ both_backends!(
     the_rate_limit_is_honoured,
     a_slow_target_does_not_starve_the_others,
     forward_re_signs_the_original_body,
+    a_forward_never_puts_the_senders_headers_before_the_targets_or_the_gateways,
     jobs_of_a_removed_target_are_dead_lettered,
     shutdown_finishes_or_returns_in_flight_deliveries,
 );
@@ -566,6 +567,68 @@ async fn forward_re_signs_the_original_body(backend: Backend) {
     running.stop().await;
 }
 
+async fn a_forward_never_puts_the_senders_headers_before_the_targets_or_the_gateways(
+    backend: Backend,
+) {
+    // A sender's headers are forwarded, but a header the target sets, or the gateway, carries that
+    // value alone: receivers read a header's first value, and a signed sender could otherwise put
+    // its own API key, signature or delivery id there.
+    let sink = Sink::always(200).await;
+    let text = format!(
+        "secret s = env(\"S\")\nsecret fwd = env(\"FWD\")\nsource acme: github {{ secret s }}\n{}\
+         rule \"r\" {{ from acme forward t sign with fwd }}\n",
+        target(
+            &sink,
+            "t",
+            "header \"X-Api-Key\" = \"k-1\" header \"X-Api-Key\" = \"k-2\" signature generic_hmac header \"X-Out-Sig\""
+        ),
+    );
+    let rules = compile(&text, &[("fwd", "out-secret")]);
+    let raw = b"{}".to_vec();
+    let headers = vec![
+        ("X-GitHub-Event".into(), "push".into()),
+        ("X-Api-Key".into(), "forged".into()),
+        ("X-Out-Sig".into(), "sha256=forged".into()),
+        ("X-Hookgate-Delivery".into(), "someone-else".into()),
+        ("X-Custom".into(), "one".into()),
+        ("X-Custom".into(), "two".into()),
+    ];
+    let event = hookgate::event::Event::new(&rules, 0, None, headers, vec![], json!({}));
+    let outcome = hookgate::eval::evaluate(&rules, &event);
+    let jobs = hookgate::dispatch::jobs_for(&rules, &event, &outcome, "g-1", &raw);
+    let store = Store::new(backend);
+    let running = start(Arc::new(store.open().await), rules, config());
+    running.enqueue(jobs).await;
+    assert!(sink.wait_for(1, WAIT).await);
+    let got = sink.received()[0].clone();
+    let all = |name: &str| -> Vec<&str> {
+        got.headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    };
+    let mac = hookgate::signature::hmac(
+        hookgate::ruleset::HmacAlgorithm::Sha256,
+        b"out-secret",
+        &[&raw],
+    );
+    assert_eq!(all("x-api-key"), ["k-1", "k-2"], "the target's values only");
+    assert_eq!(
+        all("x-out-sig"),
+        [format!("sha256={}", hex::encode(mac))],
+        "the gateway's signature only"
+    );
+    assert_eq!(all("x-hookgate-delivery"), ["g-1"]);
+    assert_eq!(
+        all("x-custom"),
+        ["one", "two"],
+        "other headers pass, repeats kept"
+    );
+    assert_eq!(all("x-github-event"), ["push"]);
+    running.stop().await;
+}
+
 async fn jobs_of_a_removed_target_are_dead_lettered(backend: Backend) {
     let store = Store::new(backend);
     let sink = Sink::always(200).await;
@@ -778,8 +841,13 @@ async fn urls_fixed_or_rendered_per_job_reach_their_paths(backend: Backend) {
             jobs.push(j);
         }
     }
+    // An event name and a delivery id are the sender's text: each stays one path segment.
+    let mut odd = job(JobKind::Notify, "per_job", None);
+    odd.event = Some("../../admin".into());
+    odd.delivery = "d-3&force=true#rest".into();
+    jobs.push(odd);
     running.enqueue(jobs).await;
-    assert!(sink.wait_for(4, WAIT).await);
+    assert!(sink.wait_for(5, WAIT).await);
     let mut paths: Vec<String> = sink.received().iter().map(|r| r.path.clone()).collect();
     paths.sort();
     assert_eq!(
@@ -787,8 +855,9 @@ async fn urls_fixed_or_rendered_per_job_reach_their_paths(backend: Backend) {
         [
             "/fixed?token=tok-1",
             "/fixed?token=tok-1",
+            "/hooks/acme/..%2F..%2Fadmin/d-3%26force%3Dtrue%23rest",
             "/hooks/acme/push/d-1",
-            "/hooks/acme/push/d-2"
+            "/hooks/acme/push/d-2",
         ]
     );
     running.stop().await;

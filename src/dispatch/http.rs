@@ -35,32 +35,13 @@ pub(super) async fn send(
     };
     let request = match target.fixed_url() {
         Some(url) => client.request(method, url.clone()),
-        None => client.request(method, render(&target.url, job)),
+        None => client.request(method, render_url(&target.url, job)),
     };
-    let mut request = request.timeout(target.timeout).body(job.body.clone());
-    for (name, value) in &job.headers {
-        request = request.header(name.as_str(), value.as_str());
-    }
-    for (name, value) in &target.headers {
-        request = request.header(name.as_str(), render(value, job));
-    }
-    request = request.header("x-hookgate-delivery", &job.delivery);
-    match job.kind {
-        JobKind::Notify => request = request.header("idempotency-key", idempotency_key(job)),
-        JobKind::Check => {
-            request = request.header("x-hookgate-coalesced", job.coalesced.to_string())
-        }
-        JobKind::Forward => {
-            if let Some(name) = &job.sign_with {
-                let secret = rules
-                    .secret(name)
-                    .ok_or_else(|| format!("secret `{name}` is not in the current rules"))?;
-                for (header, value) in sign(&target.signature, secret.expose(), job) {
-                    request = request.header(header, value);
-                }
-            }
-        }
-    }
+    let headers = headers(target, job, rules)?;
+    let request = request
+        .timeout(target.timeout)
+        .headers(headers)
+        .body(job.body.clone());
     match request.send().await {
         Ok(response) => {
             let retry_after = response
@@ -74,6 +55,53 @@ pub(super) async fn send(
         }
         Err(e) => Err(describe(&e, target.timeout)),
     }
+}
+
+/// The headers of an attempt, each name with the values of one party only, later ones replacing
+/// earlier: the job's own (a forward's are the sender's, filtered), then the target's, then the
+/// gateway's (`X-Hookgate-Delivery`, `Idempotency-Key` or `X-Hookgate-Coalesced`, a re-signed
+/// forward's signature). A sender's `X-Api-Key` or signature header can neither stand beside the
+/// target's nor come first, where most receivers read a header's value.
+fn headers(
+    target: &Target,
+    job: &Job,
+    rules: &RuleSet,
+) -> Result<reqwest::header::HeaderMap, String> {
+    use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+    let name = |n: &str| {
+        HeaderName::from_bytes(n.as_bytes()).map_err(|_| format!("invalid header name `{n}`"))
+    };
+    // The value is not shown: a target's header may hold a secret.
+    let value = |n: &str, v: &str| {
+        HeaderValue::from_str(v).map_err(|_| format!("header `{n}` has an invalid value"))
+    };
+    let mut map = HeaderMap::new();
+    for (n, v) in &job.headers {
+        map.append(name(n)?, value(n, v)?);
+    }
+    for (n, _) in &target.headers {
+        map.remove(name(n)?);
+    }
+    for (n, v) in &target.headers {
+        map.append(name(n)?, value(n, &render(v, job))?);
+    }
+    let mut ours = vec![("x-hookgate-delivery".to_string(), job.delivery.clone())];
+    match job.kind {
+        JobKind::Notify => ours.push(("idempotency-key".into(), idempotency_key(job))),
+        JobKind::Check => ours.push(("x-hookgate-coalesced".into(), job.coalesced.to_string())),
+        JobKind::Forward => {
+            if let Some(secret) = &job.sign_with {
+                let secret = rules
+                    .secret(secret)
+                    .ok_or_else(|| format!("secret `{secret}` is not in the current rules"))?;
+                ours.extend(sign(&target.signature, secret.expose(), job));
+            }
+        }
+    }
+    for (n, v) in &ours {
+        map.insert(name(n)?, value(n, v)?);
+    }
+    Ok(map)
 }
 
 /// `Idempotency-Key` of a notify: the same for every attempt of the same delivery, rule and action, so
@@ -135,19 +163,47 @@ fn sign(style: &SignatureStyle, secret: &[u8], job: &Job) -> Vec<(String, String
     }
 }
 
-/// Renders a target's URL or header: `compile` allows only secrets, `event`, `source` and `delivery`.
+/// Renders a target's header: `compile` allows only secrets, `event`, `source` and `delivery`.
 fn render(template: &StrTemplate, job: &Job) -> String {
     template
-        .render_with(|operand| {
-            Some(match operand {
-                Operand::Event => job.event.as_deref().unwrap_or_default(),
-                Operand::Source => &job.source,
-                Operand::Delivery => &job.delivery,
-                // INVARIANT: `compile` rejects other operands in target URLs and headers.
-                _ => "",
-            })
-        })
+        .render_with(|operand| Some(operand_value(operand, job)))
         .unwrap_or_default()
+}
+
+/// Renders a target's URL, each job value percent-encoded as one component: an event name or a
+/// delivery id is the sender's text, and `/`, `?`, `&` or `#` in it must not move the request to
+/// another path or add a query parameter. Secrets go in as written (the operator's own text).
+fn render_url(template: &StrTemplate, job: &Job) -> String {
+    use crate::ruleset::StrPiece;
+    let mut out = String::new();
+    for piece in &template.pieces {
+        match piece {
+            StrPiece::Text(t) => out.push_str(t),
+            StrPiece::Secret(s) => out.push_str(&String::from_utf8_lossy(s.expose())),
+            StrPiece::Operand(o) => out.extend(percent_encoding::utf8_percent_encode(
+                operand_value(o, job),
+                COMPONENT,
+            )),
+        }
+    }
+    out
+}
+
+/// Everything but RFC 3986's unreserved characters.
+const COMPONENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+fn operand_value<'a>(operand: &Operand, job: &'a Job) -> &'a str {
+    match operand {
+        Operand::Event => job.event.as_deref().unwrap_or_default(),
+        Operand::Source => &job.source,
+        Operand::Delivery => &job.delivery,
+        // INVARIANT: `compile` rejects other operands in target URLs and headers.
+        _ => "",
+    }
 }
 
 fn parse_retry_after(value: &str) -> Option<Duration> {
