@@ -151,7 +151,7 @@ impl Cx<'_> {
 
     /// Checks a target URL, with every interpolation replaced by a stand-in.
     fn check_url(&mut self, written: &Str, template: &crate::ruleset::StrTemplate) -> bool {
-        use crate::ruleset::StrPiece;
+        use crate::ruleset::{Operand, StrPiece};
         let sample: String = template
             .pieces
             .iter()
@@ -160,13 +160,50 @@ impl Cx<'_> {
                 _ => "x",
             })
             .collect();
-        let shown = written.text();
+        // As written, interpolations included (a secret by its name).
+        let shown = {
+            let quoted = template.to_string();
+            quoted[1..quoted.len() - 1].to_string()
+        };
         let reason = match url::Url::parse(&sample) {
             Ok(u) if !matches!(u.scheme(), "http" | "https") => {
                 Some(format!("scheme `{}` is not http or https", u.scheme()))
             }
             Ok(u) if u.host_str().is_none_or(str::is_empty) => Some("it has no host".to_string()),
-            Ok(_) => None,
+            Ok(u) => {
+                // `${event}` and `${delivery}` are the sender's text: they may move a request along
+                // the path (each is encoded as one component), never to another host or port.
+                let other: String = template
+                    .pieces
+                    .iter()
+                    .map(|p| match p {
+                        StrPiece::Text(t) => t.as_str(),
+                        StrPiece::Operand(Operand::Event | Operand::Delivery) => "y",
+                        _ => "x",
+                    })
+                    .collect();
+                let origin = |u: &url::Url| {
+                    (
+                        u.scheme().to_string(),
+                        u.host_str().map(str::to_string),
+                        u.port(),
+                    )
+                };
+                let moved = url::Url::parse(&other).map_or(true, |o| {
+                    origin(&o) != origin(&u) || o.username() != u.username()
+                });
+                if moved {
+                    self.error(
+                        DiagnosticKind::InterpolationNotAllowed {
+                            context: "a target URL's scheme, host, port or user",
+                            help: "`${event}` and `${delivery}` come from the sender; use them in the path, query or fragment",
+                        },
+                        written.span,
+                    );
+                    return false;
+                }
+                None
+            }
             Err(e) => Some(e.to_string()),
         };
         match reason {
