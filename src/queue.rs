@@ -385,6 +385,21 @@ pub enum Queue {
     Postgres(postgres::PostgresQueue),
 }
 
+/// The longest check key stored as it was rendered. A key is any text a rule builds from the payload;
+/// PostgreSQL's index of pending checks cannot hold an entry much over 2.7 KB, so a longer key is
+/// stored as `sha256:<hex>` of itself on both backends (equal keys still coalesce).
+pub const MAX_KEY: usize = 512;
+
+fn bounded_keys(mut jobs: Vec<NewJob>) -> Vec<NewJob> {
+    use sha2::{Digest, Sha256};
+    for job in &mut jobs {
+        if let Some(key) = job.key.as_mut().filter(|k| k.len() > MAX_KEY) {
+            *key = format!("sha256:{}", hex::encode(Sha256::digest(key.as_bytes())));
+        }
+    }
+    jobs
+}
+
 impl Queue {
     /// Opens the queue `spec` names: a `postgres://` (or `postgresql://`) URL, or a directory for the
     /// embedded SQLite queue.
@@ -444,10 +459,12 @@ impl QueueBackend for Queue {
         jobs: Vec<NewJob>,
         record: Option<Arc<Record>>,
     ) -> Result<Accepted, QueueError> {
+        let jobs = bounded_keys(jobs);
         delegate!(self, q => q.accept_recorded(seen, window, jobs, record))
     }
 
     async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<Vec<i64>, QueueError> {
+        let jobs = bounded_keys(jobs);
         delegate!(self, q => q.enqueue(jobs))
     }
 

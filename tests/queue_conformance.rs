@@ -90,6 +90,7 @@ conformance!(
     rules_versions_are_kept_once,
     targets_report_their_queue_and_last_attempts,
     stats_count_jobs_by_state_and_pending_ones_by_target,
+    a_long_check_key_is_kept_as_its_hash_and_still_coalesces,
 );
 
 async fn jobs_survive_reopening_and_in_flight_ones_come_back(backend: Backend) {
@@ -624,6 +625,52 @@ async fn text_with_nul_characters_is_accepted(backend: Backend) {
     };
     assert_eq!(stored.key.as_deref(), Some(expected));
     assert_eq!(stored.coalesced, 2);
+}
+
+async fn a_long_check_key_is_kept_as_its_hash_and_still_coalesces(backend: Backend) {
+    // A key is built from the payload: 4,000 bytes of it went past what PostgreSQL's index of pending
+    // checks holds, and every such delivery was answered 503.
+    let store = Store::new(backend);
+    let q = store.open().await;
+    let mut rng = fastrand::Rng::with_seed(3);
+    let long: String = (0..4000).map(|_| rng.alphanumeric()).collect();
+    let day = Duration::from_secs(86_400);
+    let seen = |d: &str| Some(("acme".to_string(), d.to_string()));
+    let Accepted::Enqueued(ids) = q
+        .accept(
+            seen("l-1"),
+            day,
+            vec![job(JobKind::Check, "t", Some(&long))],
+        )
+        .await
+        .unwrap()
+    else {
+        panic!("a new delivery")
+    };
+    let again = q
+        .accept(
+            seen("l-2"),
+            day,
+            vec![job(JobKind::Check, "t", Some(&long))],
+        )
+        .await
+        .unwrap();
+    assert_eq!(again, Accepted::Enqueued(ids.clone()), "coalesced by key");
+    let short = "x".repeat(hookgate::queue::MAX_KEY);
+    let other = q
+        .enqueue(vec![job(JobKind::Check, "t", Some(&short))])
+        .await
+        .unwrap();
+    let (stored, _) = q.get(ids[0]).await.unwrap();
+    assert_eq!(stored.coalesced, 2);
+    let key = stored.key.unwrap();
+    assert!(key.starts_with("sha256:") && key.len() == 7 + 64, "{key}");
+    let (stored, _) = q.get(other[0]).await.unwrap();
+    assert_eq!(
+        stored.key.as_deref(),
+        Some(short.as_str()),
+        "a key at the bound stays"
+    );
 }
 
 async fn many_concurrent_accepts_share_commits_and_each_gets_its_own_ids(backend: Backend) {
