@@ -846,8 +846,13 @@ async fn urls_fixed_or_rendered_per_job_reach_their_paths(backend: Backend) {
     odd.event = Some("../../admin".into());
     odd.delivery = "d-3&force=true#rest".into();
     jobs.push(odd);
+    // What a path segment takes as it is stays as it was sent (Bitbucket's event keys).
+    let mut bitbucket = job(JobKind::Notify, "per_job", None);
+    bitbucket.event = Some("repo:push".into());
+    bitbucket.delivery = "d-4@x".into();
+    jobs.push(bitbucket);
     running.enqueue(jobs).await;
-    assert!(sink.wait_for(5, WAIT).await);
+    assert!(sink.wait_for(6, WAIT).await);
     let mut paths: Vec<String> = sink.received().iter().map(|r| r.path.clone()).collect();
     paths.sort();
     assert_eq!(
@@ -858,6 +863,7 @@ async fn urls_fixed_or_rendered_per_job_reach_their_paths(backend: Backend) {
             "/hooks/acme/..%2F..%2Fadmin/d-3%26force%3Dtrue%23rest",
             "/hooks/acme/push/d-1",
             "/hooks/acme/push/d-2",
+            "/hooks/acme/repo:push/d-4@x",
         ]
     );
     running.stop().await;

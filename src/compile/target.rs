@@ -190,12 +190,14 @@ impl Cx<'_> {
                     )
                 };
                 let moved = url::Url::parse(&other).map_or(true, |o| {
-                    origin(&o) != origin(&u) || o.username() != u.username()
+                    origin(&o) != origin(&u)
+                        || o.username() != u.username()
+                        || o.password() != u.password()
                 });
                 if moved {
                     self.error(
                         DiagnosticKind::InterpolationNotAllowed {
-                            context: "a target URL's scheme, host, port or user",
+                            context: "a target URL's scheme, host, port, user or password",
                             help: "`${event}` and `${delivery}` come from the sender; use them in the path, query or fragment",
                         },
                         written.span,

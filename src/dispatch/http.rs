@@ -170,9 +170,10 @@ fn render(template: &StrTemplate, job: &Job) -> String {
         .unwrap_or_default()
 }
 
-/// Renders a target's URL, each job value percent-encoded as one component: an event name or a
-/// delivery id is the sender's text, and `/`, `?`, `&` or `#` in it must not move the request to
-/// another path or add a query parameter. Secrets go in as written (the operator's own text).
+/// Renders a target's URL, each job value percent-encoded as one component ([`COMPONENT`]): an event
+/// name or a delivery id is the sender's text, and `/`, `?`, `&` or `#` in it must not move the
+/// request to another path or add a query parameter. Secrets go in as written (the operator's own
+/// text).
 fn render_url(template: &StrTemplate, job: &Job) -> String {
     use crate::ruleset::StrPiece;
     let mut out = String::new();
@@ -189,12 +190,16 @@ fn render_url(template: &StrTemplate, job: &Job) -> String {
     out
 }
 
-/// Everything but RFC 3986's unreserved characters.
+/// Everything but RFC 3986's unreserved characters, `:` and `@`: what a path segment and a query
+/// value both take as they are (Bitbucket's `repo:push` stays as it was sent). The operand never sits
+/// in the authority (`compile` refuses it there), where `:` and `@` would mean something.
 const COMPONENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
     .remove(b'-')
     .remove(b'.')
     .remove(b'_')
-    .remove(b'~');
+    .remove(b'~')
+    .remove(b':')
+    .remove(b'@');
 
 fn operand_value<'a>(operand: &Operand, job: &'a Job) -> &'a str {
     match operand {

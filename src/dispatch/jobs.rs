@@ -80,7 +80,10 @@ pub fn jobs_for(
                             // tokens, which are the secret itself and would end up stored in the queue.
                             // The source's own token header is a token too; its own signature
                             // header (`generic_hmac`) a signature.
+                            // `X-Hookgate-*` headers are the gateway's to set (the delivery id,
+                            // how many requests a check stands for), never a sender's.
                             let dropped = HOP.contains(&n)
+                                || n.starts_with("x-hookgate-")
                                 || verify::TOKEN_HEADERS.contains(&n)
                                 || own_token.as_deref() == Some(n)
                                 || (sign_with.is_some()
@@ -159,6 +162,21 @@ mod tests {
                 "{forward}"
             );
         }
+    }
+
+    #[test]
+    fn a_forward_never_passes_on_a_senders_x_hookgate_headers() {
+        let sent = [
+            ("X-Hookgate-Coalesced", "999"),
+            ("X-Hookgate-Delivery", "someone-else"),
+            ("X-Hookgate", "not ours"),
+            ("X-Request-Id", "r1"),
+        ];
+        let source = "generic { secret s; token header \"X-Token\" }";
+        assert_eq!(
+            forwarded(source, "forward t", &sent),
+            ["x-hookgate", "x-request-id"]
+        );
     }
 
     #[test]
