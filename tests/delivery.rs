@@ -507,6 +507,13 @@ async fn a_slow_target_does_not_starve_the_others(backend: Backend) {
     running.stop().await;
 }
 
+/// The jobs of delivery `g-1` of the first source, with these headers and body.
+fn jobs_of(rules: &RuleSet, headers: Vec<(String, String)>, raw: &[u8]) -> Vec<NewJob> {
+    let event = hookgate::event::Event::new(rules, 0, None, headers, vec![], json!({}));
+    let outcome = hookgate::eval::evaluate(rules, &event);
+    hookgate::dispatch::jobs_for(rules, &event, &outcome, "g-1", raw)
+}
+
 async fn forward_re_signs_the_original_body(backend: Backend) {
     let sink = Sink::always(200).await;
     let store = Store::new(backend);
@@ -525,9 +532,7 @@ async fn forward_re_signs_the_original_body(backend: Backend) {
         ("Content-Type".into(), "text/plain".into()),
         ("Host".into(), "hooks.example.com".into()),
     ];
-    let event = hookgate::event::Event::new(&rules, 0, None, headers, vec![], json!({}));
-    let outcome = hookgate::eval::evaluate(&rules, &event);
-    let jobs = hookgate::dispatch::jobs_for(&rules, &event, &outcome, "g-1", &raw);
+    let jobs = jobs_of(&rules, headers, &raw);
     let running = start(Arc::new(store.open().await), rules, config());
     running.enqueue(jobs).await;
     assert!(sink.wait_for(3, WAIT).await);
@@ -593,9 +598,7 @@ async fn a_forward_never_puts_the_senders_headers_before_the_targets_or_the_gate
         ("X-Custom".into(), "one".into()),
         ("X-Custom".into(), "two".into()),
     ];
-    let event = hookgate::event::Event::new(&rules, 0, None, headers, vec![], json!({}));
-    let outcome = hookgate::eval::evaluate(&rules, &event);
-    let jobs = hookgate::dispatch::jobs_for(&rules, &event, &outcome, "g-1", &raw);
+    let jobs = jobs_of(&rules, headers, &raw);
     let store = Store::new(backend);
     let running = start(Arc::new(store.open().await), rules, config());
     running.enqueue(jobs).await;
