@@ -167,6 +167,10 @@ pub enum DiagnosticKind {
         help: Option<String>,
     },
     ConstantComparison,
+    /// A target header the gateway sets itself, which replaces it.
+    HeaderReplaced {
+        name: String,
+    },
     InvalidDuration {
         text: String,
     },
@@ -243,6 +247,7 @@ impl DiagnosticKind {
             SecretNotAllowed => "rules::secret_not_allowed",
             InvalidOperand { .. } => "rules::invalid_operand",
             ConstantComparison => "rules::constant_comparison",
+            HeaderReplaced { .. } => "rules::header_replaced",
             InvalidDuration { .. } => "rules::invalid_duration",
             InvalidSize { .. } => "rules::invalid_size",
             InvalidValue { .. } => "rules::invalid_value",
@@ -262,7 +267,8 @@ impl DiagnosticKind {
             | EventFiltered { .. }
             | Unused { .. }
             | NoActions { .. }
-            | ConstantComparison => Severity::Warning,
+            | ConstantComparison
+            | HeaderReplaced { .. } => Severity::Warning,
             _ => Severity::Error,
         }
     }
@@ -321,6 +327,9 @@ impl DiagnosticKind {
             ),
             InvalidOperand { help, .. } => help.clone(),
             ConstantComparison => Some("one side should read the request: a path, `header(..)`, `event` ...".into()),
+            HeaderReplaced { .. } => Some(
+                "the gateway sets `X-Hookgate-Delivery` on every delivery, `Idempotency-Key` on a notify's, `X-Hookgate-Coalesced` on a queue check's; remove this header".into(),
+            ),
             InvalidDuration { .. } => Some("durations look like `500ms`, `30s`, `5m`, `1h30m`, `1d`".into()),
             InvalidSize { .. } => Some("sizes look like `512KiB`, `10MiB`, `1MB` or a number of bytes".into()),
             InvalidValue { help, .. } => help.clone(),
@@ -433,6 +442,12 @@ impl Display for DiagnosticKind {
             SecretNotAllowed => write!(f, "a secret cannot be interpolated here"),
             InvalidOperand { message, .. } => write!(f, "{message}"),
             ConstantComparison => write!(f, "this compares two constants"),
+            HeaderReplaced { name } => {
+                write!(
+                    f,
+                    "header `{name}` is the gateway's: where it sets it, its value replaces this one"
+                )
+            }
             InvalidDuration { text } => write!(f, "invalid duration `{text}`"),
             InvalidSize { text } => write!(f, "invalid size `{text}`"),
             InvalidValue { message, .. } => write!(f, "{message}"),

@@ -41,6 +41,15 @@ impl Cx<'_> {
                         );
                         ok = false;
                     }
+                    let lower = name_text.to_ascii_lowercase();
+                    if GATEWAY_HEADERS.contains(&lower.as_str()) {
+                        self.diags.push(crate::diagnostic::Diagnostic::new(
+                            DiagnosticKind::HeaderReplaced {
+                                name: name_text.clone(),
+                            },
+                            name.span,
+                        ));
+                    }
                     let value = self.str_template(value, expr::StrContext::Target);
                     headers.push((name_text, value));
                 }
@@ -220,3 +229,11 @@ impl Cx<'_> {
         }
     }
 }
+
+/// Headers the gateway sets on deliveries, replacing a target's: on every one, on a notify's, on a
+/// queue check's (`dispatch/http.rs`).
+const GATEWAY_HEADERS: &[&str] = &[
+    "x-hookgate-delivery",
+    "idempotency-key",
+    "x-hookgate-coalesced",
+];
