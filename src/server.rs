@@ -377,18 +377,26 @@ async fn hook(state: Arc<State>, req: Request<Incoming>) -> Response<Full<Bytes>
     let rules = state.store.snapshot();
     let routed = rules.source_index(req.uri().path());
     let label = routed.map_or("", |i| rules.sources()[i].name());
+    // Read before the span is made, so that it is made with the event and delivery id where the
+    // provider names them in headers (recording a field later formats the span's fields again).
+    let parts = routed.map(|i| Parts::read(&rules.sources()[i], &req));
+    let named = |f: fn(&Parts) -> &Option<String>| parts.as_ref().and_then(|p| f(p).as_deref());
     let span = tracing::info_span!(
         "request",
         source = label,
-        event = tracing::field::Empty,
-        delivery = tracing::field::Empty,
+        event = named(|p| &p.event),
+        delivery = named(|p| &p.delivery),
     );
     let mut record = Record::new(routed.map(|_| label.to_string()));
+    if let Some(p) = &parts {
+        record.event.clone_from(&p.event);
+        record.delivery.clone_from(&p.delivery);
+    }
     let timeout = state.config.request_timeout;
     let response = async {
         match tokio::time::timeout(
             timeout,
-            hook_inner(&state, &rules, routed, req, &mut record),
+            hook_inner(&state, &rules, routed, req, parts, &mut record),
         )
         .await
         {
@@ -408,14 +416,57 @@ async fn hook(state: Arc<State>, req: Request<Incoming>) -> Response<Full<Bytes>
     response
 }
 
+/// What a routed request's head says, read once: its headers and query as the pipeline passes them,
+/// and the event and delivery id where the provider names them in headers (so that a refused request
+/// is logged and recorded with them too, and a 401 can be matched with the sender's delivery log).
+struct Parts {
+    headers: Pairs,
+    query: Pairs,
+    event: Option<String>,
+    /// Only an id `prepare` would accept.
+    delivery: Option<String>,
+}
+
+impl Parts {
+    fn read(source: &crate::ruleset::Source, req: &Request<Incoming>) -> Parts {
+        let headers = header_pairs(req.headers());
+        let query: Pairs = req
+            .uri()
+            .query()
+            .map(|q| form_urlencoded::parse(q.as_bytes()).collect())
+            .unwrap_or_default();
+        let (event, delivery) = if crate::providers::event_from_headers(source.kind()) {
+            let (event, delivery) = crate::providers::identify(
+                source.kind(),
+                &headers,
+                &query,
+                &serde_json::Value::Null,
+            );
+            (
+                event.filter(|e| crate::prepare::valid_event(e)),
+                delivery.filter(|d| crate::prepare::valid_delivery(d)),
+            )
+        } else {
+            (None, None)
+        };
+        Parts {
+            headers,
+            query,
+            event,
+            delivery,
+        }
+    }
+}
+
 async fn hook_inner(
     state: &State,
     rules: &Arc<crate::ruleset::RuleSet>,
     routed: Option<usize>,
     req: Request<Incoming>,
+    parts: Option<Parts>,
     record: &mut Record,
 ) -> Response<Full<Bytes>> {
-    let Some(index) = routed else {
+    let (Some(index), Some(Parts { headers, query, .. })) = (routed, parts) else {
         let path = req.uri().path();
         tracing::debug!(path = %truncate(path), "no source at this path");
         return handler::refuse(record, Reject::NotFound, "no source at this path").response();
@@ -431,32 +482,6 @@ async fn hook_inner(
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
         return handler::refuse(record, Reject::TooLarge, "body too large").response();
-    }
-    let headers = header_pairs(req.headers());
-    let query: Pairs = req
-        .uri()
-        .query()
-        .map(|q| form_urlencoded::parse(q.as_bytes()).collect())
-        .unwrap_or_default();
-    // Where the provider names the event and delivery in headers, a refused request is logged and
-    // recorded with them too (so a 401 can be matched with the sender's delivery log).
-    if crate::providers::event_from_headers(source.kind()) {
-        let (event, delivery) =
-            crate::providers::identify(source.kind(), &headers, &query, &serde_json::Value::Null);
-        // Only what `prepare` would accept: a 401 is recorded too, before any signature is checked.
-        let event = event.filter(|e| crate::prepare::valid_event(e));
-        let span = tracing::Span::current();
-        if let Some(e) = &event {
-            span.record("event", e.as_str());
-        }
-        if let Some(d) = delivery
-            .as_deref()
-            .filter(|d| crate::prepare::valid_delivery(d))
-        {
-            span.record("delivery", d);
-            record.delivery = Some(d.to_string());
-        }
-        record.event = event;
     }
     // Credentials first: a request without a well-formed signature or token is refused unread.
     let precheck = crate::verify::Request {

@@ -227,8 +227,8 @@ pub(crate) async fn run(
         .delivery
         .clone()
         .unwrap_or_else(|| format!("hg-{}", uuid::Uuid::new_v4()));
-    // A provider that names them in headers had them put on the span before its body was read
-    // (`hook_inner`): each is recorded once, or every log line of the request would show it twice.
+    // A provider that names them in headers had its span made with them (`server::hook`): each is
+    // recorded once, or every log line of the request would show it twice.
     let span = tracing::Span::current();
     if record.delivery.as_deref() != Some(delivery.as_str()) {
         span.record("delivery", delivery.as_str());
