@@ -202,6 +202,20 @@ async fn every_outcome_is_recorded_explained_replayed_and_kept_within_bounds() {
     let u = listed(&gw, "u-1").await;
     assert_eq!(outcome(&u), (401, "rejected".into()));
     assert_eq!(u["event"], "push");
+    // Refused before its body is read (here a GET, 405): recorded with its headers' ids as well.
+    let get = reqwest::Client::new()
+        .get(gw.hook_url("/hook/acme"))
+        .header("x-github-event", "push")
+        .header("x-github-delivery", "g-405")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get.status(), 405);
+    let g = listed(&gw, "g-405").await;
+    assert_eq!(
+        (outcome(&g), &g["event"]),
+        ((405, "rejected".into()), &json!("push"))
+    );
     assert!(
         u["reason"]
             .as_str()
