@@ -390,11 +390,20 @@ pub enum Queue {
 /// stored as `sha256:<hex>` of itself on both backends (equal keys still coalesce).
 pub const MAX_KEY: usize = 512;
 
-fn bounded_keys(mut jobs: Vec<NewJob>) -> Vec<NewJob> {
+/// A check key as it is stored: as rendered, or `sha256:<hex>` of it past [`MAX_KEY`] bytes.
+/// `jobs_for` applies it (so a dry run shows what would be stored), and so does every enqueue.
+pub fn stored_key(key: String) -> String {
     use sha2::{Digest, Sha256};
+    if key.len() <= MAX_KEY {
+        return key;
+    }
+    format!("sha256:{}", hex::encode(Sha256::digest(key.as_bytes())))
+}
+
+fn bounded_keys(mut jobs: Vec<NewJob>) -> Vec<NewJob> {
     for job in &mut jobs {
-        if let Some(key) = job.key.as_mut().filter(|k| k.len() > MAX_KEY) {
-            *key = format!("sha256:{}", hex::encode(Sha256::digest(key.as_bytes())));
+        if let Some(key) = job.key.take() {
+            job.key = Some(stored_key(key));
         }
     }
     jobs

@@ -56,7 +56,7 @@ pub fn jobs_for(
                 ),
                 PlannedKind::Check { key } => (
                     JobKind::Check,
-                    Some(key.clone()),
+                    Some(crate::queue::stored_key(key.clone())),
                     Vec::new(),
                     Vec::new(),
                     None,
@@ -162,6 +162,33 @@ mod tests {
                 "{forward}"
             );
         }
+    }
+
+    #[test]
+    fn a_long_check_key_is_planned_as_it_will_be_stored() {
+        let text = "secret s = env(\"S\")\nsource src: generic { secret s; token header \"X-Token\" }\n\
+             target t { post \"http://127.0.0.1:9/\" }\nrule \"r\" { from src queue check t key \"${$.k}\" }\n";
+        let rules = crate::load::load_text("jobs.hook", None, text.as_bytes(), &PlaceholderSecrets)
+            .result
+            .unwrap()
+            .rules;
+        for (k, stored) in [
+            ("short".to_string(), "short".to_string()),
+            ("k".repeat(600), crate::queue::stored_key("k".repeat(600))),
+        ] {
+            let event = Event::new(
+                &rules,
+                0,
+                None,
+                crate::pairs::Pairs::default(),
+                crate::pairs::Pairs::default(),
+                serde_json::json!({ "k": k }),
+            );
+            let outcome = crate::eval::evaluate(&rules, &event);
+            let jobs = jobs_for(&rules, &event, &outcome, "d1", b"{}");
+            assert_eq!(jobs[0].key.as_deref(), Some(stored.as_str()));
+        }
+        assert!(crate::queue::stored_key("k".repeat(600)).starts_with("sha256:"));
     }
 
     #[test]
