@@ -166,7 +166,7 @@ fn sign(style: &SignatureStyle, secret: &[u8], job: &Job) -> Vec<(String, String
 /// Renders a target's header: `compile` allows only secrets, `event`, `source` and `delivery`.
 fn render(template: &StrTemplate, job: &Job) -> String {
     template
-        .render_with(|operand| Some(operand_value(operand, job)))
+        .render_with(|operand| Some(operand_value(operand, job).into()))
         .unwrap_or_default()
 }
 
@@ -175,19 +175,14 @@ fn render(template: &StrTemplate, job: &Job) -> String {
 /// request to another path or add a query parameter. Secrets go in as written (the operator's own
 /// text).
 fn render_url(template: &StrTemplate, job: &Job) -> String {
-    use crate::ruleset::StrPiece;
-    let mut out = String::new();
-    for piece in &template.pieces {
-        match piece {
-            StrPiece::Text(t) => out.push_str(t),
-            StrPiece::Secret(s) => out.push_str(&String::from_utf8_lossy(s.expose())),
-            StrPiece::Operand(o) => out.extend(percent_encoding::utf8_percent_encode(
-                operand_value(o, job),
-                COMPONENT,
-            )),
-        }
-    }
-    out
+    template
+        .render_with(|operand| {
+            Some(
+                percent_encoding::utf8_percent_encode(operand_value(operand, job), COMPONENT)
+                    .into(),
+            )
+        })
+        .unwrap_or_default()
 }
 
 /// Everything but RFC 3986's unreserved characters, `:` and `@`: what a path segment and a query

@@ -26,18 +26,18 @@ impl StrTemplate {
         }
     }
 
-    /// The text with secrets filled in and each operand's value from `operand`; `None` as soon as
-    /// `operand` has none for one.
+    /// The text with secrets filled in and each operand's value from `operand` (borrowed, or made
+    /// for the purpose, e.g. percent-encoded); `None` as soon as `operand` has none for one.
     pub(crate) fn render_with<'a>(
         &self,
-        mut operand: impl FnMut(&Operand) -> Option<&'a str>,
+        mut operand: impl FnMut(&Operand) -> Option<std::borrow::Cow<'a, str>>,
     ) -> Option<String> {
         let mut out = String::new();
         for piece in &self.pieces {
             match piece {
                 StrPiece::Text(t) => out.push_str(t),
                 StrPiece::Secret(s) => out.push_str(&String::from_utf8_lossy(s.expose())),
-                StrPiece::Operand(o) => out.push_str(operand(o)?),
+                StrPiece::Operand(o) => out.push_str(&operand(o)?),
             }
         }
         Some(out)
