@@ -17,7 +17,10 @@ pub use matcher::{
     CompareOp, JsonPath, Matcher, Operand, Predicate, PredicateOp, Quantifier, Step, walk,
 };
 pub use source::{HmacAlgorithm, HmacOptions, SecretValue, Source, SourcePaths, TokenLocation};
-pub(crate) use target::{DEFAULT_CONCURRENCY, DEFAULT_RETRY, DEFAULT_TIMEOUT, SIGNATURE_STYLES};
+pub(crate) use target::{
+    COALESCED_HEADER, DEFAULT_CONCURRENCY, DEFAULT_RETRY, DEFAULT_TIMEOUT, DELIVERY_HEADER,
+    GATEWAY_HEADERS, IDEMPOTENCY_HEADER, SIGNATURE_STYLES,
+};
 pub use target::{Method, Rate, Retry, SignatureStyle, Target};
 
 use std::collections::HashMap;

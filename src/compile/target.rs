@@ -42,7 +42,7 @@ impl Cx<'_> {
                         ok = false;
                     }
                     let lower = name_text.to_ascii_lowercase();
-                    if GATEWAY_HEADERS.contains(&lower.as_str()) {
+                    if crate::ruleset::GATEWAY_HEADERS.contains(&lower.as_str()) {
                         self.diags.push(crate::diagnostic::Diagnostic::new(
                             DiagnosticKind::HeaderReplaced {
                                 name: name_text.clone(),
@@ -161,14 +161,20 @@ impl Cx<'_> {
     /// Checks a target URL, with every interpolation replaced by a stand-in.
     fn check_url(&mut self, written: &Str, template: &crate::ruleset::StrTemplate) -> bool {
         use crate::ruleset::{Operand, StrPiece};
-        let sample: String = template
-            .pieces
-            .iter()
-            .map(|p| match p {
-                StrPiece::Text(t) => t.as_str(),
-                _ => "x",
-            })
-            .collect();
+        // The URL with every interpolation replaced by a stand-in, the sender's (`${event}`,
+        // `${delivery}`) by `sender`.
+        let stand_in = |sender: &str| -> String {
+            template
+                .pieces
+                .iter()
+                .map(|p| match p {
+                    StrPiece::Text(t) => t.as_str(),
+                    StrPiece::Operand(Operand::Event | Operand::Delivery) => sender,
+                    _ => "x",
+                })
+                .collect()
+        };
+        let sample = stand_in("x");
         // As written, interpolations included (a secret by its name).
         let shown = {
             let quoted = template.to_string();
@@ -182,15 +188,7 @@ impl Cx<'_> {
             Ok(u) => {
                 // `${event}` and `${delivery}` are the sender's text: they may move a request along
                 // the path (each is encoded as one component), never to another host or port.
-                let other: String = template
-                    .pieces
-                    .iter()
-                    .map(|p| match p {
-                        StrPiece::Text(t) => t.as_str(),
-                        StrPiece::Operand(Operand::Event | Operand::Delivery) => "y",
-                        _ => "x",
-                    })
-                    .collect();
+                let other = stand_in("y");
                 let origin = |u: &url::Url| {
                     (
                         u.scheme().to_string(),
@@ -229,11 +227,3 @@ impl Cx<'_> {
         }
     }
 }
-
-/// Headers the gateway sets on deliveries, replacing a target's: on every one, on a notify's, on a
-/// queue check's (`dispatch/http.rs`).
-const GATEWAY_HEADERS: &[&str] = &[
-    "x-hookgate-delivery",
-    "idempotency-key",
-    "x-hookgate-coalesced",
-];

@@ -6,7 +6,8 @@ use sha2::{Digest, Sha256};
 
 use crate::queue::{Job, JobKind};
 use crate::ruleset::{
-    HmacAlgorithm, Method, Operand, RuleSet, SignatureStyle, StrTemplate, Target,
+    COALESCED_HEADER, DELIVERY_HEADER, HmacAlgorithm, IDEMPOTENCY_HEADER, Method, Operand, RuleSet,
+    SignatureStyle, StrTemplate, Target,
 };
 use crate::signature;
 
@@ -85,10 +86,10 @@ fn headers(
     for (n, v) in &target.headers {
         map.append(name(n)?, value(n, &render(v, job))?);
     }
-    let mut ours = vec![("x-hookgate-delivery".to_string(), job.delivery.clone())];
+    let mut ours = vec![(DELIVERY_HEADER.to_string(), job.delivery.clone())];
     match job.kind {
-        JobKind::Notify => ours.push(("idempotency-key".into(), idempotency_key(job))),
-        JobKind::Check => ours.push(("x-hookgate-coalesced".into(), job.coalesced.to_string())),
+        JobKind::Notify => ours.push((IDEMPOTENCY_HEADER.into(), idempotency_key(job))),
+        JobKind::Check => ours.push((COALESCED_HEADER.into(), job.coalesced.to_string())),
         JobKind::Forward => {
             if let Some(secret) = &job.sign_with {
                 let secret = rules

@@ -81,6 +81,15 @@ pub(crate) const SIGNATURE_STYLES: &[&str] = &[
     "standard_webhooks",
 ];
 
+/// The headers the gateway sets on deliveries, replacing a target's own: the delivery id on every
+/// one, an idempotency key on a notify's, the coalesced count on a queue check's (`dispatch/http.rs`;
+/// `compile` warns about a target that sets one).
+pub(crate) const DELIVERY_HEADER: &str = "x-hookgate-delivery";
+pub(crate) const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+pub(crate) const COALESCED_HEADER: &str = "x-hookgate-coalesced";
+pub(crate) const GATEWAY_HEADERS: [&str; 3] =
+    [DELIVERY_HEADER, IDEMPOTENCY_HEADER, COALESCED_HEADER];
+
 #[derive(Debug)]
 pub struct Target {
     pub(crate) name: String,
