@@ -380,13 +380,9 @@ async fn hook(state: Arc<State>, req: Request<Incoming>) -> Response<Full<Bytes>
     // Read before the span is made, so that it is made with the event and delivery id where the
     // provider names them in headers (recording a field later formats the span's fields again).
     let parts = routed.map(|i| Parts::read(&rules.sources()[i], &req));
-    let named = |f: fn(&Parts) -> &Option<String>| parts.as_ref().and_then(|p| f(p).as_deref());
-    let span = tracing::info_span!(
-        "request",
-        source = label,
-        event = named(|p| &p.event),
-        delivery = named(|p| &p.delivery),
-    );
+    let event = parts.as_ref().and_then(|p| p.event.as_deref());
+    let delivery = parts.as_ref().and_then(|p| p.delivery.as_deref());
+    let span = tracing::info_span!("request", source = label, event, delivery);
     let mut record = Record::new(routed.map(|_| label.to_string()));
     if let Some(p) = &parts {
         record.event.clone_from(&p.event);

@@ -1561,13 +1561,13 @@ impl QueueBackend for PostgresQueue {
             let client = get(&self.pool).await?;
             // One statement, so one snapshot and one scan: the totals and the pending jobs per target
             // agree (two statements each saw the queue at its own moment).
-            let rows = client
-                .query(
+            let counts = client
+                .prepare_cached(
                     "SELECT state, target, count(*) FROM jobs GROUP BY state, target ORDER BY target",
-                    &[],
                 )
                 .await
                 .map_err(pg)?;
+            let rows = client.query(&counts, &[]).await.map_err(pg)?;
             let mut s = Stats::default();
             for row in rows {
                 let state: String = row.try_get(0).map_err(pg)?;
