@@ -119,11 +119,17 @@ mod tests {
     use super::*;
     use crate::compile::PlaceholderSecrets;
 
-    /// The headers of the forward jobs `headers` leads to, from a source declared by `source`.
-    fn forwarded(source: &str, forward: &str, headers: &[(&str, &str)]) -> Vec<String> {
+    /// The jobs of one request with these headers and payload, to a source declared by `source`
+    /// whose one rule has the actions `actions`.
+    fn jobs(
+        source: &str,
+        actions: &str,
+        headers: &[(&str, &str)],
+        payload: serde_json::Value,
+    ) -> Vec<NewJob> {
         let text = format!(
             "secret s = env(\"S\")\nsecret out = env(\"OUT\")\nsource src: {source}\n\
-             target t {{ post \"http://127.0.0.1:9/\" }}\nrule \"r\" {{ from src {forward} }}\n"
+             target t {{ post \"http://127.0.0.1:9/\" }}\nrule \"r\" {{ from src {actions} }}\n"
         );
         let loaded =
             crate::load::load_text("jobs.hook", None, text.as_bytes(), &PlaceholderSecrets);
@@ -138,10 +144,15 @@ mod tests {
             Some("deploy".into()),
             headers,
             crate::pairs::Pairs::default(),
-            serde_json::json!({}),
+            payload,
         );
         let outcome = crate::eval::evaluate(&rules, &event);
-        let jobs = jobs_for(&rules, &event, &outcome, "d1", b"{}");
+        jobs_for(&rules, &event, &outcome, "d1", b"{}")
+    }
+
+    /// The headers of the forward job `headers` leads to, from a source declared by `source`.
+    fn forwarded(source: &str, forward: &str, headers: &[(&str, &str)]) -> Vec<String> {
+        let jobs = jobs(source, forward, headers, serde_json::json!({}));
         assert_eq!(jobs.len(), 1, "one forward");
         jobs[0].headers.iter().map(|(n, _)| n.clone()).collect()
     }
@@ -166,27 +177,18 @@ mod tests {
 
     #[test]
     fn a_long_check_key_is_planned_as_it_will_be_stored() {
-        let text = "secret s = env(\"S\")\nsource src: generic { secret s; token header \"X-Token\" }\n\
-             target t { post \"http://127.0.0.1:9/\" }\nrule \"r\" { from src queue check t key \"${$.k}\" }\n";
-        let rules = crate::load::load_text("jobs.hook", None, text.as_bytes(), &PlaceholderSecrets)
-            .result
-            .unwrap()
-            .rules;
+        let source = "generic { secret s; token header \"X-Token\" }";
         for (k, stored) in [
             ("short".to_string(), "short".to_string()),
             ("k".repeat(600), crate::queue::stored_key("k".repeat(600))),
         ] {
-            let event = Event::new(
-                &rules,
-                0,
-                None,
-                crate::pairs::Pairs::default(),
-                crate::pairs::Pairs::default(),
+            let planned = jobs(
+                source,
+                "queue check t key \"${$.k}\"",
+                &[],
                 serde_json::json!({ "k": k }),
             );
-            let outcome = crate::eval::evaluate(&rules, &event);
-            let jobs = jobs_for(&rules, &event, &outcome, "d1", b"{}");
-            assert_eq!(jobs[0].key.as_deref(), Some(stored.as_str()));
+            assert_eq!(planned[0].key.as_deref(), Some(stored.as_str()));
         }
         assert!(crate::queue::stored_key("k".repeat(600)).starts_with("sha256:"));
     }
