@@ -49,8 +49,8 @@ pub fn strip_credentials(source: &Source, headers: &mut Headers, query: &mut Hea
     headers.retain(|n, _| {
         !(SIGNATURE_HEADERS.contains(&n)
             || TOKEN_HEADERS.contains(&n)
-            || signature.as_deref() == Some(n)
-            || token.as_deref() == Some(n))
+            || signature == Some(n)
+            || token == Some(n))
     });
     if let Some(TokenLocation::Query(q)) = &source.token {
         query.retain(|n, _| n != q);
@@ -59,14 +59,14 @@ pub fn strip_credentials(source: &Source, headers: &mut Headers, query: &mut Hea
 
 /// The header (lowercase) that carries the signature of a `generic_hmac` source, which the well-known
 /// signature headers may not name.
-pub fn own_signature_header(source: &Source) -> Option<String> {
-    source.hmac.as_ref().map(|o| o.header.to_ascii_lowercase())
+pub fn own_signature_header(source: &Source) -> Option<&str> {
+    source.hmac.as_ref().map(|o| o.header.as_str())
 }
 
 /// The header (lowercase) that carries a `generic` source's token, when it is in a header.
-pub fn own_token_header(source: &Source) -> Option<String> {
+pub fn own_token_header(source: &Source) -> Option<&str> {
     match &source.token {
-        Some(TokenLocation::Header(h)) => Some(h.to_ascii_lowercase()),
+        Some(TokenLocation::Header(h)) => Some(h),
         _ => None,
     }
 }
@@ -152,7 +152,7 @@ pub fn verify(source: &Source, req: &Request<'_>) -> Result<(), Failure> {
             None => unreachable!("compile gives every generic_hmac source its options"),
         },
         ProviderKind::Generic => match &source.token {
-            Some(TokenLocation::Header(h)) => token(secrets, req.header(&h.to_ascii_lowercase())),
+            Some(TokenLocation::Header(h)) => token(secrets, req.header(h)),
             Some(TokenLocation::Query(q)) => token(secrets, req.query.get(q)),
             Some(TokenLocation::Url) | None => Ok(()),
         },
@@ -304,10 +304,10 @@ fn standard_webhooks(
         return Err(Failure::Missing);
     };
     fresh(timestamp, req.now, tolerance)?;
-    let candidates: Vec<Vec<u8>> = sigs
+    let candidates: Vec<SentMac> = sigs
         .split(' ')
         .filter_map(|s| s.strip_prefix("v1,"))
-        .filter_map(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
+        .filter_map(|b64| SentMac::base64(b64).ok())
         .collect();
     if candidates.is_empty() {
         return Err(Failure::Malformed);
@@ -320,7 +320,7 @@ fn standard_webhooks(
         let key = signature::standard_webhooks_key(s.expose());
         candidates
             .iter()
-            .any(|c| signature::verify(HmacAlgorithm::Sha256, &key, &parts, c))
+            .any(|c| signature::verify(HmacAlgorithm::Sha256, &key, &parts, c.as_bytes()))
     });
     if ok { Ok(()) } else { Err(Failure::Mismatch) }
 }
@@ -332,9 +332,7 @@ fn generic_hmac(
     req: &Request<'_>,
     o: &HmacOptions,
 ) -> Result<(), Failure> {
-    let value = req
-        .header(&o.header.to_ascii_lowercase())
-        .ok_or(Failure::Missing)?;
+    let value = req.header(&o.header).ok_or(Failure::Missing)?;
     let (alg, digest) = match o.algorithm {
         Some(alg) => (
             alg,
@@ -354,13 +352,11 @@ fn generic_hmac(
         }
     };
     let mac = if o.base64 {
-        base64::engine::general_purpose::STANDARD
-            .decode(digest)
-            .map_err(|_| Failure::Malformed)?
+        SentMac::base64(digest)?
     } else {
-        hex::decode(digest).map_err(|_| Failure::Malformed)?
+        SentMac::hex(digest)?
     };
-    check(req.headers_only, secrets, alg, &[req.body], &mac)
+    check(req.headers_only, secrets, alg, &[req.body], mac.as_bytes())
 }
 
 /// `<prefix><lowercase hex>`: the prefix must be exactly as the scheme says.
@@ -374,8 +370,50 @@ fn prefixed_hex(
 ) -> Result<(), Failure> {
     let value = value.ok_or(Failure::Missing)?;
     let digest = value.strip_prefix(prefix).ok_or(Failure::Malformed)?;
-    let mac = hex::decode(digest).map_err(|_| Failure::Malformed)?;
-    check(headers_only, secrets, alg, parts, &mac)
+    let mac = SentMac::hex(digest)?;
+    check(headers_only, secrets, alg, parts, mac.as_bytes())
+}
+
+/// A MAC as a request sends it, decoded into a buffer of its own rather than a fresh allocation
+/// for every request. No scheme's MAC is longer than SHA-512's 64 bytes: a longer one is malformed.
+struct SentMac {
+    /// Room for 64 bytes, and for base64's estimate of them (66 for 88 characters), which
+    /// `decode_slice` wants to have.
+    bytes: [u8; 72],
+    len: usize,
+}
+
+impl SentMac {
+    const MAX: usize = 64;
+
+    fn hex(text: &str) -> Result<SentMac, Failure> {
+        let len = text.len() / 2;
+        if len > Self::MAX {
+            return Err(Failure::Malformed);
+        }
+        let mut mac = SentMac {
+            bytes: [0; 72],
+            len,
+        };
+        // Odd lengths and non-hex characters are errors.
+        hex::decode_to_slice(text, &mut mac.bytes[..len]).map_err(|_| Failure::Malformed)?;
+        Ok(mac)
+    }
+
+    fn base64(text: &str) -> Result<SentMac, Failure> {
+        let mut bytes = [0; 72];
+        let len = base64::engine::general_purpose::STANDARD
+            .decode_slice(text, &mut bytes)
+            .map_err(|_| Failure::Malformed)?;
+        if len > Self::MAX {
+            return Err(Failure::Malformed);
+        }
+        Ok(SentMac { bytes, len })
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
 }
 
 fn check(
@@ -701,6 +739,53 @@ mod tests {
         let fixed = "source s: generic_hmac { secret a header \"X-Sig\" algorithm sha256 encoding base64 prefix \"\" }";
         let b64 = signature::base64(&signature::hmac(HmacAlgorithm::Sha256, b"k", &[b"b"]));
         assert_eq!(run(fixed, s, &[("X-Sig", &b64)], b"b", 0), Ok(()));
+        // SHA-512's 64 bytes are the longest MAC (88 base64 characters, 128 hex digits); one byte
+        // more, or an odd hex digit, is malformed, not a mismatch.
+        let fixed512 = "source s: generic_hmac { secret a header \"x-sig\" algorithm sha512 encoding base64 prefix \"\" }";
+        let mac512 = signature::hmac(HmacAlgorithm::Sha512, b"k", &[b"b"]);
+        let b64 = signature::base64(&mac512);
+        assert_eq!(b64.len(), 88);
+        assert_eq!(run(fixed512, s, &[("X-Sig", &b64)], b"b", 0), Ok(()));
+        let mut longer = mac512.clone();
+        longer.push(0);
+        let b64 = signature::base64(&longer);
+        assert_eq!(
+            run(fixed512, s, &[("X-Sig", &b64)], b"b", 0),
+            Err(Failure::Malformed)
+        );
+        let hex512 = hex::encode(&longer);
+        assert_eq!(
+            run(
+                src,
+                s,
+                &[("X-Signature", &format!("sha512={hex512}"))],
+                b"b",
+                0
+            ),
+            Err(Failure::Malformed)
+        );
+        let odd = &mac(HmacAlgorithm::Sha256, b"b")[1..];
+        assert_eq!(
+            run(
+                src,
+                s,
+                &[("X-Signature", &format!("sha256={odd}"))],
+                b"b",
+                0
+            ),
+            Err(Failure::Malformed)
+        );
+        let wrong = mac(HmacAlgorithm::Sha256, b"c");
+        assert_eq!(
+            run(
+                src,
+                s,
+                &[("X-Signature", &format!("sha256={wrong}"))],
+                b"b",
+                0
+            ),
+            Err(Failure::Mismatch)
+        );
 
         // A Gitea form delivery signs the JSON in the `payload` field, not the form body.
         let json = br#"{"ref":"refs/heads/main"}"#;

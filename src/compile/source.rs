@@ -11,7 +11,7 @@ use crate::diagnostic::{Diagnostic, DiagnosticKind};
 use crate::providers::ProviderKind;
 use crate::ruleset::{HmacAlgorithm, HmacOptions, SecretValue, Source, SourcePaths, TokenLocation};
 use crate::source::Span;
-use crate::syntax::{SourceDecl, SourceItemKind};
+use crate::syntax::{SourceDecl, SourceItemKind, Str};
 
 /// The default clock skew accepted for timestamped signatures (Slack, Standard Webhooks).
 const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
@@ -119,18 +119,10 @@ impl Cx<'_> {
                     }
                 },
                 SourceItemKind::Insecure => insecure = Some(item.span),
-                SourceItemKind::Header(s) => {
-                    let text = self.plain(s, "header names");
-                    if !is_header_name(&text) {
-                        self.invalid_value(
-                            s.span,
-                            &format!("`{text}` is not a valid header name"),
-                            "header names are letters, digits and `-`",
-                        );
-                        ok = false;
-                    }
-                    hmac_header = Some(text);
-                }
+                SourceItemKind::Header(s) => match self.header_name(s) {
+                    Some(name) => hmac_header = Some(name.to_ascii_lowercase()),
+                    None => ok = false,
+                },
                 SourceItemKind::Algorithm(word) => {
                     algorithm = match word.text.as_str() {
                         "sha1" => Some(HmacAlgorithm::Sha1),
@@ -166,9 +158,10 @@ impl Cx<'_> {
                     }
                 },
                 SourceItemKind::Prefix(s) => prefix = Some((self.plain(s, "prefixes"), s.span)),
-                SourceItemKind::TokenHeader(s) => {
-                    token = Some(TokenLocation::Header(self.plain(s, "header names")))
-                }
+                SourceItemKind::TokenHeader(s) => match self.header_name(s) {
+                    Some(name) => token = Some(TokenLocation::Header(name.to_ascii_lowercase())),
+                    None => ok = false,
+                },
                 SourceItemKind::TokenQuery(s) => {
                     token = Some(TokenLocation::Query(self.plain(s, "query names")))
                 }
@@ -228,7 +221,7 @@ impl Cx<'_> {
                     String::new()
                 }
             };
-            HmacOptions { header: hmac_header.unwrap_or_else(|| "X-Signature".into()), algorithm, base64, prefix }
+            HmacOptions { header: hmac_header.unwrap_or_else(|| "x-signature".into()), algorithm, base64, prefix }
         });
         let url_token = kind.url_token()
             || (kind == ProviderKind::Generic && token.is_none() && insecure.is_none());
@@ -311,6 +304,25 @@ impl Cx<'_> {
         }
         by_path
     }
+
+    /// A header name as written, or `None` with an error when it is not an HTTP header name (which
+    /// no request could carry, so a source reading it could never verify one).
+    pub(super) fn header_name(&mut self, s: &Str) -> Option<String> {
+        let name = self.plain(s, "header names");
+        let valid = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if !valid {
+            self.invalid_value(
+                s.span,
+                &format!("`{name}` is not a valid header name"),
+                "header names are letters, digits and `-`",
+            );
+            return None;
+        }
+        Some(name)
+    }
 }
 
 /// The span to blame for a source's path: its `path` item, or its name when the path is the default.
@@ -354,13 +366,6 @@ fn path_problem(path: &str) -> Option<&'static str> {
     } else {
         None
     }
-}
-
-pub(super) fn is_header_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// The URL path of a URL-token source: `/hook/<hex sha256(secret ++ name)>`, as Flux derives its

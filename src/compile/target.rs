@@ -1,6 +1,6 @@
 //! `target NAME { ... }` → [`Target`]: request line, headers, timeout, retries, rate, signature.
 
-use crate::compile::{Cx, Options, expr, source::is_header_name};
+use crate::compile::{Cx, Options, expr};
 use crate::diagnostic::DiagnosticKind;
 use crate::ruleset::{Method, Retry, SignatureStyle, Target};
 use crate::syntax::{Str, TargetDecl, TargetItemKind};
@@ -32,17 +32,11 @@ impl Cx<'_> {
                     request = Some((method, url_template));
                 }
                 TargetItemKind::Header { name, value } => {
-                    let name_text = self.plain(name, "header names");
-                    if !is_header_name(&name_text) {
-                        self.invalid_value(
-                            name.span,
-                            &format!("`{name_text}` is not a valid header name"),
-                            "header names are letters, digits and `-`",
-                        );
-                        ok = false;
-                    }
-                    let lower = name_text.to_ascii_lowercase();
-                    if crate::ruleset::GATEWAY_HEADERS.contains(&lower.as_str()) {
+                    let checked = self.header_name(name);
+                    if let Some(name_text) = &checked
+                        && crate::ruleset::GATEWAY_HEADERS
+                            .contains(&name_text.to_ascii_lowercase().as_str())
+                    {
                         self.diags.push(crate::diagnostic::Diagnostic::new(
                             DiagnosticKind::HeaderReplaced {
                                 name: name_text.clone(),
@@ -51,7 +45,10 @@ impl Cx<'_> {
                         ));
                     }
                     let value = self.str_template(value, expr::StrContext::Target);
-                    headers.push((name_text, value));
+                    match checked {
+                        Some(name_text) => headers.push((name_text, value)),
+                        None => ok = false,
+                    }
                 }
                 TargetItemKind::Timeout(word) => match self.positive_duration(word, "timeout") {
                     Some(d) => timeout = d,

@@ -85,11 +85,11 @@ pub fn jobs_for(
                             let dropped = HOP.contains(&n)
                                 || n.starts_with("x-hookgate-")
                                 || verify::TOKEN_HEADERS.contains(&n)
-                                || own_token.as_deref() == Some(n)
+                                || own_token == Some(n)
                                 || (sign_with.is_some()
                                     && (verify::SIGNATURE_HEADERS.contains(&n)
                                         || verify::SIGNATURE_CONTEXT_HEADERS.contains(&n)
-                                        || own_signature.as_deref() == Some(n)));
+                                        || own_signature == Some(n)));
                             !dropped
                         })
                         .map(|(n, v)| (n.to_string(), v.to_string()))

@@ -81,6 +81,7 @@ pub enum SourcePaths {
 pub enum TokenLocation {
     /// The URL path is derived from the secret, as for DockerHub.
     Url,
+    /// The header's name, lowercase (as the server's headers are).
     Header(String),
     Query(String),
 }
@@ -105,6 +106,7 @@ impl HmacAlgorithm {
 /// How a `generic_hmac` source reads its signature.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HmacOptions {
+    /// The signature header's name, lowercase (as the server's headers are).
     pub header: String,
     /// `None`: the sender names the algorithm in the value's prefix (`sha256=...`), as Flux does.
     pub algorithm: Option<HmacAlgorithm>,
