@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Load benchmark on loopback (issue 12): the gateway with 1,000 Concourse-style rules against a minimal
+# Load benchmark on loopback (issue 12): the gateway with 1,000 Concourse-style rules (RULES) against a minimal
 # hyper server that only checks the HMAC-SHA256 and parses the JSON, in the same run, with the same
 # 7.3 KB signed GitHub push. Servers are pinned to core 1; the load generator (bench/loadgen.rs) and the
 # delivery sink (bench/sink.rs) to core 0. Prints one table: req/s, ratio to the minimal server, the
@@ -26,7 +26,8 @@
 #   latency       receipt-to-delivery latency at a fixed rate: RATE, or half of `delivered`'s rate
 #   eq-unwatched, eq-branch, eq-match   the first three with `==` rules instead of containment
 #
-# Other knobs: GATEWAY_FLAGS (more `gateway serve` flags for every case, e.g. "--record-bodies none"), REPEAT (rounds of all the cases, taken in turn; the table shows medians and ranges),
+# Other knobs: RULES (how many rules, default 1000; the watched repository of `branch` and `hit` is the
+# one in the middle, `acme/repo-<RULES/2>`), GATEWAY_FLAGS (more `gateway serve` flags for every case, e.g. "--record-bodies none"), REPEAT (rounds of all the cases, taken in turn; the table shows medians and ranges),
 # RATE (latency case, req/s), SINK_CONCURRENCY (the sink target's `concurrency`; default: the
 # target default), ACTION (the matching rules' action), DRAIN_TIMEOUT (seconds, default 600), KEEP=1 (keep
 # the work directory: rules, payloads, gateway logs, the sink's arrivals), PROFILE_GATEWAY (a command
@@ -39,6 +40,8 @@ CONNECTIONS=${CONNECTIONS:-32}
 CASES=${CASES:-minimal-wrk unwatched branch match-info match-warn delivered latency eq-unwatched eq-branch eq-match}
 DRAIN_TIMEOUT=${DRAIN_TIMEOUT:-600}
 REPEAT=${REPEAT:-1}
+RULES=${RULES:-1000}
+[[ "$RULES" =~ ^[1-9][0-9]*$ ]] || { echo "error: RULES must be a positive number of rules, not \`$RULES\`" >&2; exit 2; }
 PAYLOAD=tests/fixtures/payloads/github/push-tag-deleted-octokit.json
 SECRET=bench-secret
 SERVER_CORE=1
@@ -82,9 +85,11 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-python3 - "$work" "$PAYLOAD" "$SECRET" "${SINK_CONCURRENCY:-}" "$SINK_PORT" <<'PY'
+python3 - "$work" "$PAYLOAD" "$SECRET" "${SINK_CONCURRENCY:-}" "$SINK_PORT" "$RULES" <<'PY'
 import hashlib, hmac, json, os, sys
-work, payload, secret, concurrency, sink_port = sys.argv[1:6]
+work, payload, secret, concurrency, sink_port, count = sys.argv[1:7]
+count = int(count)
+watched = f"acme/repo-{count // 2}"   # the repository `branch` and `hit` push to: one rule watches it
 raw = open(payload, "rb").read()
 # The matching rules' action: a Flux-style notify with a small rendered body, one delivery per request.
 ACTION = os.environ.get("ACTION", 'notify ci {"Kind": "git", "Source": {"URL": $.repository.ssh_url, "Branch": "main"}}')
@@ -105,7 +110,7 @@ conditions = {
 for shape, cond in conditions.items():
     for tname, target in targets.items():
         rules = [f'secret gh = file("{work}/rules/secret")', 'source acme: github { secret gh }', target]
-        for i in range(1000):
+        for i in range(count):
             rules.append(f'rule "pipeline {i}" {{ from acme on "push" when {cond(i)} {ACTION} }}')
         open(f"{work}/rules/{shape}-{tname}.hook", "w").write("\n".join(rules) + "\n")
 
@@ -133,8 +138,8 @@ request = function()
 end
 ''')
 variant("unwatched", None, None)                              # Codertocat/Hello-World, a tag deletion
-variant("branch", "acme/repo-500", "refs/heads/feature/login")  # a watched repository, another branch
-variant("hit", "acme/repo-500", "refs/heads/main")
+variant("branch", watched, "refs/heads/feature/login")  # a watched repository, another branch
+variant("hit", watched, "refs/heads/main")
 PY
 
 wait_port() { for _ in $(seq 1 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "error: port $1 did not open" >&2; exit 1; }
@@ -202,9 +207,32 @@ gateway() { # CASE RULES-FILE LOG-LEVEL [MORE-FLAGS]
   # shellcheck disable=SC2086 # MORE-FLAGS is a list of words
   start env RUST_LOG="$3" ${PROFILE_GATEWAY:-} taskset -c $SERVER_CORE "$GATEWAY" serve --rules "$work/rules/$2" \
     --listen 127.0.0.1:$HOOK_PORT --admin 127.0.0.1:$ADMIN_PORT --data "$work/data" ${4:-} ${GATEWAY_FLAGS:-} 2> "$work/gateway-$1-$round.log"
-  gw=$started; wait_port $HOOK_PORT; wait_port $ADMIN_PORT
+  gw=$started; wait_ready
   gwp=$(server_pid $gw)
+  quiet $gwp
 }
+# Waits until the gateway says it is ready. Its ports are bound before the rules load (connections
+# wait in the backlog meanwhile), so an open port does not mean it serves yet: with RULES=100000 the
+# load (about a second of CPU) would be charged to the case's requests.
+wait_ready() {
+  for _ in $(seq 1 1200); do curl -sf -o /dev/null http://127.0.0.1:$ADMIN_PORT/readyz && return 0; sleep 0.05; done
+  echo "error: the gateway was not ready within 60 s" >&2; exit 1
+}
+# Then until process $1 has been idle for a moment (not a clock tick of CPU in 250 ms; at most 30 s):
+# once ready, it stores the text of the rules it serves (for explaining past deliveries).
+quiet() {
+  local before now
+  before=$(cpu_ticks "$1")
+  for _ in $(seq 1 120); do
+    sleep 0.25
+    now=$(cpu_ticks "$1")
+    [ $((now - before)) -le 0 ] && return 0
+    before=$now
+  done
+  echo "warning: the gateway did not go idle within 30 s of starting" >&2
+}
+# The CPU process $1 has used so far, in clock ticks (10 ms).
+cpu_ticks() { awk '{ s += $14 + $15 } END { print s }' /proc/"$1"/task/*/stat 2>/dev/null; }
 # Waits until the sink has seen $1 distinct deliveries and the queue has nothing pending or in flight.
 drain() {
   local deadline=$((SECONDS + DRAIN_TIMEOUT))
@@ -273,4 +301,4 @@ round=$REPEAT
 minimal_case minimal-end
 
 uptime_now=$(uptime)
-python3 bench/load_report.py "$work/results.jsonl" "$DURATION" "$CONNECTIONS" "$(wc -c < "$PAYLOAD")" "$uptime_start" "$uptime_now"
+python3 bench/load_report.py "$work/results.jsonl" "$DURATION" "$CONNECTIONS" "$(wc -c < "$PAYLOAD")" "$uptime_start" "$uptime_now" "$RULES"

@@ -103,7 +103,7 @@ def measure(row):
 
 
 def main():
-    path, duration, connections, size, up0, up1 = sys.argv[1:7]
+    path, duration, connections, size, up0, up1, rules = sys.argv[1:8]
     rows = [json.loads(line) for line in open(path)]
     by_case = {}
     for row in rows:
@@ -116,7 +116,7 @@ def main():
 
     print(
         f"\n{connections} connections, {duration} s per case, {rounds} round(s), {size}-byte signed GitHub push, "
-        f"1,000 rules (containment unless `==`), default logging unless stated; servers on core 1, client and "
+        f"{int(rules):,} rules (containment unless `==`), default logging unless stated; servers on core 1, client and "
         f"sink on core 0"
     )
     print(f"uptime at the start: {up0.strip()}\nuptime at the end:   {up1.strip()}")
