@@ -133,7 +133,8 @@ fn containment(bytes: &[u8], n: usize, samples: usize) {
     ];
     for (label, body, expect) in cases {
         let run = || {
-            let prepared = prepare(source, &headers, &no_query, body, Options::default()).unwrap();
+            let prepared =
+                prepare(source, None, &headers, &no_query, body, Options::default()).unwrap();
             let payload = match prepared.view {
                 View::None { .. } => return 0,
                 View::Sparse(v) | View::Full(v) => v,

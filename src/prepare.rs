@@ -96,9 +96,42 @@ pub const MAX_DELIVERY_ID: usize = 256;
 /// `harbor.artifact.pushed`).
 pub const MAX_EVENT: usize = 256;
 
-/// Prepares a verified request to `source` for evaluation.
+/// The event name and delivery id as a provider that names them in headers sends them, unchecked.
+/// The server reads them once, before the body (its request span and record carry them), and hands
+/// them to [`prepare`], which checks them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Head {
+    pub event: Option<String>,
+    pub delivery: Option<String>,
+}
+
+impl Head {
+    /// What the request's head names, for a provider that names the event and delivery there
+    /// ([`providers::event_from_headers`]); `None` for one that names them in the body.
+    pub fn read(kind: ProviderKind, headers: &Headers, query: &Headers) -> Option<Head> {
+        if !providers::event_from_headers(kind) {
+            return None;
+        }
+        let (event, delivery) = providers::identify(kind, headers, query, &Value::Null);
+        Some(Head { event, delivery })
+    }
+
+    /// The event name, if [`prepare`] would accept it.
+    pub fn valid_event(&self) -> Option<&str> {
+        self.event.as_deref().filter(|e| valid_event(e))
+    }
+
+    /// The delivery id, if [`prepare`] would accept it.
+    pub fn valid_delivery(&self) -> Option<&str> {
+        self.delivery.as_deref().filter(|d| valid_delivery(d))
+    }
+}
+
+/// Prepares a verified request to `source` for evaluation. `head` is what [`Head::read`] gave for
+/// this request and source, when the caller has read it already; `None` reads it here.
 pub fn prepare(
     source: &Source,
+    head: Option<Head>,
     headers: &Headers,
     query: &Headers,
     body: &[u8],
@@ -120,8 +153,7 @@ pub fn prepare(
 
     // Providers that name the event and delivery in headers: both are known before the body is read,
     // so the index can decide on a few extracted paths.
-    if providers::event_from_headers(kind) {
-        let (event, delivery) = providers::identify(kind, headers, query, &Value::Null);
+    if let Some(Head { event, delivery }) = head.or_else(|| Head::read(kind, headers, query)) {
         let event = checked_event(event)?;
         let delivery = checked_delivery(delivery)?;
         let view = if form && field.is_none() {

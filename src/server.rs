@@ -41,6 +41,7 @@ use tracing::Instrument;
 
 use crate::delivery_log::{DeliveryLog, Record};
 use crate::pairs::Pairs;
+use crate::prepare::Head;
 use crate::queue::Queue;
 use crate::reload::RuleStore;
 use handler::Reject;
@@ -380,14 +381,13 @@ async fn hook(state: Arc<State>, req: Request<Incoming>) -> Response<Full<Bytes>
     // Read before the span is made, so that it is made with the event and delivery id where the
     // provider names them in headers (recording a field later formats the span's fields again).
     let parts = routed.map(|i| Parts::read(&rules.sources()[i], &req));
-    let event = parts.as_ref().and_then(|p| p.event.as_deref());
-    let delivery = parts.as_ref().and_then(|p| p.delivery.as_deref());
+    let head = parts.as_ref().and_then(|p| p.head.as_ref());
+    let event = head.and_then(Head::valid_event);
+    let delivery = head.and_then(Head::valid_delivery);
     let span = tracing::info_span!("request", source = label, event, delivery);
     let mut record = Record::new(routed.map(|_| label.to_string()));
-    if let Some(p) = &parts {
-        record.event.clone_from(&p.event);
-        record.delivery.clone_from(&p.delivery);
-    }
+    record.event = event.map(String::from);
+    record.delivery = delivery.map(String::from);
     let timeout = state.config.request_timeout;
     let response = async {
         match tokio::time::timeout(
@@ -414,13 +414,12 @@ async fn hook(state: Arc<State>, req: Request<Incoming>) -> Response<Full<Bytes>
 
 /// What a routed request's head says, read once: its headers and query as the pipeline passes them,
 /// and the event and delivery id where the provider names them in headers (so that a refused request
-/// is logged and recorded with them too, and a 401 can be matched with the sender's delivery log).
+/// is logged and recorded with them too, and a 401 can be matched with the sender's delivery log;
+/// `prepare` checks them, and only the ones it would accept go into the span and the record).
 struct Parts {
     headers: Pairs,
     query: Pairs,
-    event: Option<String>,
-    /// Only an id `prepare` would accept.
-    delivery: Option<String>,
+    head: Option<Head>,
 }
 
 impl Parts {
@@ -431,25 +430,11 @@ impl Parts {
             .query()
             .map(|q| form_urlencoded::parse(q.as_bytes()).collect())
             .unwrap_or_default();
-        let (event, delivery) = if crate::providers::event_from_headers(source.kind()) {
-            let (event, delivery) = crate::providers::identify(
-                source.kind(),
-                &headers,
-                &query,
-                &serde_json::Value::Null,
-            );
-            (
-                event.filter(|e| crate::prepare::valid_event(e)),
-                delivery.filter(|d| crate::prepare::valid_delivery(d)),
-            )
-        } else {
-            (None, None)
-        };
+        let head = Head::read(source.kind(), &headers, &query);
         Parts {
             headers,
             query,
-            event,
-            delivery,
+            head,
         }
     }
 }
@@ -462,7 +447,15 @@ async fn hook_inner(
     parts: Option<Parts>,
     record: &mut Record,
 ) -> Response<Full<Bytes>> {
-    let (Some(index), Some(Parts { headers, query, .. })) = (routed, parts) else {
+    let (
+        Some(index),
+        Some(Parts {
+            headers,
+            query,
+            head,
+        }),
+    ) = (routed, parts)
+    else {
         let path = req.uri().path();
         tracing::debug!(path = %truncate(path), "no source at this path");
         return handler::refuse(record, Reject::NotFound, "no source at this path").response();
@@ -502,6 +495,7 @@ async fn hook_inner(
         rules,
         handler::Incoming {
             source: index,
+            head,
             headers,
             query,
             body,

@@ -74,6 +74,7 @@ impl Harness {
             .unwrap_or_else(|| panic!("no source serves {path}"));
         let mut record = Record::new(Some(rules.sources()[source].name().to_string()));
         let incoming = Incoming {
+            head: None,
             source,
             headers: headers
                 .iter()

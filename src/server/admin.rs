@@ -472,6 +472,7 @@ async fn replay(state: &State, id: &str, dry_run: bool) -> Response<Full<Bytes>>
     record.replay_of = Some(old.id.clone());
     let incoming = handler::Incoming {
         source,
+        head: None,
         headers: request.headers.clone(),
         query: request.query.clone(),
         body: body.clone(),

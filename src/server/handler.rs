@@ -19,7 +19,7 @@ use crate::dispatch::jobs_for;
 use crate::eval::evaluate;
 use crate::event::Event;
 use crate::pairs::Pairs;
-use crate::prepare::{Malformed, Options, Prepared, View, prepare};
+use crate::prepare::{Head, Malformed, Options, Prepared, View, prepare};
 use crate::queue::{Accepted, NewJob, QueueBackend};
 use crate::ruleset::{Rate, RuleSet};
 use crate::server::State;
@@ -29,6 +29,9 @@ use crate::verify;
 pub struct Incoming {
     /// Index into `rules.sources`.
     pub source: usize,
+    /// The event and delivery id as the head names them, when already read (`None`: `prepare`
+    /// reads them).
+    pub head: Option<Head>,
     /// `(lowercase name, value)`.
     pub headers: Pairs,
     pub query: Pairs,
@@ -216,6 +219,7 @@ pub(crate) async fn run(
     // Prepare: event name, delivery id and the payload view, each worked out once.
     let prepared = prepare(
         source,
+        req.head,
         &req.headers,
         &req.query,
         &req.body,
