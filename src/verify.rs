@@ -290,7 +290,13 @@ fn slack(secrets: &[SecretValue], req: &Request<'_>, tolerance: i64) -> Result<(
     )
 }
 
+/// The most `v1,` signatures a Standard Webhooks request may list. A sender lists one per secret it
+/// signs with, more than one only while it rotates them; any number more is no sender's.
+pub const MAX_SIGNATURES: usize = 8;
+
 /// Standard Webhooks: `webhook-signature: v1,<base64> [v1,<base64> ...]` of `{id}.{timestamp}.{body}`.
+/// The body's MAC is worked out once per secret and compared with each listed signature: a MAC per
+/// listed signature let one unsigned request listing thousands of them hold a core for minutes.
 fn standard_webhooks(
     secrets: &[SecretValue],
     req: &Request<'_>,
@@ -304,11 +310,17 @@ fn standard_webhooks(
         return Err(Failure::Missing);
     };
     fresh(timestamp, req.now, tolerance)?;
-    let candidates: Vec<SentMac> = sigs
-        .split(' ')
-        .filter_map(|s| s.strip_prefix("v1,"))
-        .filter_map(|b64| SentMac::base64(b64).ok())
-        .collect();
+    let mut listed = 0;
+    let mut candidates = Vec::new();
+    for b64 in sigs.split(' ').filter_map(|s| s.strip_prefix("v1,")) {
+        listed += 1;
+        if listed > MAX_SIGNATURES {
+            return Err(Failure::Malformed);
+        }
+        if let Ok(mac) = SentMac::base64(b64) {
+            candidates.push(mac);
+        }
+    }
     if candidates.is_empty() {
         return Err(Failure::Malformed);
     }
@@ -316,13 +328,19 @@ fn standard_webhooks(
         return Ok(());
     }
     let parts: [&[u8]; 5] = [id.as_bytes(), b".", timestamp.as_bytes(), b".", req.body];
-    let ok = secrets.iter().any(|s| {
+    // Every secret and every listed signature is tried, so timing does not tell which one matched.
+    let matched = secrets.iter().fold(subtle::Choice::from(0), |ok, s| {
         let key = signature::standard_webhooks_key(s.expose());
+        let mac = signature::hmac(HmacAlgorithm::Sha256, &key, &parts);
         candidates
             .iter()
-            .any(|c| signature::verify(HmacAlgorithm::Sha256, &key, &parts, c.as_bytes()))
+            .fold(ok, |ok, c| ok | mac.as_slice().ct_eq(c.as_bytes()))
     });
-    if ok { Ok(()) } else { Err(Failure::Mismatch) }
+    if bool::from(matched) {
+        Ok(())
+    } else {
+        Err(Failure::Mismatch)
+    }
 }
 
 /// Generic HMAC: by default Flux's `<alg>=<hex>` in `X-Signature`, the sender naming the algorithm;
@@ -377,8 +395,8 @@ fn prefixed_hex(
 /// A MAC as a request sends it, decoded into a buffer of its own rather than a fresh allocation
 /// for every request. No scheme's MAC is longer than SHA-512's 64 bytes: a longer one is malformed.
 struct SentMac {
-    /// Room for 64 bytes, and for base64's estimate of them (66 for 88 characters), which
-    /// `decode_slice` wants to have.
+    /// Room for 64 bytes and for the length estimate base64's `decode_slice` documents that it needs
+    /// (66 bytes for the 88 characters of 64).
     bytes: [u8; 72],
     len: usize,
 }
@@ -692,6 +710,25 @@ mod tests {
             run("source s: gitlab { secret a }", sw, &h, body, 1614265330),
             Ok(()),
             "a gitlab signing token"
+        );
+        // The right signature listed last among MAX_SIGNATURES, and one signature more.
+        let good = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=";
+        let listed = |n: usize| {
+            let mut sigs = vec!["v1,"; n - 1];
+            sigs.push(good);
+            sigs.join(" ")
+        };
+        let with = |sigs: &str| {
+            let mut h = h;
+            h[2].1 = sigs;
+            run("source s: standard_webhooks { secret a }", sw, &h, body, 1614265330)
+        };
+        assert_eq!(with(&listed(MAX_SIGNATURES)), Ok(()));
+        assert_eq!(with(&listed(MAX_SIGNATURES + 1)), Err(Failure::Malformed));
+        assert_eq!(
+            with(&listed(10_000)),
+            Err(Failure::Malformed),
+            "refused before any MAC is worked out"
         );
         assert_eq!(
             run(
