@@ -317,7 +317,7 @@ impl Cx<'_> {
             self.invalid_value(
                 s.span,
                 &format!("`{name}` is not a valid header name"),
-                "header names are letters, digits and `-`",
+                "write a header name with letters, digits and `-`, e.g. `X-Signature`: no spaces, no `:`",
             );
             return None;
         }

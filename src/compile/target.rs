@@ -91,9 +91,16 @@ impl Cx<'_> {
                     None => ok = false,
                 },
                 TargetItemKind::Signature { style, header } => {
-                    let header_text = header
-                        .as_ref()
-                        .map(|h| (self.plain(h, "header names"), h.span));
+                    let header_text = match header {
+                        Some(h) => match self.header_name(h) {
+                            Some(name) => Some((name, h.span)),
+                            None => {
+                                ok = false;
+                                continue;
+                            }
+                        },
+                        None => None,
+                    };
                     signature = match (style.text.as_str(), header_text) {
                         ("github", None) => SignatureStyle::GitHub,
                         ("gitea", None) => SignatureStyle::Gitea,
