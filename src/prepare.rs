@@ -99,10 +99,13 @@ pub const MAX_EVENT: usize = 256;
 /// The event name and delivery id as a provider that names them in headers sends them, unchecked.
 /// The server reads them once, before the body (its request span and record carry them), and hands
 /// them to [`prepare`], which checks them.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Only [`Head::read`] makes one, and [`prepare`] uses it only for a source of the kind it was read
+/// for.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Head {
-    pub event: Option<String>,
-    pub delivery: Option<String>,
+    kind: ProviderKind,
+    event: Option<String>,
+    delivery: Option<String>,
 }
 
 impl Head {
@@ -113,7 +116,11 @@ impl Head {
             return None;
         }
         let (event, delivery) = providers::identify(kind, headers, query, &Value::Null);
-        Some(Head { event, delivery })
+        Some(Head {
+            kind,
+            event,
+            delivery,
+        })
     }
 
     /// The event name, if [`prepare`] would accept it.
@@ -128,7 +135,8 @@ impl Head {
 }
 
 /// Prepares a verified request to `source` for evaluation. `head` is what [`Head::read`] gave for
-/// this request and source, when the caller has read it already; `None` reads it here.
+/// this request, when the caller has read it already; `None` (or a head read for another kind of
+/// source) reads it here.
 pub fn prepare(
     source: &Source,
     head: Option<Head>,
@@ -153,7 +161,13 @@ pub fn prepare(
 
     // Providers that name the event and delivery in headers: both are known before the body is read,
     // so the index can decide on a few extracted paths.
-    if let Some(Head { event, delivery }) = head.or_else(|| Head::read(kind, headers, query)) {
+    let head = head
+        .filter(|h| h.kind == kind)
+        .or_else(|| Head::read(kind, headers, query));
+    if let Some(Head {
+        event, delivery, ..
+    }) = head
+    {
         let event = checked_event(event)?;
         let delivery = checked_delivery(delivery)?;
         let view = if form && field.is_none() {

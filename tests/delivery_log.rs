@@ -199,6 +199,36 @@ async fn every_outcome_is_recorded_explained_replayed_and_kept_within_bounds() {
         (outcome(&u2), &u2["event"]),
         ((401, "rejected".into()), &Value::Null)
     );
+    // Likewise a delivery id no accepted request could have (too long, a dot segment): a refused
+    // request (401) and a verified one answered 400 are recorded without it.
+    let records = |status: u16| {
+        let gw = &gw;
+        async move {
+            api(
+                gw,
+                &format!("/api/deliveries?source=acme&status={status}&limit=500"),
+            )
+            .await["deliveries"]
+                .as_array()
+                .unwrap()
+                .clone()
+        }
+    };
+    let (before_401, before_400) = (records(401).await.len(), records(400).await.len());
+    let long_id = "d".repeat(300);
+    let body = push("acme/app", "main");
+    assert_eq!(send(&gw, "acme", "push", &long_id, &body, false).await, 401);
+    assert_eq!(send(&gw, "acme", "push", "..", &body, true).await, 400);
+    for (status, before) in [(401, before_401), (400, before_400)] {
+        let now = records(status).await;
+        assert_eq!(now.len(), before + 1, "{now:?}");
+        let newest = &now[0];
+        assert_eq!(
+            (&newest["delivery"], &newest["event"]),
+            (&Value::Null, &json!("push")),
+            "{newest}"
+        );
+    }
     let u = listed(&gw, "u-1").await;
     assert_eq!(outcome(&u), (401, "rejected".into()));
     assert_eq!(u["event"], "push");

@@ -459,3 +459,40 @@ fn integers_beyond_2_pow_53_keep_their_digits_in_rendered_templates() {
         }
     }
 }
+
+#[test]
+fn a_head_is_used_only_for_the_kind_of_source_it_was_read_for() {
+    let rules = rules();
+    let source = |name: &str| {
+        rules
+            .sources()
+            .iter()
+            .find(|s| s.name() == name)
+            .unwrap_or_else(|| panic!("no source {name}"))
+    };
+    let (github, gitea) = (source("indexed"), source("forms"));
+    // A request naming an event and a delivery for both providers.
+    let headers = Pairs::from(
+        &[
+            ("x-github-event", "push"),
+            ("x-github-delivery", "gh-1"),
+            ("x-gitea-event", "create"),
+            ("x-gitea-delivery", "gt-1"),
+            ("content-type", "application/json"),
+        ]
+        .map(|(n, v)| (n.to_string(), v.to_string()))[..],
+    );
+    let none = Pairs::default();
+    let body = br#"{"repository": {"full_name": "acme/other"}, "ref": "refs/heads/main"}"#;
+    let identity = |head, source| {
+        let p = prepare(source, head, &headers, &none, body, Options { fast: true }).unwrap();
+        (p.event, p.delivery)
+    };
+    let github_head = Head::read(github.kind(), &headers, &none);
+    let gitea_head = Head::read(gitea.kind(), &headers, &none);
+    let github_ids = (Some("push".to_string()), Some("gh-1".to_string()));
+    assert_eq!(identity(github_head, github), github_ids);
+    assert_eq!(identity(None, github), github_ids);
+    // Gitea's head handed to a GitHub source is read again for GitHub.
+    assert_eq!(identity(gitea_head, github), github_ids);
+}
