@@ -721,7 +721,13 @@ mod tests {
         let with = |sigs: &str| {
             let mut h = h;
             h[2].1 = sigs;
-            run("source s: standard_webhooks { secret a }", sw, &h, body, 1614265330)
+            run(
+                "source s: standard_webhooks { secret a }",
+                sw,
+                &h,
+                body,
+                1614265330,
+            )
         };
         assert_eq!(with(&listed(MAX_SIGNATURES)), Ok(()));
         assert_eq!(with(&listed(MAX_SIGNATURES + 1)), Err(Failure::Malformed));
