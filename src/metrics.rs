@@ -24,6 +24,7 @@ struct Metrics {
     config_info: IntGaugeVec,
     config_generation: IntGauge,
     records_not_stored: prometheus::IntCounter,
+    body_bytes_in_flight: IntGauge,
     target_jobs: IntGaugeVec,
     target_oldest_pending: prometheus::GaugeVec,
     target_last_delivery: prometheus::GaugeVec,
@@ -125,6 +126,14 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     registry
         .register(Box::new(records_not_stored.clone()))
         .unwrap_or_else(|e| unreachable!("registered once: {e}"));
+    let body_bytes_in_flight = IntGauge::new(
+        "hookgate_body_bytes_in_flight",
+        "Bytes of request bodies being read, held against --max-body-in-flight, read at scrape.",
+    )
+    .unwrap_or_else(|e| unreachable!("valid metric: {e}"));
+    registry
+        .register(Box::new(body_bytes_in_flight.clone()))
+        .unwrap_or_else(|e| unreachable!("registered once: {e}"));
     let target_jobs = IntGaugeVec::new(
         Opts::new(
             "hookgate_target_jobs",
@@ -155,6 +164,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     Metrics {
         registry,
         records_not_stored,
+        body_bytes_in_flight,
         target_jobs,
         target_oldest_pending,
         target_last_delivery,
@@ -218,6 +228,12 @@ pub(crate) fn queue(stats: &crate::queue::Stats) {
     ] {
         METRICS.queue_jobs.with_label_values(&[state]).set(n as i64);
     }
+}
+
+pub(crate) fn body_bytes_in_flight(bytes: u64) {
+    METRICS
+        .body_bytes_in_flight
+        .set(i64::try_from(bytes).unwrap_or(i64::MAX));
 }
 
 pub(crate) fn records_not_stored() {

@@ -108,9 +108,7 @@ impl State {
         config: ServerConfig,
         log: Arc<DeliveryLog>,
     ) -> State {
-        let budget = usize::try_from(config.max_body_in_flight)
-            .unwrap_or(usize::MAX)
-            .min(Semaphore::MAX_PERMITS);
+        let budget = body_budget_permits(config.max_body_in_flight);
         State {
             store,
             queue,
@@ -505,8 +503,26 @@ async fn hook_inner(
     .await
 }
 
-/// Reads a body of at most `limit` bytes, holding a permit from the body budget for every byte read (or
-/// declared) until the request is done.
+/// The permits of a body budget of `bytes`, one per byte (as many as a semaphore holds at most).
+fn body_budget_permits(bytes: u64) -> usize {
+    usize::try_from(bytes)
+        .unwrap_or(usize::MAX)
+        .min(Semaphore::MAX_PERMITS)
+}
+
+impl State {
+    /// Bytes of bodies being read now, held against the body budget.
+    pub(crate) fn body_bytes_in_flight(&self) -> u64 {
+        let total = body_budget_permits(self.config.max_body_in_flight);
+        total.saturating_sub(self.body_budget.available_permits()) as u64
+    }
+}
+
+/// The most a body's buffer takes before its bytes arrive, whatever length it declares.
+const FIRST_BUFFER: u64 = 64 << 10;
+
+/// Reads a body of at most `limit` bytes, holding a permit from the body budget for every byte read
+/// until the request is done.
 async fn read_body(
     state: &State,
     mut body: Incoming,
@@ -537,10 +553,10 @@ async fn read_body(
         }
     };
     let mut held = None;
-    // A declared length is reserved up front; a chunked body reserves as its frames arrive.
-    let mut reserved = declared.unwrap_or(0);
-    take(reserved, &mut held)?;
-    let mut buf = BytesMut::with_capacity(reserved as usize);
+    // Bytes are reserved as they arrive, whatever the request declares: a declared length is the
+    // sender's word, and reserving it up front let a few unsigned requests that declare 10 MiB and send
+    // a byte hold the whole budget (every sender answered 503) until their request timeout.
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(0).min(FIRST_BUFFER) as usize);
     while let Some(frame) = body.frame().await {
         let frame = match frame {
             Ok(f) => f,
@@ -552,14 +568,10 @@ async fn read_body(
         let Ok(data) = frame.into_data() else {
             continue; // Trailers.
         };
-        let after = buf.len() as u64 + data.len() as u64;
-        if after > limit {
+        if buf.len() as u64 + data.len() as u64 > limit {
             return Err((Reject::TooLarge, "body too large"));
         }
-        if after > reserved {
-            take(after - reserved, &mut held)?;
-            reserved = after;
-        }
+        take(data.len() as u64, &mut held)?;
         buf.extend_from_slice(&data);
     }
     Ok((buf.freeze(), held))

@@ -273,6 +273,61 @@ fn a_flood_of_huge_bodies_stays_within_the_body_budget() {
     assert_eq!(code, 200);
 }
 
+#[test]
+fn bodies_that_declare_much_and_send_little_hold_only_what_they_sent() {
+    let (_dir, rules, data) = setup("");
+    let gw = Serve::start(&rules, &data, &["--max-body-in-flight", "32MiB"], &[]);
+    // Unsigned senders (a well-formed but wrong signature passes the check of the head) declaring
+    // 10 MiB each, four times the budget together, and sending one byte.
+    let headers = vec![
+        ("x-github-event".to_string(), "push".to_string()),
+        (
+            "x-hub-signature-256".into(),
+            format!("sha256={}", "0".repeat(64)),
+        ),
+    ];
+    let holders: Vec<TcpStream> = (0..12)
+        .map(|_| {
+            let mut s = TcpStream::connect(gw.hooks).unwrap();
+            s.write_all(post_head("/hook/acme", &headers, 10 << 20).as_bytes())
+                .unwrap();
+            s.write_all(b" ").unwrap();
+            s
+        })
+        .collect();
+    // Their bodies are being read when the budget holds their bytes: one each.
+    let in_flight = || {
+        let (_, text) = raw_request(
+            gw.admin,
+            "GET /metrics HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n",
+            b"",
+        )
+        .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("hookgate_body_bytes_in_flight "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let held = in_flight();
+        if held == Some(holders.len() as u64) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "bytes in flight: {held:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A signed request still gets through.
+    let (headers, body) = push("acme/none", "while-held");
+    let (code, text) = raw_request(
+        gw.hooks,
+        &post_head("/hook/acme", &headers, body.len()),
+        &body,
+    )
+    .unwrap();
+    assert_eq!(code, 200, "{text}");
+    drop(holders);
+}
+
 /// Keys of one JSON object line, in order, with repeats kept (serde_json would keep only the last).
 fn keys_with_repeats(line: &str) -> Vec<String> {
     struct Keys(Vec<String>);

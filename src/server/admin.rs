@@ -134,6 +134,7 @@ async fn ready(state: &State) -> Response<Full<Bytes>> {
 }
 
 async fn metrics(state: &State) -> Response<Full<Bytes>> {
+    crate::metrics::body_bytes_in_flight(state.body_bytes_in_flight());
     if let Ok(stats) = state.queue.stats().await {
         crate::metrics::queue(&stats);
     }
