@@ -177,22 +177,38 @@ pub(crate) fn predicate_with<'a>(p: &'a Predicate, r: &'a Event) -> (bool, Vec<C
     if subject.is_empty() {
         return (false, subject);
     }
+    // The right operand is resolved once for all the subject's values: resolved per value, a payload
+    // path on the right made a predicate over a big array quadratic in the body (`$..` on the right,
+    // hours for a signed body of a few megabytes).
+    let right = match &p.op {
+        PredicateOp::Exists | PredicateOp::Matches { .. } => None,
+        PredicateOp::Contains(o)
+        | PredicateOp::StartsWith(o)
+        | PredicateOp::EndsWith(o)
+        | PredicateOp::Compare(_, o)
+        | PredicateOp::In(o) => Some(one(r, o)),
+    };
+    let right = right.as_ref().and_then(|o| o.as_deref());
     let test = |s: &Value| -> bool {
-        match &p.op {
-            PredicateOp::Exists => true,
-            PredicateOp::Matches { regex, .. } => s.as_str().is_some_and(|s| regex.is_match(s)),
-            PredicateOp::Contains(o) => one(r, o).is_some_and(|o| contains_top(s, &o)),
-            PredicateOp::StartsWith(o) => {
-                one(r, o).is_some_and(|o| matches!((s, &*o), (Value::String(a), Value::String(b)) if a.starts_with(b.as_str())))
+        match (&p.op, right) {
+            (PredicateOp::Exists, _) => true,
+            (PredicateOp::Matches { regex, .. }, _) => {
+                s.as_str().is_some_and(|s| regex.is_match(s))
             }
-            PredicateOp::EndsWith(o) => {
-                one(r, o).is_some_and(|o| matches!((s, &*o), (Value::String(a), Value::String(b)) if a.ends_with(b.as_str())))
+            // A right operand selecting none or several values makes the predicate false.
+            (_, None) => false,
+            (PredicateOp::Contains(_), Some(o)) => contains_top(s, o),
+            (PredicateOp::StartsWith(_), Some(o)) => {
+                matches!((s, o), (Value::String(a), Value::String(b)) if a.starts_with(b.as_str()))
             }
-            PredicateOp::Compare(op, o) => one(r, o).is_some_and(|o| compare(*op, s, &o)),
-            PredicateOp::In(o) => one(r, o).is_some_and(|o| match &*o {
+            (PredicateOp::EndsWith(_), Some(o)) => {
+                matches!((s, o), (Value::String(a), Value::String(b)) if a.ends_with(b.as_str()))
+            }
+            (PredicateOp::Compare(op, _), Some(o)) => compare(*op, s, o),
+            (PredicateOp::In(_), Some(o)) => match o {
                 Value::Array(items) => items.iter().any(|i| json_eq(s, i)),
                 _ => false,
-            }),
+            },
         }
     };
     let result = match p.quantifier {
