@@ -305,6 +305,20 @@ impl Cx<'_> {
             return Some(p.clone());
         }
         match jsonpath_rust::parser::parse_json_path(text) {
+            Ok(query) if regex_function::in_query(&query) => {
+                self.error(
+                    DiagnosticKind::InvalidJsonPath {
+                        path: text.into(),
+                        error: "`match()` and `search()` compile their pattern again for every node they test".into(),
+                        help: Some(
+                            "test the values with the rules' `matches`, whose pattern is compiled once, e.g. `any $.commits[*].message matches \"^deploy\"`"
+                                .into(),
+                        ),
+                    },
+                    span,
+                );
+                None
+            }
             Ok(query) => {
                 let simple = JsonPath::simple_steps(text);
                 let path = Arc::new(JsonPath {
@@ -483,4 +497,88 @@ fn last_line(message: &str) -> String {
         .or_else(|| line.strip_prefix("= "))
         .unwrap_or(line);
     line.to_string()
+}
+
+/// Whether a JSONPath calls `match()` or `search()`. jsonpath-rust compiles their pattern for every
+/// node a filter tests (about 60 µs each), so a signed body with a big array took minutes to evaluate
+/// on a runtime thread; the rules' own `matches` compiles its pattern when the rules load.
+mod regex_function {
+    use jsonpath_rust::parser::model::{
+        Comparable, Comparison, Filter, FilterAtom, FnArg, JpQuery, Segment, Selector, Test,
+        TestFunction,
+    };
+
+    pub(super) fn in_query(q: &JpQuery) -> bool {
+        segments(&q.segments)
+    }
+
+    fn segments(s: &[Segment]) -> bool {
+        s.iter().any(segment)
+    }
+
+    fn segment(s: &Segment) -> bool {
+        match s {
+            Segment::Descendant(s) => segment(s),
+            Segment::Selector(s) => selector(s),
+            Segment::Selectors(s) => s.iter().any(selector),
+        }
+    }
+
+    fn selector(s: &Selector) -> bool {
+        match s {
+            Selector::Filter(f) => filter(f),
+            Selector::Name(_) | Selector::Wildcard | Selector::Index(_) | Selector::Slice(..) => {
+                false
+            }
+        }
+    }
+
+    fn filter(f: &Filter) -> bool {
+        match f {
+            Filter::Or(fs) | Filter::And(fs) => fs.iter().any(filter),
+            Filter::Atom(FilterAtom::Filter { expr, .. }) => filter(expr),
+            Filter::Atom(FilterAtom::Test { expr, .. }) => test(expr),
+            Filter::Atom(FilterAtom::Comparison(c)) => {
+                let (Comparison::Eq(a, b)
+                | Comparison::Ne(a, b)
+                | Comparison::Gt(a, b)
+                | Comparison::Gte(a, b)
+                | Comparison::Lt(a, b)
+                | Comparison::Lte(a, b)) = &**c;
+                comparable(a) || comparable(b)
+            }
+        }
+    }
+
+    fn comparable(c: &Comparable) -> bool {
+        match c {
+            Comparable::Function(f) => function(f),
+            Comparable::Literal(_) | Comparable::SingularQuery(_) => false,
+        }
+    }
+
+    fn test(t: &Test) -> bool {
+        match t {
+            Test::RelQuery(s) => segments(s),
+            Test::AbsQuery(q) => in_query(q),
+            Test::Function(f) => function(f),
+        }
+    }
+
+    fn function(f: &TestFunction) -> bool {
+        match f {
+            TestFunction::Match(..) | TestFunction::Search(..) => true,
+            TestFunction::Custom(_, args) => args.iter().any(arg),
+            TestFunction::Length(a) => arg(a),
+            TestFunction::Value(a) | TestFunction::Count(a) => arg(a),
+        }
+    }
+
+    fn arg(a: &FnArg) -> bool {
+        match a {
+            FnArg::Literal(_) => false,
+            FnArg::Test(t) => test(t),
+            FnArg::Filter(f) => filter(f),
+        }
+    }
 }
