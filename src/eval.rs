@@ -11,6 +11,7 @@
 
 use std::borrow::Cow;
 use std::cmp::Ordering;
+use std::collections::HashSet;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -189,6 +190,16 @@ pub(crate) fn predicate_with<'a>(p: &'a Predicate, r: &'a Event) -> (bool, Vec<C
         | PredicateOp::In(o) => Some(one(r, o)),
     };
     let right = right.as_ref().and_then(|o| o.as_deref());
+    // `in` a long list read from the payload: its strings in a set, so that testing many values is
+    // not a scan of the list for each (strings are equal only to equal strings; other values scan).
+    let strings: Option<HashSet<&str>> = match (&p.op, right) {
+        (PredicateOp::In(_), Some(Value::Array(items)))
+            if items.len() > 16 && subject.len() > 1 =>
+        {
+            Some(items.iter().filter_map(Value::as_str).collect())
+        }
+        _ => None,
+    };
     let test = |s: &Value| -> bool {
         match (&p.op, right) {
             (PredicateOp::Exists, _) => true,
@@ -205,8 +216,9 @@ pub(crate) fn predicate_with<'a>(p: &'a Predicate, r: &'a Event) -> (bool, Vec<C
                 matches!((s, o), (Value::String(a), Value::String(b)) if a.ends_with(b.as_str()))
             }
             (PredicateOp::Compare(op, _), Some(o)) => compare(*op, s, o),
-            (PredicateOp::In(_), Some(o)) => match o {
-                Value::Array(items) => items.iter().any(|i| json_eq(s, i)),
+            (PredicateOp::In(_), Some(o)) => match (o, &strings, s) {
+                (Value::Array(_), Some(set), Value::String(text)) => set.contains(text.as_str()),
+                (Value::Array(items), _, _) => items.iter().any(|i| json_eq(s, i)),
                 _ => false,
             },
         }
@@ -540,6 +552,26 @@ mod tests {
             !holds(r#"$.commits == "fix: a""#, p),
             "`$.commits` is one value, the array"
         );
+    }
+
+    #[test]
+    fn in_a_long_list_read_from_the_payload() {
+        // Past 16 items the list's strings are looked up in a set; numbers and other values still
+        // compare as JSON (`1 == 1.0`), and a string never equals a number.
+        let mut list: Vec<Value> = (0..40).map(|i| json!(format!("b{i}"))).collect();
+        list.extend([json!(1.0), json!({"k": [1]}), json!("7")]);
+        let p = |xs: Value| json!({"xs": xs, "list": list});
+        assert!(holds("any $.xs[*] in $.list", p(json!(["a", "b39"]))));
+        assert!(holds("any $.xs[*] in $.list", p(json!(["a", 1]))));
+        assert!(holds(
+            "any $.xs[*] in $.list",
+            p(json!([{"k": [1.0]}, "z"]))
+        ));
+        assert!(!holds("any $.xs[*] in $.list", p(json!(["a", 7, "b40"]))));
+        assert!(holds("all $.xs[*] in $.list", p(json!(["b0", "7", 1]))));
+        assert!(!holds("all $.xs[*] in $.list", p(json!(["b0", "B1"]))));
+        // Read with `$..`, once for all the values on the left.
+        assert!(holds("any $.xs[*] in $..list", p(json!(["a", "b3"]))));
     }
 
     #[test]
