@@ -140,10 +140,20 @@ pub(crate) fn resolve<'a>(operand: &'a Operand, event: &'a Event) -> Vec<Cow<'a,
     let text = |s: &str| Cow::Owned(Value::String(s.to_string()));
     match operand {
         Operand::Literal(v) => vec![Cow::Borrowed(&**v)],
-        Operand::Path(p) => select(p, &event.payload)
-            .into_iter()
-            .map(Cow::Borrowed)
-            .collect(),
+        Operand::Path(p) => {
+            if p.simple.is_none() && !affordable(event) {
+                tracing::warn!(
+                    path = %p.text,
+                    limit = MAX_PATH_TEXT,
+                    "JSONPath not evaluated: the payload's shape would cost it too much memory; it selects nothing"
+                );
+                return Vec::new();
+            }
+            select(p, &event.payload)
+                .into_iter()
+                .map(Cow::Borrowed)
+                .collect()
+        }
         Operand::Payload => vec![Cow::Borrowed(&event.payload)],
         Operand::Event => event.name.as_deref().map(text).into_iter().collect(),
         Operand::Source => vec![text(&event.source_name)],
@@ -151,6 +161,57 @@ pub(crate) fn resolve<'a>(operand: &'a Operand, event: &'a Event) -> Vec<Cow<'a,
         Operand::Header(h) => event.header_values(h).map(text).collect(),
         Operand::Query(q) => event.query_values(q).map(text).collect(),
     }
+}
+
+/// The most path text the general JSONPath engine may build for one payload. jsonpath-rust gives every
+/// node it visits a copy of its whole path (`$['key'][0]...`) and keeps them all until the query ends,
+/// so a signed body of 300 KB (a 100,000-byte key above 100,000 array items) took it past 10 GB and
+/// aborted the process. A payload whose paths add up to more is not queried by it: such paths select
+/// nothing (and a warning says so). Paths that name one location are walked without it, always.
+pub const MAX_PATH_TEXT: usize = 64 << 20;
+
+/// Whether the general engine may query this event's payload: the sum over its nodes of the length of
+/// each node's path as jsonpath-rust writes it, an upper bound of what any one query builds.
+fn affordable(event: &Event) -> bool {
+    *event
+        .path_text
+        .get_or_init(|| path_text(&event.payload, 1, MAX_PATH_TEXT + 1))
+        <= MAX_PATH_TEXT
+}
+
+/// The path text of `value`'s subtree, its own path being `own` bytes long; stops counting past `cap`.
+fn path_text(value: &Value, own: usize, cap: usize) -> usize {
+    let mut total = own;
+    match value {
+        Value::Object(map) => {
+            for (key, child) in map {
+                // `['key']`, the key escaped as jsonpath-rust escapes it.
+                let escaped: usize = key
+                    .chars()
+                    .map(|c| match c {
+                        '\u{8}' | '\u{c}' | '\n' | '\r' | '\t' | '\'' | '\\' => 2,
+                        c if c < ' ' => 6,
+                        c => c.len_utf8(),
+                    })
+                    .sum();
+                total += path_text(child, own + escaped + 4, cap - total.min(cap));
+                if total > cap {
+                    return total;
+                }
+            }
+        }
+        Value::Array(items) => {
+            for (i, child) in items.iter().enumerate() {
+                let digits = i.checked_ilog10().unwrap_or(0) as usize + 1;
+                total += path_text(child, own + digits + 2, cap - total.min(cap));
+                if total > cap {
+                    return total;
+                }
+            }
+        }
+        _ => {}
+    }
+    total
 }
 
 /// The values a JSONPath selects.
@@ -572,6 +633,35 @@ mod tests {
         assert!(!holds("all $.xs[*] in $.list", p(json!(["b0", "B1"]))));
         // Read with `$..`, once for all the values on the left.
         assert!(holds("any $.xs[*] in $..list", p(json!(["a", "b3"]))));
+    }
+
+    #[test]
+    fn a_payload_too_costly_for_the_jsonpath_engine_is_not_queried_by_it() {
+        // A long key above many items: the engine would write the key into the path of every item.
+        let costly = json!({"k".repeat(20_000): vec![0; 20_000], "x": 1});
+        assert!(path_text(&costly, 1, usize::MAX) > MAX_PATH_TEXT);
+        assert!(
+            !holds("$..x == 1", costly.clone()),
+            "not queried: selects nothing"
+        );
+        assert!(!holds("$..x exists", costly.clone()));
+        // Paths naming one place are walked directly, whatever the payload.
+        assert!(holds("$.x == 1", costly));
+        let fine = json!({"k".repeat(200): vec![0; 200], "x": 1});
+        assert!(path_text(&fine, 1, usize::MAX) <= MAX_PATH_TEXT);
+        assert!(holds("$..x == 1", fine));
+        // The count is the length of every path as jsonpath-rust writes it: `$`, `$['a']`,
+        // `$['a'][0]`, `$['a'][1]`, `$['b\n']` (the newline escaped).
+        let small = json!({"a": [1, 2], "b\n": null});
+        assert_eq!(path_text(&small, 1, usize::MAX), 1 + 6 + 9 + 9 + 8);
+        // And so does the engine, for every node below the root.
+        let all = jsonpath_rust::parser::parse_json_path("$..*").unwrap();
+        let engine: usize = jsonpath_rust::query::js_path_process(&all, &small)
+            .unwrap()
+            .iter()
+            .map(|r| r.path.len())
+            .sum();
+        assert_eq!(path_text(&small, 1, usize::MAX), 1 + engine);
     }
 
     #[test]

@@ -22,6 +22,9 @@ pub struct Event {
     pub headers: Pairs,
     pub query: Pairs,
     pub payload: Value,
+    /// What the general JSONPath engine would spend on the payload's paths, worked out the first time a
+    /// rule needs it ([`crate::eval`]).
+    pub(crate) path_text: std::sync::OnceLock<usize>,
 }
 
 impl Event {
@@ -68,6 +71,7 @@ impl Event {
             headers: headers.into().lowercase_names(),
             query: query.into(),
             payload,
+            path_text: std::sync::OnceLock::new(),
         }
     }
 
