@@ -5,6 +5,7 @@
 
 use std::sync::LazyLock;
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
@@ -30,26 +31,30 @@ struct Metrics {
     target_last_delivery: prometheus::GaugeVec,
 }
 
+/// `made`, registered in `registry`. Every metric here has a valid name and is registered once, so
+/// neither step can fail.
+fn registered<M: Collector + Clone + 'static>(
+    registry: &Registry,
+    made: prometheus::Result<M>,
+) -> M {
+    let metric = made.unwrap_or_else(|e| unreachable!("valid metric: {e}"));
+    registry
+        .register(Box::new(metric.clone()))
+        .unwrap_or_else(|e| unreachable!("registered once: {e}"));
+    metric
+}
+
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let registry = Registry::new();
     let counter = |name: &str, help: &str, labels: &[&str]| {
-        let c = IntCounterVec::new(Opts::new(name, help), labels)
-            .unwrap_or_else(|e| unreachable!("valid metric: {e}"));
-        registry
-            .register(Box::new(c.clone()))
-            .unwrap_or_else(|e| unreachable!("registered once: {e}"));
-        c
+        registered(&registry, IntCounterVec::new(Opts::new(name, help), labels))
     };
     let histogram = |name: &str, help: &str, labels: &[&str]| {
         let buckets = vec![
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
         ];
-        let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
-            .unwrap_or_else(|e| unreachable!("valid metric: {e}"));
-        registry
-            .register(Box::new(h.clone()))
-            .unwrap_or_else(|e| unreachable!("registered once: {e}"));
-        h
+        let opts = HistogramOpts::new(name, help).buckets(buckets);
+        registered(&registry, HistogramVec::new(opts, labels))
     };
     let requests = counter(
         "hookgate_requests_total",
@@ -86,72 +91,64 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Time to answer webhook requests.",
         &["source"],
     );
-    let queue_jobs = IntGaugeVec::new(
-        Opts::new("hookgate_queue_jobs", "Jobs in the queue, by state."),
-        &["state"],
-    )
-    .unwrap_or_else(|e| unreachable!("valid metric: {e}"));
-    registry
-        .register(Box::new(queue_jobs.clone()))
-        .unwrap_or_else(|e| unreachable!("registered once: {e}"));
+    let queue_jobs = registered(
+        &registry,
+        IntGaugeVec::new(
+            Opts::new("hookgate_queue_jobs", "Jobs in the queue, by state."),
+            &["state"],
+        ),
+    );
     let reloads = counter(
         "hookgate_reloads_total",
         "Rules reloads, by result (success, failure, unchanged).",
         &["result"],
     );
-    let config_info = IntGaugeVec::new(
-        Opts::new(
-            "hookgate_config_info",
-            "The hash of the rules now serving (value 1).",
+    let config_info = registered(
+        &registry,
+        IntGaugeVec::new(
+            Opts::new(
+                "hookgate_config_info",
+                "The hash of the rules now serving (value 1).",
+            ),
+            &["hash"],
         ),
-        &["hash"],
-    )
-    .unwrap_or_else(|e| unreachable!("valid metric: {e}"));
-    registry
-        .register(Box::new(config_info.clone()))
-        .unwrap_or_else(|e| unreachable!("registered once: {e}"));
-    let config_generation = IntGauge::new(
-        "hookgate_config_generation",
-        "Successful rules loads since start.",
-    )
-    .unwrap_or_else(|e| unreachable!("valid metric: {e}"));
-    registry
-        .register(Box::new(config_generation.clone()))
-        .unwrap_or_else(|e| unreachable!("registered once: {e}"));
-    let records_not_stored = prometheus::IntCounter::new(
-        "hookgate_delivery_records_not_stored_total",
-        "Delivery records kept only in memory because the store fell behind.",
-    )
-    .unwrap_or_else(|e| unreachable!("valid metric: {e}"));
-    registry
-        .register(Box::new(records_not_stored.clone()))
-        .unwrap_or_else(|e| unreachable!("registered once: {e}"));
-    let body_bytes_in_flight = IntGauge::new(
-        "hookgate_body_bytes_in_flight",
-        "Bytes of request bodies being read, held against --max-body-in-flight, read at scrape.",
-    )
-    .unwrap_or_else(|e| unreachable!("valid metric: {e}"));
-    registry
-        .register(Box::new(body_bytes_in_flight.clone()))
-        .unwrap_or_else(|e| unreachable!("registered once: {e}"));
-    let target_jobs = IntGaugeVec::new(
-        Opts::new(
-            "hookgate_target_jobs",
-            "Jobs of a target, by state, read at scrape.",
+    );
+    let config_generation = registered(
+        &registry,
+        IntGauge::new(
+            "hookgate_config_generation",
+            "Successful rules loads since start.",
         ),
-        &["target", "state"],
-    )
-    .unwrap_or_else(|e| unreachable!("valid metric: {e}"));
-    registry
-        .register(Box::new(target_jobs.clone()))
-        .unwrap_or_else(|e| unreachable!("registered once: {e}"));
+    );
+    let records_not_stored = registered(
+        &registry,
+        prometheus::IntCounter::new(
+            "hookgate_delivery_records_not_stored_total",
+            "Delivery records kept only in memory because the store fell behind.",
+        ),
+    );
+    let body_bytes_in_flight = registered(
+        &registry,
+        IntGauge::new(
+            "hookgate_body_bytes_in_flight",
+            "Bytes of request bodies being read, held against --max-body-in-flight, read at scrape.",
+        ),
+    );
+    let target_jobs = registered(
+        &registry,
+        IntGaugeVec::new(
+            Opts::new(
+                "hookgate_target_jobs",
+                "Jobs of a target, by state, read at scrape.",
+            ),
+            &["target", "state"],
+        ),
+    );
     let gauge = |name: &str, help: &str| {
-        let g = prometheus::GaugeVec::new(Opts::new(name, help), &["target"])
-            .unwrap_or_else(|e| unreachable!("valid metric: {e}"));
-        registry
-            .register(Box::new(g.clone()))
-            .unwrap_or_else(|e| unreachable!("registered once: {e}"));
-        g
+        registered(
+            &registry,
+            prometheus::GaugeVec::new(Opts::new(name, help), &["target"]),
+        )
     };
     let target_oldest_pending = gauge(
         "hookgate_target_oldest_pending_age_seconds",

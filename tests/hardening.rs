@@ -74,6 +74,12 @@ fn raw_request(addr: SocketAddr, head: &str, body: &[u8]) -> std::io::Result<(u1
     Ok((code, text))
 }
 
+/// A signed push to `repo` with delivery id `id`, sent to `acme` on a fresh connection: (code, response).
+fn send_push(addr: SocketAddr, repo: &str, id: &str) -> (u16, String) {
+    let (headers, body) = push(repo, id);
+    raw_request(addr, &post_head("/hook/acme", &headers, body.len()), &body).unwrap()
+}
+
 fn post_head(path: &str, headers: &[(String, String)], len: usize) -> String {
     let mut head = format!(
         "POST {path} HTTP/1.1\r\nhost: gw\r\nconnection: close\r\ncontent-length: {len}\r\n"
@@ -263,13 +269,7 @@ fn a_flood_of_huge_bodies_stays_within_the_body_budget() {
     );
     assert!(counts.get(&401).copied().unwrap_or(0) >= 50, "{counts:?}");
     // Still serving.
-    let (headers, body) = push("acme/none", "after-flood");
-    let (code, _) = raw_request(
-        gw.hooks,
-        &post_head("/hook/acme", &headers, body.len()),
-        &body,
-    )
-    .unwrap();
+    let (code, _) = send_push(gw.hooks, "acme/none", "after-flood");
     assert_eq!(code, 200);
 }
 
@@ -317,13 +317,7 @@ fn bodies_that_declare_much_and_send_little_hold_only_what_they_sent() {
         std::thread::sleep(Duration::from_millis(20));
     }
     // A signed request still gets through.
-    let (headers, body) = push("acme/none", "while-held");
-    let (code, text) = raw_request(
-        gw.hooks,
-        &post_head("/hook/acme", &headers, body.len()),
-        &body,
-    )
-    .unwrap();
+    let (code, text) = send_push(gw.hooks, "acme/none", "while-held");
     assert_eq!(code, 200, "{text}");
     drop(holders);
 }
@@ -681,13 +675,7 @@ fn a_clean_shutdown_leaves_no_write_ahead_log() {
         "target ci { post \"http://127.0.0.1:9/unused\" rate 1 per 1h }\nrule \"app\" { from acme notify ci }\n",
     );
     let gw = Serve::start(&rules, &data, &[], &[]);
-    let (headers, body) = push("acme/app", "wal-1");
-    let (code, _) = raw_request(
-        gw.hooks,
-        &post_head("/hook/acme", &headers, body.len()),
-        &body,
-    )
-    .unwrap();
+    let (code, _) = send_push(gw.hooks, "acme/app", "wal-1");
     assert_eq!(code, 202);
     let wal = data.join("hookgate.db-wal");
     assert!(
