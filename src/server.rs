@@ -120,6 +120,12 @@ impl State {
             admin_token: None,
         }
     }
+
+    /// Bytes of bodies being read now, held against the body budget.
+    pub(crate) fn body_bytes_in_flight(&self) -> u64 {
+        let total = body_budget_permits(self.config.max_body_in_flight);
+        total.saturating_sub(self.body_budget.available_permits()) as u64
+    }
 }
 
 type Handler = fn(
@@ -508,14 +514,6 @@ fn body_budget_permits(bytes: u64) -> usize {
     usize::try_from(bytes)
         .unwrap_or(usize::MAX)
         .min(Semaphore::MAX_PERMITS)
-}
-
-impl State {
-    /// Bytes of bodies being read now, held against the body budget.
-    pub(crate) fn body_bytes_in_flight(&self) -> u64 {
-        let total = body_budget_permits(self.config.max_body_in_flight);
-        total.saturating_sub(self.body_budget.available_permits()) as u64
-    }
 }
 
 /// The most a body's buffer takes before its bytes arrive, whatever length it declares.
